@@ -1,0 +1,1 @@
+"""Example pipeline definitions, the default CHUTE_SCHEMAS."""

@@ -1,0 +1,1 @@
+"""control-plane: creates topics and tables from the pipeline definitions (plan -> apply)."""

@@ -1,0 +1,56 @@
+"""Applying a plan to the real Kafka and ClickHouse. Idempotent: re-running changes nothing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import structlog
+from chute import clickhouse, kafka
+from chute.metrics import CONTROL_ACTIONS
+from chute.registry import Definitions
+from chute.server import ServerProfile
+from chute.settings import CommonSettings
+from clickhouse_driver import Client
+from kafka import KafkaAdminClient
+
+from control_plane.plan import Plan, make_plan
+
+log = structlog.get_logger()
+
+
+@dataclass
+class Connections:
+    admin: KafkaAdminClient
+    ch: Client
+    profile: ServerProfile
+
+    @classmethod
+    def open(cls, settings: CommonSettings) -> Connections:
+        ch, profile = clickhouse.connect_with_profile(settings)
+        return cls(kafka.admin_client(settings.kafka_bootstrap), ch, profile)
+
+    def close(self) -> None:
+        self.admin.close()
+        self.ch.disconnect()
+
+
+def compute_plan(conn: Connections, defs: Definitions, database: str) -> Plan:
+    return make_plan(
+        defs.topics(), kafka.topic_partitions(conn.admin),
+        defs.table_definitions(conn.profile), clickhouse.existing_columns(conn.ch, database),
+        database)
+
+
+def apply_plan(conn: Connections, plan: Plan) -> None:
+    for action in plan.actions:
+        if action.kind == "create_topic" and action.topic is not None:
+            kafka.create_topic(conn.admin, action.topic)
+        elif action.kind == "add_partitions" and action.topic is not None:
+            kafka.add_partitions(conn.admin, action.topic.name, action.topic.partitions)
+        elif action.sql is not None:
+            conn.ch.execute(action.sql)
+        CONTROL_ACTIONS.labels(action.kind).inc()
+        log.info("applied", action=action.kind, target=action.target,
+                 description=action.description)
+    for warning in plan.warnings:
+        log.warning("plan warning", message=warning)

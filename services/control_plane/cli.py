@@ -1,0 +1,67 @@
+"""`chute` console command: plan, apply, serve."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+
+from chute.logging import configure_logging
+from chute.registry import DefinitionError, load_definitions
+from chute.settings import load_settings
+
+from control_plane.settings import ControlPlaneSettings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="chute", description="chute control plane")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("plan", help="show what apply would change")
+    sub.add_parser("apply", help="create or update topics and tables")
+    sub.add_parser("serve", help="apply, then serve /health, /pipelines and /metrics")
+    args = parser.parse_args(argv)
+
+    settings = load_settings(ControlPlaneSettings)
+    configure_logging(settings.log_format, settings.log_level, service="control-plane")
+    try:
+        defs = load_definitions(settings.schemas)
+    except DefinitionError as exc:
+        print(f"chute: {exc}", file=sys.stderr)
+        return 2
+
+    if args.command == "serve":
+        return _serve(settings, defs)
+
+    from control_plane.apply import Connections, apply_plan, compute_plan
+
+    conn = Connections.open(settings)
+    try:
+        plan = compute_plan(conn, defs, settings.clickhouse_database)
+        print(f"ClickHouse {conn.profile.version_text}, database {settings.clickhouse_database}, "
+              f"Kafka {settings.kafka_bootstrap}")
+        print(plan.describe())
+        if args.command == "apply" and not plan.empty:
+            apply_plan(conn, plan)
+            print("Applied.")
+    finally:
+        conn.close()
+    return 0
+
+
+def _serve(settings: ControlPlaneSettings, defs: object) -> int:
+    import uvicorn
+    from chute.registry import Definitions
+
+    from control_plane.app import ControlState, apply_with_retry, create_app
+
+    assert isinstance(defs, Definitions)
+    state = ControlState()
+    threading.Thread(target=apply_with_retry, args=(settings, defs, state), daemon=True).start()
+    app = create_app(settings, defs, state)
+    uvicorn.run(app, host=settings.control_host, port=settings.control_port,
+                log_level="warning", access_log=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

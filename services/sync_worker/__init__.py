@@ -1,0 +1,2 @@
+"""sync-worker: Kafka topic -> batched, columnar ClickHouse inserts (decode, batch, insert,
+commit)."""

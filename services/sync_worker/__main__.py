@@ -1,0 +1,90 @@
+"""Entry point: `python -m sync_worker`."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from typing import Any
+
+import structlog
+from chute import clickhouse, kafka
+from chute.logging import configure_logging
+from chute.registry import DefinitionError, load_definitions
+from chute.settings import load_settings
+
+from sync_worker.http import serve
+from sync_worker.settings import SyncSettings
+from sync_worker.worker import DeadLetterRatioExceeded, SyncWorker, build_routes
+from sync_worker.writer import ClickHouseWriter
+
+log = structlog.get_logger()
+
+EXIT_DLQ_RATIO = 3
+
+
+def _connect_clickhouse(settings: SyncSettings, deadline: float) -> Any:
+    delay = 0.5
+    while True:
+        try:
+            return clickhouse.connect_with_profile(settings)
+        except Exception as exc:
+            if time.monotonic() > deadline:
+                raise
+            log.warning("ClickHouse not reachable yet", error=str(exc), delay_s=delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5)
+
+
+def main() -> int:
+    settings = load_settings(SyncSettings)
+    configure_logging(settings.log_format, settings.log_level, service="sync-worker")
+    structlog.contextvars.bind_contextvars(worker=settings.sync_worker_id)
+    try:
+        defs = load_definitions(settings.schemas)
+    except DefinitionError as exc:
+        log.error("cannot load definitions", error=str(exc))
+        return 2
+    deadline = time.monotonic() + 120
+    client, profile = _connect_clickhouse(settings, deadline)
+    routes = build_routes(defs, profile)
+    if not routes:
+        log.error("no stream has a destination table; nothing to sync", schemas=settings.schemas)
+        return 2
+    consumer = kafka.consumer(settings.kafka_bootstrap, settings.sync_group,
+                              client_id=settings.sync_worker_id, max_poll_interval_ms=900_000)
+    producer = kafka.producer(settings.kafka_bootstrap, linger_ms=20)
+    worker = SyncWorker(settings, consumer, producer,
+                        ClickHouseWriter(client, settings.clickhouse_database), routes)
+
+    def health() -> tuple[bool, dict[str, Any]]:
+        alive = time.monotonic() - worker.last_loop < 60
+        return alive, {
+            "status": "ok" if alive else "stuck",
+            "worker": settings.sync_worker_id,
+            "paused": worker.paused,
+            "assigned": sorted(f"{tp.topic}:{tp.partition}" for tp in consumer.assignment()),
+            "clickhouse": profile.version_text,
+        }
+
+    serve(settings.sync_host, settings.sync_port, health)
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("signal received", signal=signal.Signals(signum).name)
+        worker.request_stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    log.info("sync worker started", tables=sorted(r.table for r in routes.values()),
+             clickhouse=profile.version_text, port=settings.sync_port)
+    try:
+        worker.run()
+    except DeadLetterRatioExceeded as exc:
+        log.error("dead-letter ratio limit exceeded; stopping", error=str(exc))
+        consumer.close(autocommit=False)
+        return EXIT_DLQ_RATIO
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""Pure transforms: Kafka message value -> validated row -> columns; failures -> envelopes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from chute.ddl import OFFSET_COLUMN, PARTITION_COLUMN
+from chute.typemap import ColumnSpec
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+_MAX_ERROR_MESSAGE = 2000
+
+
+@dataclass(frozen=True)
+class Position:
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int  # Kafka record timestamp
+
+
+@dataclass
+class DecodeFailure:
+    error_type: str
+    error_message: str
+
+
+class RowDecoder:
+    """Validates message values against the stream's model."""
+
+    def __init__(self, model: type[BaseModel]) -> None:
+        self._adapter: TypeAdapter[BaseModel] = TypeAdapter(model)
+
+    def decode(self, value: bytes | None) -> BaseModel | DecodeFailure:
+        if value is None:
+            return DecodeFailure("EmptyRecord", "the Kafka record has no value")
+        try:
+            return self._adapter.validate_json(value)
+        except ValidationError as exc:
+            kind = "InvalidJSON" if _is_json_error(exc) else "ValidationError"
+            return DecodeFailure(kind, _summarise(exc))
+
+
+def _is_json_error(exc: ValidationError) -> bool:
+    return any(e["type"] == "json_invalid" for e in exc.errors())
+
+
+def _summarise(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_url=False):
+        path = ".".join(str(p) for p in err["loc"]) or "<record>"
+        parts.append(f"{path}: {err['msg']}")
+    return "; ".join(parts)[:_MAX_ERROR_MESSAGE]
+
+
+class ColumnBuilder:
+    """Turns validated rows into the columnar lists clickhouse-driver inserts."""
+
+    def __init__(self, columns: list[ColumnSpec], exactly_once: bool) -> None:
+        self.columns = columns
+        self.exactly_once = exactly_once
+        names = [c.name for c in columns]
+        if exactly_once:
+            names += [PARTITION_COLUMN.name, OFFSET_COLUMN.name]
+        self.names = names
+
+    def build(self, rows: list[BaseModel], positions: list[Position]) -> list[list[Any]]:
+        data: list[list[Any]] = []
+        for column in self.columns:
+            name = column.name
+            values = [getattr(row, name) for row in rows]
+            if column.convert is not None:
+                convert = column.convert
+                values = [convert(v) for v in values]
+            data.append(values)
+        if self.exactly_once:
+            data.append([p.partition for p in positions])
+            data.append([p.offset for p in positions])
+        return data
+
+
+def dead_letter_envelope(*, pipeline: str, position: Position, payload: bytes | None,
+                         error_type: str, error_message: str,
+                         now: datetime | None = None) -> bytes:
+    """The JSON value written to the dead-letter topic (see chute.DeadLetterRecord)."""
+    failed_at = now or datetime.now(UTC)
+    return orjson.dumps({
+        "failed_at": failed_at.isoformat(),
+        "source": "sync",
+        "pipeline": pipeline,
+        "topic": position.topic,
+        "partition": position.partition,
+        "offset": position.offset,
+        "error_type": error_type,
+        "error_message": error_message[:_MAX_ERROR_MESSAGE],
+        "payload": (payload or b"").decode("utf-8", errors="backslashreplace"),
+    })

@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+import socket
+
+from chute.settings import CommonSettings
+from pydantic import Field
+
+
+class SyncSettings(CommonSettings):
+    sync_host: str = "127.0.0.1"
+    sync_port: int = 4100
+    sync_group: str = "chute-sync"
+    sync_worker_id: str = Field(default_factory=socket.gethostname)
+    # Dead-letter ratio guard: stop when more than this share of the last `window` records
+    # went to the dead-letter queue (a misconfiguration, not a few bad records).
+    sync_dlq_ratio_limit: float = Field(0.5, gt=0, le=1)
+    sync_dlq_ratio_window: int = Field(1000, ge=10)
+    sync_dlq_ratio_min_records: int = Field(200, ge=1)
+    # Transient-error retries: capped exponential backoff with jitter, without end.
+    sync_retry_initial_seconds: float = Field(0.5, gt=0)
+    sync_retry_max_seconds: float = Field(10.0, gt=0)
+    # On rebalance/shutdown, how long a last flush may take before its rows are dropped
+    # (they are re-delivered, since their offsets are not committed).
+    sync_shutdown_flush_seconds: float = Field(20.0, gt=0)

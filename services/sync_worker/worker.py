@@ -1,0 +1,395 @@
+"""The sync loop: poll Kafka -> decode -> buffer per table -> insert -> commit.
+
+Offsets are committed only after ClickHouse acknowledged the insert holding them (and the
+dead-letter producer acknowledged the envelopes), so a crash at any moment re-delivers and
+never loses. Transient ClickHouse errors are retried with backoff while nothing is fetched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from chute import metrics
+from chute.identifiers import quote_identifier
+from chute.pipeline import Stream
+from chute.registry import Definitions
+from chute.server import ServerProfile
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.errors import CommitFailedError, KafkaError
+from kafka.structs import OffsetAndMetadata
+
+from sync_worker.buffer import TableBuffer
+from sync_worker.errors import TRANSIENT, classify
+from sync_worker.policy import Backoff, BatchLimits, DeadLetterGuard, FlushReason
+from sync_worker.rows import (
+    ColumnBuilder,
+    DecodeFailure,
+    Position,
+    RowDecoder,
+    dead_letter_envelope,
+)
+from sync_worker.settings import SyncSettings
+from sync_worker.writer import ClickHouseWriter, Isolator
+
+log = structlog.get_logger()
+
+_E2E_SAMPLES = 500  # rows per batch whose end-to-end latency is observed
+
+
+class DeadLetterRatioExceeded(RuntimeError):
+    """Too many records are going to the dead-letter queue: probably a misconfiguration."""
+
+
+class FlushAbandoned(RuntimeError):
+    """A flush could not finish before shutdown; its offsets stay uncommitted."""
+
+
+@dataclass
+class Route:
+    """Where one topic's records go."""
+
+    stream: Stream[Any]
+    table: str
+    decoder: RowDecoder
+    builder: ColumnBuilder
+    buffer: TableBuffer
+    dead_letter_topic: str | None
+    exactly_once: bool
+
+
+def build_routes(defs: Definitions, profile: ServerProfile) -> dict[str, Route]:
+    routes = {}
+    for stream in defs.synced_streams():
+        table = stream.destination
+        assert table is not None
+        definition = table.definition(profile)
+        columns = [c for c in definition.columns if not c.name.startswith("_chute_")]
+        cfg = stream.config
+        limits = BatchLimits(cfg.max_batch_rows, cfg.max_batch_bytes, cfg.max_batch_wait)
+        routes[stream.topic] = Route(
+            stream=stream,
+            table=table.name,
+            decoder=RowDecoder(stream.model),
+            builder=ColumnBuilder(columns, exactly_once=table.exactly_once),
+            buffer=TableBuffer(table.name, limits),
+            dead_letter_topic=stream.dead_letter.topic if stream.dead_letter else None,
+            exactly_once=table.exactly_once,
+        )
+    return routes
+
+
+class SyncWorker:
+    def __init__(self, settings: SyncSettings, consumer: KafkaConsumer, producer: KafkaProducer,
+                 writer: ClickHouseWriter, routes: dict[str, Route],
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.settings = settings
+        self.consumer = consumer
+        self.producer = producer
+        self.writer = writer
+        self.routes = routes
+        self.clock = clock
+        self.sleep = sleep
+        self.stopping = False
+        self.stop_deadline: float | None = None
+        self.guard = DeadLetterGuard(settings.sync_dlq_ratio_limit, settings.sync_dlq_ratio_window,
+                                     settings.sync_dlq_ratio_min_records)
+        # Exactly-once: highest offset already in the table, per partition.
+        self.watermarks: dict[TopicPartition, int] = {}
+        self.committed: dict[TopicPartition, int] = {}
+        self.last_loop = self.clock()
+        self.paused = False
+        self._next_lag_update = 0.0
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    def subscribe(self) -> None:
+        self.consumer.subscribe(topics=sorted(self.routes), listener=_Listener(self))
+        log.info("subscribed", topics=sorted(self.routes), group=self.settings.sync_group)
+
+    def request_stop(self) -> None:
+        if not self.stopping:
+            self.stopping = True
+            self.stop_deadline = self.clock() + self.settings.sync_shutdown_flush_seconds
+            log.info("stopping: flushing buffers before leaving the group")
+
+    def run(self) -> None:
+        self.subscribe()
+        while not self.stopping:
+            self.poll_once()
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        try:
+            self.flush_all(FlushReason.SHUTDOWN)
+        except FlushAbandoned as exc:
+            log.warning("shutdown flush abandoned; rows will be re-delivered", error=str(exc))
+        self.consumer.close(autocommit=False)
+        self.producer.flush(timeout=5)
+        log.info("left the consumer group")
+
+    # --- the loop -----------------------------------------------------------------------
+
+    def poll_once(self) -> None:
+        now = self.clock()
+        self.last_loop = now
+        timeout = 0.5
+        for route in self.routes.values():
+            due_in = route.buffer.seconds_until_due(now)
+            if due_in is not None:
+                timeout = min(timeout, due_in)
+        records = self.consumer.poll(timeout_ms=max(1, int(timeout * 1000)))
+        for tp, messages in records.items():
+            route = self.routes[tp.topic]
+            for message in messages:
+                self.accept(route, message)
+                if route.buffer.due(self.clock()) in (FlushReason.ROWS, FlushReason.BYTES):
+                    self.flush(route, FlushReason.ROWS)
+        now = self.clock()
+        for route in self.routes.values():
+            reason = route.buffer.due(now)
+            if reason is not None:
+                self.flush(route, reason)
+        if now >= self._next_lag_update:
+            self._next_lag_update = now + 5.0
+            self.update_lag()
+
+    def accept(self, route: Route, message: Any) -> None:
+        position = Position(message.topic, message.partition, message.offset, message.timestamp)
+        tp = TopicPartition(message.topic, message.partition)
+        now = self.clock()
+        if route.exactly_once and message.offset <= self.watermarks.get(tp, -1):
+            route.buffer.note_offset(position)  # already in the table: skip, still commit
+            if route.buffer.oldest is None:
+                route.buffer.oldest = now
+            return
+        value = message.value
+        decoded = route.decoder.decode(value)
+        if isinstance(decoded, DecodeFailure):
+            metrics.SYNC_ERRORS.labels(route.table, "decode").inc()
+            self.dead_letter(route, position, value, decoded.error_type, decoded.error_message)
+            return
+        self.guard.record(False)
+        route.buffer.add(decoded, position, len(value) if value else 0, now)
+
+    def dead_letter(self, route: Route, position: Position, payload: bytes | None,
+                    error_type: str, message: str) -> None:
+        log.warning("dead letter", table=route.table, topic=position.topic,
+                    partition=position.partition, offset=position.offset,
+                    error_type=error_type, error=message[:300])
+        metrics.SYNC_DLQ_RECORDS.labels(route.table).inc()
+        self.guard.record(True)
+        if self.guard.tripped:
+            raise DeadLetterRatioExceeded(
+                f"{self.guard.ratio:.0%} of the last {self.settings.sync_dlq_ratio_window} "
+                f"records went to the dead-letter queue (limit "
+                f"{self.settings.sync_dlq_ratio_limit:.0%}); last error on {position.topic}: "
+                f"{error_type}: {message[:300]}. Stopping without committing: check the "
+                "model, the topic and the table.")
+        if route.dead_letter_topic is None:
+            log.error("record dropped: the stream has no dead-letter queue", table=route.table,
+                      partition=position.partition, offset=position.offset)
+            route.buffer.note_offset(position)
+            return
+        envelope = dead_letter_envelope(pipeline=route.stream.name, position=position,
+                                        payload=payload, error_type=error_type,
+                                        error_message=message)
+        route.buffer.add_dead_letter(envelope, position, self.clock())
+
+    # --- flushing -----------------------------------------------------------------------
+
+    def flush_all(self, reason: str) -> None:
+        for route in self.routes.values():
+            if route.buffer.pending:
+                self.flush(route, reason)
+
+    def flush(self, route: Route, reason: str) -> None:
+        buf = route.buffer
+        started = time.perf_counter()
+        if buf.rows:
+            self._insert(route)
+        rows = len(buf.rows)
+        self._produce_dead_letters(route)
+        offsets = {tp: offset + 1 for tp, offset in buf.last_offsets.items()}
+        self._commit(offsets)
+        duration = time.perf_counter() - started
+        if rows:
+            self._observe(route, rows, duration)
+            log.info("batch inserted", table=route.table, rows=rows, bytes=buf.size,
+                     partitions=buf.describe_offsets(), duration_ms=round(duration * 1000, 1),
+                     reason=reason, dead_letters=len(buf.dead_letters))
+        metrics.SYNC_BUFFERED_ROWS.labels(route.table).set(0)
+        buf.clear()
+
+    def _insert(self, route: Route) -> None:
+        buf = route.buffer
+        data = route.builder.build(buf.rows, buf.positions)
+        names = route.builder.names
+
+        def insert(lo: int, hi: int) -> None:
+            self.writer.insert(route.table, names, [col[lo:hi] for col in data])
+
+        isolator = Isolator(len(buf.rows))
+        self._with_retry(lambda: isolator.run(insert, classify), route.table, "insert")
+        for index, exc in isolator.rejected:
+            metrics.SYNC_ERRORS.labels(route.table, "data").inc()
+            row, position = buf.rows[index], buf.positions[index]
+            self.dead_letter(route, position, row.model_dump_json().encode(),
+                             f"ClickHouseRejected:{type(exc).__name__}", str(exc))
+        if isolator.rejected:
+            buf.rows = [r for i, r in enumerate(buf.rows)
+                        if i not in {j for j, _ in isolator.rejected}]
+
+    def _produce_dead_letters(self, route: Route) -> None:
+        envelopes = route.buffer.dead_letters
+        if not envelopes or route.dead_letter_topic is None:
+            return
+        topic = route.dead_letter_topic
+
+        def produce() -> None:
+            futures = [self.producer.send(topic, value=e) for e in envelopes]
+            for future in futures:
+                future.get(timeout=30)
+
+        self._with_retry(produce, route.table, "dead-letter produce")
+
+    def _with_retry(self, action: Callable[[], None], table: str, what: str) -> None:
+        backoff = Backoff(self.settings.sync_retry_initial_seconds,
+                          self.settings.sync_retry_max_seconds)
+        while True:
+            try:
+                action()
+                if self.paused:
+                    log.info("resumed", table=table, attempts=backoff.attempt)
+                    self.paused = False
+                    metrics.SYNC_PAUSED.set(0)
+                return
+            except Exception as exc:
+                if not isinstance(exc, KafkaError) and classify(exc) != TRANSIENT:
+                    raise
+                self.writer.reset()
+                metrics.SYNC_ERRORS.labels(table, "transient").inc()
+                self.paused = True
+                metrics.SYNC_PAUSED.set(1)
+                delay = backoff.next_delay()
+                if self.stop_deadline is not None and self.clock() + delay > self.stop_deadline:
+                    raise FlushAbandoned(f"{what} into {table} failed: {exc}") from exc
+                log.warning("retrying", what=what, table=table, attempt=backoff.attempt,
+                            delay_s=round(delay, 2), error=f"{type(exc).__name__}: {exc}")
+                self._pause(delay)
+
+    def _pause(self, delay: float) -> None:
+        """Wait without fetching: the consumer is not polled, so nothing new is buffered.
+        The consumer's heartbeat thread keeps the group membership."""
+        end = self.clock() + delay
+        while self.clock() < end:
+            self.last_loop = self.clock()
+            self.sleep(min(0.2, end - self.clock()))
+
+    def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        if not offsets:
+            return
+        try:
+            self.consumer.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()})
+        except CommitFailedError as exc:
+            # The partitions were given to another worker; it re-reads from the last commit.
+            log.warning("commit failed after rebalance; rows may be delivered again",
+                        error=str(exc))
+            return
+        self.committed.update(offsets)
+        for tp in offsets:
+            metrics.SYNC_COMMITS.labels(tp.topic).inc()
+
+    def _observe(self, route: Route, rows: int, duration: float) -> None:
+        buf = route.buffer
+        metrics.SYNC_ROWS_INSERTED.labels(route.table).inc(len(buf.rows))
+        metrics.SYNC_BATCH_ROWS.labels(route.table).observe(rows)
+        metrics.SYNC_BATCH_BYTES.labels(route.table).observe(buf.size)
+        metrics.SYNC_INSERT_SECONDS.labels(route.table).observe(duration)
+        now_ms = time.time() * 1000
+        step = max(1, len(buf.positions) // _E2E_SAMPLES)
+        histogram = metrics.SYNC_END_TO_END_SECONDS.labels(route.table)
+        for position in buf.positions[::step]:
+            histogram.observe(max(0.0, (now_ms - position.timestamp_ms) / 1000))
+
+    # --- rebalancing and exactly-once ---------------------------------------------------
+
+    def on_revoked(self, revoked: list[TopicPartition]) -> None:
+        log.info("partitions revoked", partitions=_names(revoked))
+        try:
+            self.flush_all(FlushReason.REBALANCE)
+        except FlushAbandoned as exc:
+            log.warning("rebalance flush abandoned; rows will be re-delivered", error=str(exc))
+            for route in self.routes.values():
+                route.buffer.clear()
+        for tp in revoked:
+            self.watermarks.pop(tp, None)
+            self.committed.pop(tp, None)
+            with contextlib.suppress(KeyError):
+                metrics.SYNC_CONSUMER_LAG.remove(tp.topic, str(tp.partition))
+
+    def on_assigned(self, assigned: list[TopicPartition]) -> None:
+        log.info("partitions assigned", partitions=_names(assigned))
+        eo_tables = {self.routes[tp.topic].table for tp in assigned
+                     if self.routes[tp.topic].exactly_once}
+        for table in sorted(eo_tables):
+            marks = self._read_watermarks(table)
+            for tp in assigned:
+                if self.routes[tp.topic].table != table or tp.partition not in marks:
+                    continue
+                mark = marks[tp.partition]
+                self.watermarks[tp] = mark
+                committed = self.consumer.committed(tp)
+                if committed is None or committed <= mark:
+                    self.consumer.seek(tp, mark + 1)
+                log.info("exactly-once watermark", table=table, partition=tp.partition,
+                         offset=mark, committed=committed)
+
+    def _read_watermarks(self, table: str) -> dict[int, int]:
+        result: dict[int, int] = {}
+
+        def read() -> None:
+            rows = self.writer.client.execute(
+                f"SELECT _chute_partition, max(_chute_offset) FROM "
+                f"{quote_identifier(self.writer.database)}.{quote_identifier(table)} "
+                "GROUP BY _chute_partition")
+            result.update({int(p): int(o) for p, o in rows})
+
+        self._with_retry(read, table, "watermark read")
+        return result
+
+    def update_lag(self) -> None:
+        assignment = list(self.consumer.assignment())
+        if not assignment:
+            return
+        try:
+            ends = self.consumer.end_offsets(assignment)
+        except KafkaError:
+            return
+        for tp, end in ends.items():
+            done = self.committed.get(tp)
+            if done is None:
+                done = self.consumer.committed(tp) or 0
+                self.committed[tp] = done
+            metrics.SYNC_CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, end - done))
+
+
+def _names(tps: list[TopicPartition]) -> str:
+    return ",".join(f"{tp.topic}:{tp.partition}" for tp in sorted(tps))
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, worker: SyncWorker) -> None:
+        self.worker = worker
+
+    def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        self.worker.on_revoked(list(revoked))
+
+    def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self.worker.on_assigned(list(assigned))

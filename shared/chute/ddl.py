@@ -1,0 +1,80 @@
+"""CREATE statements rendered as plain strings. Pure: applying them lives elsewhere."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from chute.identifiers import quote_identifier, quote_string, validate_identifier
+from chute.typemap import ColumnSpec
+
+ENGINES_WITH_COLUMN_ARG = {"ReplacingMergeTree", "CollapsingMergeTree", "SummingMergeTree"}
+ENGINES = {"MergeTree", "ReplacingMergeTree", "SummingMergeTree", "AggregatingMergeTree",
+           "CollapsingMergeTree"}
+
+# Columns added to exactly-once tables: the Kafka position each row came from. The sync
+# worker reads max(offset) per partition back on assignment (see docs/delivery.md).
+PARTITION_COLUMN = ColumnSpec("_chute_partition", "UInt32")
+OFFSET_COLUMN = ColumnSpec("_chute_offset", "UInt64")
+
+
+@dataclass(frozen=True)
+class TableDefinition:
+    name: str
+    columns: tuple[ColumnSpec, ...]
+    engine: str = "MergeTree"
+    engine_column: str | None = None
+    order_by: tuple[str, ...] = ()
+    partition_by: str | None = None
+    ttl: str | None = None
+    settings: dict[str, str | int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        validate_identifier(self.name, "table")
+        if self.engine not in ENGINES:
+            raise ValueError(f"table {self.name}: unknown engine {self.engine!r}; "
+                             f"choose one of {sorted(ENGINES)}")
+        names = {c.name for c in self.columns}
+        for col in (*self.order_by, *([self.engine_column] if self.engine_column else [])):
+            if col not in names:
+                raise ValueError(f"table {self.name}: column {col!r} is not a field of the model")
+        if self.engine_column and self.engine not in ENGINES_WITH_COLUMN_ARG:
+            raise ValueError(f"table {self.name}: {self.engine} takes no column argument")
+        if self.engine == "CollapsingMergeTree" and not self.engine_column:
+            raise ValueError(f"table {self.name}: CollapsingMergeTree needs a sign column")
+        for expr in (self.partition_by, self.ttl):
+            if expr is not None and (";" in expr or "--" in expr):
+                raise ValueError(f"table {self.name}: expression {expr!r} is not allowed")
+
+
+def render_column(column: ColumnSpec) -> str:
+    parts = [quote_identifier(column.name), column.type]
+    if column.default is not None:
+        parts.append(f"DEFAULT {column.default}")
+    if column.codec is not None:
+        parts.append(f"CODEC({column.codec})")
+    return " ".join(parts)
+
+
+def render_create_table(table: TableDefinition, database: str) -> str:
+    validate_identifier(database, "database")
+    columns = ",\n    ".join(render_column(c) for c in table.columns)
+    engine_arg = quote_identifier(table.engine_column) if table.engine_column else ""
+    order_by = ", ".join(quote_identifier(c) for c in table.order_by)
+    lines = [
+        f"CREATE TABLE IF NOT EXISTS {quote_identifier(database)}.{quote_identifier(table.name)}",
+        f"(\n    {columns}\n)",
+        f"ENGINE = {table.engine}({engine_arg})",
+    ]
+    if table.partition_by:
+        lines.append(f"PARTITION BY {table.partition_by}")
+    lines.append(f"ORDER BY ({order_by})" if table.order_by else "ORDER BY tuple()")
+    if table.ttl:
+        lines.append(f"TTL {table.ttl}")
+    if table.settings:
+        rendered = ", ".join(
+            f"{validate_identifier(k, 'setting')} = "
+            f"{v if isinstance(v, int) else quote_string(str(v))}"
+            for k, v in sorted(table.settings.items())
+        )
+        lines.append(f"SETTINGS {rendered}")
+    return "\n".join(lines)

@@ -1,0 +1,82 @@
+"""Kafka adapter: admin operations, producer and consumer factories (kafka-python)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.errors import TopicAlreadyExistsError
+
+from chute.registry import TopicSpec
+
+
+def admin_client(bootstrap: str, timeout_ms: int = 10_000) -> KafkaAdminClient:
+    return KafkaAdminClient(
+        bootstrap_servers=bootstrap, client_id="chute-admin", request_timeout_ms=timeout_ms)
+
+
+def topic_partitions(admin: KafkaAdminClient) -> dict[str, int]:
+    """{topic: partition count} for every non-internal topic."""
+    result = {}
+    for topic in admin.describe_topics():
+        if topic.get("is_internal") or str(topic["name"]).startswith("__"):
+            continue
+        result[str(topic["name"])] = len(topic["partitions"])
+    return result
+
+
+def create_topic(admin: KafkaAdminClient, spec: TopicSpec) -> bool:
+    """Create the topic; False when it already existed."""
+    try:
+        admin.create_topics(
+            {spec.name: {
+                "num_partitions": spec.partitions,
+                "replication_factor": -1,  # the broker's default.replication.factor
+                "configs": {"retention.ms": str(spec.retention_ms)},
+            }},
+            wait_for_metadata=True,
+        )
+    except TopicAlreadyExistsError:
+        return False
+    return True
+
+
+def add_partitions(admin: KafkaAdminClient, topic: str, total: int) -> None:
+    admin.create_partitions({topic: total})
+
+
+def producer(bootstrap: str, **overrides: Any) -> KafkaProducer:
+    """A producer that only reports success once every in-sync replica has the record."""
+    config: dict[str, Any] = {
+        "bootstrap_servers": bootstrap,
+        "acks": "all",
+        "linger_ms": 5,
+        "batch_size": 512 * 1024,
+        "max_request_size": 16 * 1024 * 1024,
+        "buffer_memory": 128 * 1024 * 1024,
+        "compression_type": None,
+        "retries": 3,
+        "request_timeout_ms": 10_000,
+        "max_block_ms": 5_000,
+        "client_id": "chute",
+    }
+    config.update(overrides)
+    return KafkaProducer(**config)
+
+
+def consumer(bootstrap: str, group_id: str, **overrides: Any) -> KafkaConsumer:
+    config: dict[str, Any] = {
+        "bootstrap_servers": bootstrap,
+        "group_id": group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "max_poll_records": 20_000,
+        "fetch_max_bytes": 64 * 1024 * 1024,
+        "max_partition_fetch_bytes": 16 * 1024 * 1024,
+        "session_timeout_ms": 10_000,
+        "heartbeat_interval_ms": 2_000,
+        "max_poll_interval_ms": 300_000,
+        "client_id": "chute-sync",
+    }
+    config.update(overrides)
+    return KafkaConsumer(**config)

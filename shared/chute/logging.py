@@ -1,0 +1,36 @@
+"""structlog set-up: JSON lines in containers, readable console output locally."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+
+
+def configure_logging(fmt: str = "console", level: str = "info", service: str = "") -> None:
+    level_no = logging.getLevelNamesMapping()[level.upper()]
+    renderer: structlog.typing.Processor
+    if fmt == "json":
+        renderer = structlog.processors.JSONRenderer()
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    processors: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    if fmt == "json":
+        processors.append(structlog.processors.format_exc_info)
+    processors.append(renderer)
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(level_no),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+    if service:
+        structlog.contextvars.bind_contextvars(service=service)
+    # Libraries log through the standard library; keep their noise at warning.
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    logging.getLogger("kafka").setLevel(logging.ERROR)

@@ -1,0 +1,65 @@
+"""Every Prometheus metric chute exports, in one place, each with what it means."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_E2E_BUCKETS = (0.1, 0.25, 0.5, 1, 1.5, 2, 3, 5, 10, 30, 60, 300)
+_ROWS_BUCKETS = (1, 10, 100, 1_000, 10_000, 50_000, 100_000, 250_000, 1_000_000)
+
+# --- ingest-api -----------------------------------------------------------------------------
+# HTTP requests to /ingest/<pipeline>, by pipeline and HTTP status code.
+INGEST_REQUESTS = Counter(
+    "chute_ingest_requests_total", "Ingest requests by pipeline and status code",
+    ["pipeline", "code"])
+# Records seen by the ingest API: result=accepted (acknowledged by Kafka), rejected (invalid),
+# failed (Kafka did not acknowledge).
+INGEST_RECORDS = Counter(
+    "chute_ingest_records_total", "Records by pipeline and result", ["pipeline", "result"])
+# Wall time of an ingest request, from body received to answer.
+INGEST_REQUEST_SECONDS = Histogram(
+    "chute_ingest_request_seconds", "Ingest request duration", ["pipeline"],
+    buckets=_LATENCY_BUCKETS)
+# Ingest requests being processed right now (bounded by the in-flight limit).
+INGEST_IN_FLIGHT = Gauge("chute_ingest_in_flight_requests", "Ingest requests in progress")
+
+# --- sync-worker ----------------------------------------------------------------------------
+# Rows ClickHouse acknowledged, per table. Rows, not messages received.
+SYNC_ROWS_INSERTED = Counter(
+    "chute_sync_rows_inserted_total", "Rows inserted into ClickHouse", ["table"])
+# Rows per insert.
+SYNC_BATCH_ROWS = Histogram(
+    "chute_sync_batch_rows", "Rows per batch insert", ["table"], buckets=_ROWS_BUCKETS)
+# Approximate encoded bytes per insert (the size of the Kafka payloads in the batch).
+SYNC_BATCH_BYTES = Histogram(
+    "chute_sync_batch_bytes", "Payload bytes per batch insert", ["table"],
+    buckets=(1e3, 1e4, 1e5, 1e6, 4e6, 16e6, 64e6, 256e6))
+# Duration of one successful insert.
+SYNC_INSERT_SECONDS = Histogram(
+    "chute_sync_insert_seconds", "Batch insert duration", ["table"], buckets=_LATENCY_BUCKETS)
+# Errors by table and kind: transient (retried), data (rows dead-lettered), decode (bad record).
+SYNC_ERRORS = Counter("chute_sync_errors_total", "Sync errors by kind", ["table", "kind"])
+# Records sent to the dead-letter queue, by table they were meant for.
+SYNC_DLQ_RECORDS = Counter(
+    "chute_sync_dlq_records_total", "Records sent to the dead-letter queue", ["table"])
+# Committed-offset lag per topic-partition owned by this worker (end offset - position).
+SYNC_CONSUMER_LAG = Gauge(
+    "chute_sync_consumer_lag", "Messages not yet inserted", ["topic", "partition"])
+# Kafka record timestamp -> row acknowledged by ClickHouse.
+SYNC_END_TO_END_SECONDS = Histogram(
+    "chute_sync_end_to_end_seconds", "Kafka timestamp to inserted", ["table"],
+    buckets=_E2E_BUCKETS)
+# Records held in memory waiting for a flush.
+SYNC_BUFFERED_ROWS = Gauge("chute_sync_buffered_rows", "Rows buffered", ["table"])
+# 1 while fetching is paused (ClickHouse unavailable, retrying).
+SYNC_PAUSED = Gauge("chute_sync_paused", "1 while fetching is paused for retries")
+# Offsets committed to Kafka, per topic.
+SYNC_COMMITS = Counter("chute_sync_commits_total", "Offset commits", ["topic"])
+
+# --- control-plane --------------------------------------------------------------------------
+# Topic/table changes made by apply, by kind of action.
+CONTROL_ACTIONS = Counter(
+    "chute_control_actions_total", "Changes applied by the control plane", ["action"])
+# Rows in each pipeline table, refreshed when /pipelines or /metrics is read.
+CONTROL_TABLE_ROWS = Gauge("chute_table_rows", "Rows in a pipeline table", ["table"])

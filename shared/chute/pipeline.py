@@ -1,0 +1,238 @@
+"""The pipeline API: OlapTable, Stream, IngestApi and IngestPipeline.
+
+Mirrors Moose's Python API: `IngestPipeline[Event]("events", IngestPipelineConfig(...))`.
+Resources are plain objects; `chute.registry` finds them in the user's schema modules.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, ClassVar, Generic, Literal, TypeVar
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+
+from chute.annotations import Key
+from chute.ddl import OFFSET_COLUMN, PARTITION_COLUMN, TableDefinition
+from chute.identifiers import validate_identifier
+from chute.server import ServerProfile
+from chute.typemap import columns_for
+
+M = TypeVar("M", bound=BaseModel)
+
+DEFAULT_PARTITIONS = 4
+DEFAULT_RETENTION_SECONDS = 7 * 24 * 3600
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+
+class OlapConfig(_Config):
+    order_by_fields: tuple[str, ...] | None = None  # default: the model's Key fields
+    engine: Literal["MergeTree", "ReplacingMergeTree", "SummingMergeTree",
+                    "AggregatingMergeTree", "CollapsingMergeTree"] = "MergeTree"
+    ver: str | None = None  # ReplacingMergeTree version / CollapsingMergeTree sign column
+    partition_by: str | None = None
+    ttl: str | None = None
+    settings: dict[str, str | int] = Field(default_factory=dict)
+
+
+class StreamConfig(_Config):
+    # `parallelism` is accepted too, Moose's name for it.
+    partitions: int = Field(DEFAULT_PARTITIONS, ge=1, le=1024,
+                            validation_alias=AliasChoices("partitions", "parallelism"))
+    retention_period: int = Field(DEFAULT_RETENTION_SECONDS, ge=60)  # seconds
+    destination: OlapTable[Any] | None = None
+    max_batch_rows: int = Field(100_000, ge=1)
+    max_batch_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    max_batch_wait: float = Field(1.0, gt=0, le=300)  # seconds
+    delivery: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    dead_letter_queue: bool = True
+
+
+class IngestConfig(_Config):
+    destination: Stream[Any]
+
+
+class IngestPipelineConfig(_Config):
+    ingest: bool = True
+    stream: bool | StreamConfig = True
+    table: bool | OlapConfig = True
+    dead_letter_queue: bool = True
+
+
+def _config(config_type: type[Any], value: Any) -> Any:
+    """Configs may be given as objects or plain dicts, as in Moose's examples."""
+    if value is None:
+        return config_type()
+    if isinstance(value, dict):
+        return config_type.model_validate(value)
+    if not isinstance(value, config_type):
+        raise TypeError(f"expected {config_type.__name__} or dict, got {type(value).__name__}")
+    return value
+
+
+class _Typed(Generic[M]):
+    """Base of resources subscripted with their model: `OlapTable[Event](...)`."""
+
+    model_type: ClassVar[type[BaseModel] | None] = None
+    kind: ClassVar[str] = "resource"
+
+    def __class_getitem__(cls, model: Any) -> Any:
+        if isinstance(model, type) and issubclass(model, BaseModel):
+            return _bind(cls, model)
+        return super().__class_getitem__(model)  # type: ignore[misc]
+
+    def __init__(self, name: str) -> None:
+        validate_identifier(name, self.kind)
+        if self.model_type is None:
+            raise TypeError(
+                f"{type(self).__name__}({name!r}) needs its model: "
+                f"{type(self).__name__}[MyModel]({name!r}, ...)"
+            )
+        self.name = name
+        self.model: type[BaseModel] = self.model_type
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+
+_BOUND: dict[tuple[type[Any], type[BaseModel]], type[Any]] = {}
+
+
+def _bind(cls: type[Any], model: type[BaseModel]) -> type[Any]:
+    """`cls` specialised to `model`, cached so `OlapTable[Event]` is always the same class."""
+    key = (cls, model)
+    if key not in _BOUND:
+        name = f"{cls.__name__}[{model.__name__}]"
+        _BOUND[key] = type(name, (cls,), {"model_type": model, "__module__": cls.__module__})
+    return _BOUND[key]
+
+
+class OlapTable(_Typed[M]):
+    kind = "table"
+
+    def __init__(self, name: str, config: OlapConfig | dict[str, Any] | None = None) -> None:
+        super().__init__(name)
+        self.config: OlapConfig = _config(OlapConfig, config)
+        self.exactly_once = False  # set by a Stream whose delivery is exactly_once
+
+    def definition(self, profile: ServerProfile) -> TableDefinition:
+        columns = columns_for(self.model, profile)
+        order_by = self.config.order_by_fields
+        if order_by is None:
+            order_by = tuple(c.name for c in columns if c.is_key)
+        if self.exactly_once:
+            columns = [*columns, PARTITION_COLUMN, OFFSET_COLUMN]
+        return TableDefinition(
+            name=self.name,
+            columns=tuple(columns),
+            engine=self.config.engine,
+            engine_column=self.config.ver,
+            order_by=tuple(order_by),
+            partition_by=self.config.partition_by,
+            ttl=self.config.ttl,
+            settings=dict(self.config.settings),
+        )
+
+
+class Stream(_Typed[M]):
+    kind = "stream"
+
+    def __init__(self, name: str, config: StreamConfig | dict[str, Any] | None = None) -> None:
+        super().__init__(name)
+        self.config: StreamConfig = _config(StreamConfig, config)
+        self.topic = name
+        self.dead_letter: Stream[DeadLetterRecord] | None = None
+        destination = self.config.destination
+        if destination is not None:
+            if destination.model is not self.model:
+                raise TypeError(f"stream {name}: destination table {destination.name} has "
+                                f"model {destination.model.__name__}, not {self.model.__name__}")
+            if self.config.delivery == "exactly_once":
+                destination.exactly_once = True
+            if self.config.dead_letter_queue:
+                self.dead_letter = dead_letter_stream(name)
+
+    @property
+    def destination(self) -> OlapTable[Any] | None:
+        return self.config.destination
+
+
+class IngestApi(_Typed[M]):
+    kind = "ingest API"
+
+    def __init__(self, name: str, config: IngestConfig | dict[str, Any]) -> None:
+        super().__init__(name)
+        self.config: IngestConfig = _config(IngestConfig, config)
+        if self.config.destination.model is not self.model:
+            raise TypeError(f"ingest API {name}: destination stream has another model")
+
+    @property
+    def destination(self) -> Stream[Any]:
+        return self.config.destination
+
+
+class IngestPipeline(_Typed[M]):
+    """A table, a stream that syncs into it, and an ingest endpoint that feeds the stream."""
+
+    kind = "pipeline"
+
+    def __init__(
+        self, name: str, config: IngestPipelineConfig | dict[str, Any] | None = None
+    ) -> None:
+        super().__init__(name)
+        self.config: IngestPipelineConfig = _config(IngestPipelineConfig, config)
+        cfg = self.config
+        self.table: OlapTable[Any] | None = None
+        self.stream: Stream[Any] | None = None
+        self.ingest_api: IngestApi[Any] | None = None
+        if cfg.table:
+            table_cfg = cfg.table if isinstance(cfg.table, OlapConfig) else OlapConfig()
+            self.table = _bind(OlapTable, self.model)(name, table_cfg)
+        if cfg.stream:
+            stream_cfg = cfg.stream if isinstance(cfg.stream, StreamConfig) else StreamConfig()
+            stream_cfg = stream_cfg.model_copy(update={
+                "destination": self.table,
+                "dead_letter_queue": cfg.dead_letter_queue and stream_cfg.dead_letter_queue,
+            })
+            self.stream = _bind(Stream, self.model)(name, stream_cfg)
+        if cfg.ingest:
+            if self.stream is None:
+                raise ValueError(f"pipeline {name}: ingest needs stream=True")
+            self.ingest_api = _bind(IngestApi, self.model)(name, IngestConfig(
+                destination=self.stream))
+
+    def parts(self) -> list[_Typed[Any]]:
+        parts: list[_Typed[Any]] = [p for p in (self.table, self.stream, self.ingest_api) if p]
+        if self.stream is not None and self.stream.dead_letter is not None:
+            dlq = self.stream.dead_letter
+            parts.append(dlq)
+            if dlq.destination is not None:
+                parts.append(dlq.destination)
+        return parts
+
+
+class DeadLetterRecord(BaseModel):
+    """The envelope of a record that could not be stored, in `<name>_dlq`."""
+
+    failed_at: Key[datetime]
+    source: Literal["ingest", "sync"]
+    pipeline: str
+    topic: str
+    partition: int
+    offset: int
+    error_type: str
+    error_message: str
+    payload: str
+
+
+def dead_letter_stream(name: str) -> Stream[DeadLetterRecord]:
+    dlq_name = f"{name}_dlq"
+    table = OlapTable[DeadLetterRecord](dlq_name)
+    return Stream[DeadLetterRecord](dlq_name, StreamConfig(
+        partitions=1, destination=table, dead_letter_queue=False))
+
+
+StreamConfig.model_rebuild()
+IngestConfig.model_rebuild()

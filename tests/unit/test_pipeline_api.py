@@ -1,0 +1,114 @@
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from chute import (
+    IngestApi,
+    IngestConfig,
+    IngestPipeline,
+    IngestPipelineConfig,
+    Key,
+    OlapTable,
+    Stream,
+    StreamConfig,
+)
+from chute.registry import DefinitionError, Definitions, load_definitions
+from pydantic import BaseModel
+
+
+class Event(BaseModel):
+    id: Key[str]
+    user_id: str
+    timestamp: datetime
+    event_type: str
+
+
+def test_pipeline_builds_table_stream_ingest_and_dead_letter_queue() -> None:
+    p = IngestPipeline[Event]("events", IngestPipelineConfig(
+        ingest=True, stream=True, table=True, dead_letter_queue=True))
+    assert p.model is Event
+    assert p.table is not None and p.table.name == "events"
+    assert p.stream is not None and p.stream.destination is p.table
+    assert p.ingest_api is not None and p.ingest_api.destination is p.stream
+    defs = Definitions.from_resources([p])
+    assert sorted(defs.tables) == ["events", "events_dlq"]
+    assert sorted(defs.streams) == ["events", "events_dlq"]
+    assert list(defs.ingest_apis) == ["events"]
+    assert {t.name: t.partitions for t in defs.topics()} == {"events": 4, "events_dlq": 1}
+
+
+def test_config_as_dict_and_batch_settings() -> None:
+    p = IngestPipeline[Event]("clicks", {
+        "table": True, "dead_letter_queue": False,
+        "stream": {"parallelism": 8, "max_batch_rows": 500, "max_batch_wait": 0.25}})
+    assert p.stream is not None
+    assert p.stream.config.partitions == 8
+    assert p.stream.config.max_batch_rows == 500
+    assert p.stream.dead_letter is None
+
+
+def test_standalone_pieces() -> None:
+    table = OlapTable[Event]("raw_events", {"order_by_fields": ["id", "timestamp"]})
+    stream = Stream[Event]("raw_events", StreamConfig(destination=table))
+    api = IngestApi[Event]("raw_events", IngestConfig(destination=stream))
+    defs = Definitions.from_resources([table, stream, api])
+    assert [s.name for s in defs.synced_streams()] == ["raw_events", "raw_events_dlq"]
+    assert defs.stream_for_topic("raw_events") is stream
+
+
+def test_model_is_required() -> None:
+    with pytest.raises(TypeError, match=r"needs its model"):
+        OlapTable("events")
+
+
+def test_unknown_config_key_is_refused() -> None:
+    with pytest.raises(ValueError, match="not_a_setting"):
+        IngestPipeline[Event]("x", {"not_a_setting": 1})
+
+
+def test_destination_with_other_model_is_refused() -> None:
+    class Other(BaseModel):
+        a: int
+
+    with pytest.raises(TypeError, match="destination table"):
+        Stream[Event]("s", StreamConfig(destination=OlapTable[Other]("o")))
+
+
+def test_exactly_once_adds_position_columns() -> None:
+    from chute.server import OLD_SERVER
+
+    p = IngestPipeline[Event]("eo", {"stream": StreamConfig(delivery="exactly_once")})
+    assert p.table is not None
+    names = [c.name for c in p.table.definition(OLD_SERVER).columns]
+    assert names[-2:] == ["_chute_partition", "_chute_offset"]
+
+
+def test_load_definitions_from_module_and_directory(tmp_path: Path) -> None:
+    defs = load_definitions("schemas")
+    assert "events" in defs.ingest_apis
+    (tmp_path / "orders.py").write_text(
+        "from pydantic import BaseModel\n"
+        "from chute import IngestPipeline, Key\n"
+        "class Order(BaseModel):\n"
+        "    id: Key[int]\n"
+        "    total: float\n"
+        "orders = IngestPipeline[Order]('orders', {'dead_letter_queue': False})\n")
+    both = load_definitions(f"schemas,{tmp_path}")
+    assert sorted(both.ingest_apis) == ["events", "orders"]
+
+
+def test_load_definitions_reports_broken_files(tmp_path: Path) -> None:
+    (tmp_path / "broken.py").write_text("raise RuntimeError('boom')\n")
+    with pytest.raises(DefinitionError, match=r"broken\.py: boom"):
+        load_definitions(str(tmp_path))
+    with pytest.raises(DefinitionError, match="cannot import schema module"):
+        load_definitions("no_such_module_here")
+
+
+def test_duplicate_names_are_refused() -> None:
+    a = IngestPipeline[Event]("dup")
+    b = IngestPipeline[Event]("dup")
+    with pytest.raises(DefinitionError, match="defined twice"):
+        Definitions.from_resources([a, b])

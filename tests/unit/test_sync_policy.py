@@ -1,0 +1,117 @@
+from __future__ import annotations
+
+import random
+import struct
+
+import pytest
+from clickhouse_driver import errors as ch_errors
+from kafka import TopicPartition
+from pydantic import BaseModel
+from sync_worker.buffer import TableBuffer
+from sync_worker.errors import DATA, TRANSIENT, classify
+from sync_worker.policy import Backoff, BatchLimits, DeadLetterGuard, flush_reason
+from sync_worker.rows import Position
+from sync_worker.writer import Isolator
+
+LIMITS = BatchLimits(max_rows=3, max_bytes=100, max_wait=1.0)
+
+
+def test_flush_by_rows_bytes_and_age() -> None:
+    assert flush_reason(LIMITS, 2, 10, 0.0, 0.5) is None
+    assert flush_reason(LIMITS, 3, 10, 0.0, 0.5) == "rows"
+    assert flush_reason(LIMITS, 1, 100, 0.0, 0.5) == "bytes"
+    assert flush_reason(LIMITS, 1, 10, 0.0, 1.0) == "wait"
+    assert flush_reason(LIMITS, 0, 0, None, 99.0) is None
+
+
+class Row(BaseModel):
+    a: int
+
+
+def test_buffer_tracks_offsets_ranges_and_dead_letters() -> None:
+    buf = TableBuffer("t", LIMITS)
+    assert buf.due(10.0) is None
+    buf.add(Row(a=1), Position("t", 0, 5, 0), 10, now=1.0)
+    buf.add(Row(a=2), Position("t", 1, 7, 0), 10, now=1.2)
+    buf.add_dead_letter(b"{}", Position("t", 0, 6, 0), now=1.3)
+    assert buf.last_offsets == {TopicPartition("t", 0): 6, TopicPartition("t", 1): 7}
+    assert buf.describe_offsets() == "0:5-5,1:7-7"
+    assert buf.due(1.5) is None
+    assert buf.due(2.0) == "wait"
+    buf.clear()
+    assert not buf.pending
+
+
+def test_backoff_is_capped_and_jittered() -> None:
+    b = Backoff(0.5, 4.0)
+    rng = random.Random(1)
+    delays = [b.next_delay(rng) for _ in range(8)]
+    assert 0.25 <= delays[0] <= 0.5
+    assert all(d <= 4.0 for d in delays)
+    assert delays[-1] >= 2.0
+    b.reset()
+    assert b.next_delay(rng) <= 0.5
+
+
+def test_dead_letter_guard_trips_on_ratio_over_window() -> None:
+    guard = DeadLetterGuard(limit=0.5, window=10, min_records=5)
+    for _ in range(4):
+        guard.record(True)
+    assert not guard.tripped  # too few records to judge
+    guard.record(True)
+    assert guard.tripped
+    guard2 = DeadLetterGuard(limit=0.5, window=10, min_records=5)
+    for i in range(100):
+        guard2.record(i % 5 == 0)  # 20 % bad
+    assert not guard2.tripped and guard2.ratio == pytest.approx(0.2)
+
+
+def test_isolator_finds_each_bad_row_and_inserts_the_rest_in_order() -> None:
+    bad = {3, 4, 17}
+    inserted: list[int] = []
+
+    def insert(lo: int, hi: int) -> None:
+        if any(i in bad for i in range(lo, hi)):
+            raise struct.error("ubyte format requires 0 <= number <= 255")
+        inserted.extend(range(lo, hi))
+
+    iso = Isolator(20)
+    iso.run(insert, classify)
+    assert [i for i, _ in iso.rejected] == [3, 4, 17]
+    assert inserted == [i for i in range(20) if i not in bad]  # in order, each once
+
+
+def test_isolator_resumes_after_transient_error_without_reinserting() -> None:
+    inserted: list[int] = []
+    fail_once = {"armed": True}
+
+    def insert(lo: int, hi: int) -> None:
+        if 5 in range(lo, hi):
+            raise struct.error("bad")
+        if lo >= 6 and fail_once["armed"]:
+            fail_once["armed"] = False
+            raise ch_errors.NetworkError("connection reset")
+        inserted.extend(range(lo, hi))
+
+    iso = Isolator(12)
+    with pytest.raises(ch_errors.NetworkError):
+        iso.run(insert, classify)
+    iso.run(insert, classify)
+    assert inserted == [i for i in range(12) if i != 5]
+
+
+@pytest.mark.parametrize(("exc", "kind"), [
+    (ch_errors.ServerException("Too many parts", code=252), TRANSIENT),
+    (ch_errors.ServerException("Memory limit", code=241), TRANSIENT),
+    (ch_errors.ServerException("Unknown table", code=60), TRANSIENT),
+    (ch_errors.ServerException("Cannot parse", code=6), DATA),
+    (ch_errors.ServerException("Type mismatch", code=53), DATA),
+    (ch_errors.NetworkError("down"), TRANSIENT),
+    (ch_errors.SocketTimeoutError("slow"), TRANSIENT),
+    (ConnectionRefusedError(), TRANSIENT),
+    (EOFError(), TRANSIENT),
+    (struct.error("out of range"), DATA),
+    (OverflowError(), DATA),
+])
+def test_error_classification(exc: BaseException, kind: str) -> None:
+    assert classify(exc) == kind
