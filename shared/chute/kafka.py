@@ -53,10 +53,10 @@ def producer(bootstrap: str, **overrides: Any) -> KafkaProducer:
         "linger_ms": 5,
         "batch_size": 512 * 1024,
         "max_request_size": 16 * 1024 * 1024,
-        "buffer_memory": 128 * 1024 * 1024,
         "compression_type": None,
-        "retries": 3,
+        "delivery_timeout_ms": 30_000,  # retries (idempotent) stop after this
         "request_timeout_ms": 10_000,
+        "metrics_enabled": False,  # kafka-python's own metrics cost CPU; we export ours
         "max_block_ms": 5_000,
         "client_id": "chute",
     }
@@ -77,6 +77,7 @@ def consumer(bootstrap: str, group_id: str, **overrides: Any) -> KafkaConsumer:
         "heartbeat_interval_ms": 2_000,
         "max_poll_interval_ms": 300_000,
         "client_id": "chute-sync",
+        "metrics_enabled": False,
     }
     config.update(overrides)
     return KafkaConsumer(**config)

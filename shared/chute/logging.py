@@ -33,4 +33,4 @@ def configure_logging(fmt: str = "console", level: str = "info", service: str = 
         structlog.contextvars.bind_contextvars(service=service)
     # Libraries log through the standard library; keep their noise at warning.
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    logging.getLogger("kafka").setLevel(logging.ERROR)
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)  # we log failures ourselves
