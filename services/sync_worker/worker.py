@@ -8,8 +8,9 @@ never loses. Transient ClickHouse errors are retried with backoff while nothing 
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +21,7 @@ from chute.pipeline import Stream
 from chute.registry import Definitions
 from chute.server import ServerProfile
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
 
@@ -106,6 +107,11 @@ class SyncWorker:
         self.last_loop = self.clock()
         self.paused = False
         self._next_lag_update = 0.0
+        # kafka-python runs rebalance listeners on its IO thread, where blocking consumer
+        # calls are not allowed: assignments are posted here and handled after poll().
+        self._group_lock = threading.Lock()
+        self._assign_request: set[TopicPartition] | None = None
+        self.closing = False
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -130,6 +136,7 @@ class SyncWorker:
             self.flush_all(FlushReason.SHUTDOWN)
         except FlushAbandoned as exc:
             log.warning("shutdown flush abandoned; rows will be re-delivered", error=str(exc))
+        self.closing = True
         self.consumer.close(autocommit=False)
         self.producer.flush(timeout=5)
         log.info("left the consumer group")
@@ -144,7 +151,12 @@ class SyncWorker:
             due_in = route.buffer.seconds_until_due(now)
             if due_in is not None:
                 timeout = min(timeout, due_in)
+        self.handle_group_changes()
         records = self.consumer.poll(timeout_ms=max(1, int(timeout * 1000)))
+        if self.handle_group_changes():
+            # The assignment changed while these were fetched: positions were reset to what
+            # is committed (or the exactly-once watermark), so they will be fetched again.
+            records = {}
         for tp, messages in records.items():
             route = self.routes[tp.topic]
             for message in messages:
@@ -209,7 +221,9 @@ class SyncWorker:
             if route.buffer.pending:
                 self.flush(route, reason)
 
-    def flush(self, route: Route, reason: str) -> None:
+    def flush(self, route: Route, reason: str,
+              commit: bool = True) -> dict[TopicPartition, int]:
+        """Insert the buffered rows, dead-letter what fails, commit; returns the offsets."""
         buf = route.buffer
         started = time.perf_counter()
         if buf.rows:
@@ -217,7 +231,8 @@ class SyncWorker:
         rows = len(buf.rows)
         self._produce_dead_letters(route)
         offsets = {tp: offset + 1 for tp, offset in buf.last_offsets.items()}
-        self._commit(offsets)
+        if commit:
+            self._commit(offsets)
         duration = time.perf_counter() - started
         if rows:
             self._observe(route, rows, duration)
@@ -226,6 +241,7 @@ class SyncWorker:
                      reason=reason, dead_letters=len(buf.dead_letters))
         metrics.SYNC_BUFFERED_ROWS.labels(route.table).set(0)
         buf.clear()
+        return offsets
 
     def _insert(self, route: Route) -> None:
         buf = route.buffer
@@ -320,36 +336,69 @@ class SyncWorker:
 
     # --- rebalancing and exactly-once ---------------------------------------------------
 
-    def on_revoked(self, revoked: list[TopicPartition]) -> None:
+    def note_assignment(self, assigned: set[TopicPartition]) -> None:
+        with self._group_lock:
+            self._assign_request = set(assigned)
+
+    def handle_group_changes(self) -> bool:
+        """Position newly assigned partitions (main thread). True if there were any."""
+        with self._group_lock:
+            assigned, self._assign_request = self._assign_request, None
+        if assigned is not None:
+            self.on_assigned(sorted(assigned))
+        return assigned is not None
+
+    def flush_for_revocation(self, revoked: set[TopicPartition]) -> dict[TopicPartition, int]:
+        """Insert what is buffered before the partitions go to another worker, so the next
+        owner (and its exactly-once watermark) starts after our last insert. Runs on
+        kafka-python's IO thread while the main thread is blocked in poll(); returns the
+        offsets to commit, which the listener commits without blocking the IO loop."""
         log.info("partitions revoked", partitions=_names(revoked))
+        offsets: dict[TopicPartition, int] = {}
+        self.stop_deadline = self.clock() + self.settings.sync_shutdown_flush_seconds
         try:
-            self.flush_all(FlushReason.REBALANCE)
+            for route in self.routes.values():
+                if route.buffer.pending:
+                    offsets.update(self.flush(route, FlushReason.REBALANCE, commit=False))
         except FlushAbandoned as exc:
             log.warning("rebalance flush abandoned; rows will be re-delivered", error=str(exc))
-            for route in self.routes.values():
-                route.buffer.clear()
+        finally:
+            self.stop_deadline = None if not self.stopping else self.stop_deadline
+        for route in self.routes.values():
+            route.buffer.clear()
         for tp in revoked:
             self.watermarks.pop(tp, None)
             self.committed.pop(tp, None)
             with contextlib.suppress(KeyError):
                 metrics.SYNC_CONSUMER_LAG.remove(tp.topic, str(tp.partition))
+        return offsets
 
     def on_assigned(self, assigned: list[TopicPartition]) -> None:
+        """Start each partition at its committed offset, or past the exactly-once watermark
+        when the table already holds later rows."""
         log.info("partitions assigned", partitions=_names(assigned))
-        eo_tables = {self.routes[tp.topic].table for tp in assigned
-                     if self.routes[tp.topic].exactly_once}
-        for table in sorted(eo_tables):
-            marks = self._read_watermarks(table)
-            for tp in assigned:
-                if self.routes[tp.topic].table != table or tp.partition not in marks:
-                    continue
-                mark = marks[tp.partition]
-                self.watermarks[tp] = mark
-                committed = self.consumer.committed(tp)
-                if committed is None or committed <= mark:
-                    self.consumer.seek(tp, mark + 1)
-                log.info("exactly-once watermark", table=table, partition=tp.partition,
-                         offset=mark, committed=committed)
+        for route in self.routes.values():
+            route.buffer.clear()
+        marks_by_table: dict[str, dict[int, int]] = {}
+        for tp in assigned:
+            route = self.routes[tp.topic]
+            committed = self.consumer.committed(tp)
+            target = committed
+            if route.exactly_once:
+                if route.table not in marks_by_table:
+                    marks_by_table[route.table] = self._read_watermarks(route.table)
+                mark = marks_by_table[route.table].get(tp.partition)
+                if mark is not None:
+                    self.watermarks[tp] = mark
+                    if target is None or target <= mark:
+                        target = mark + 1
+                    log.info("exactly-once watermark", table=route.table,
+                             partition=tp.partition, offset=mark, committed=committed)
+            if target is None:
+                self.consumer.seek_to_beginning(tp)
+            else:
+                self.consumer.seek(tp, target)
+                self.committed[tp] = committed if committed is not None else 0
 
     def _read_watermarks(self, table: str) -> dict[int, int]:
         result: dict[int, int] = {}
@@ -380,16 +429,32 @@ class SyncWorker:
             metrics.SYNC_CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, end - done))
 
 
-def _names(tps: list[TopicPartition]) -> str:
+def _names(tps: Iterable[TopicPartition]) -> str:
     return ",".join(f"{tp.topic}:{tp.partition}" for tp in sorted(tps))
 
 
-class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+class _Listener(AsyncConsumerRebalanceListener):  # type: ignore[misc]
+    """Called on kafka-python's IO thread during poll()."""
+
     def __init__(self, worker: SyncWorker) -> None:
         self.worker = worker
 
-    def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        self.worker.on_revoked(list(revoked))
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        worker = self.worker
+        if worker.closing or not revoked:
+            return
+        offsets = worker.flush_for_revocation(set(revoked))
+        if not offsets:
+            return
+        try:
+            # The blocking commit() is refused on the IO thread; await its coroutine.
+            coordinator = worker.consumer._coordinator
+            await coordinator._commit_offsets_sync_async(
+                {tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()}, 10_000)
+            worker.committed.update(offsets)
+        except Exception as exc:
+            log.warning("commit on revocation failed; rows may be delivered again",
+                        error=f"{type(exc).__name__}: {exc}")
 
-    def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        self.worker.on_assigned(list(assigned))
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self.worker.note_assignment(set(assigned))
