@@ -73,6 +73,7 @@ CONTRACT: dict[str, ServiceContract] = {
         port=4200,
         dockerfile="services/control_plane/Dockerfile",
         published=True,
+        extra_env={"CHUTE_CONTROL_HOST": "0.0.0.0"},
     ),
     "ingest-api": ServiceContract(
         module="ingest_api",
@@ -81,7 +82,8 @@ CONTRACT: dict[str, ServiceContract] = {
         port=4000,
         dockerfile="services/ingest_api/Dockerfile",
         published=True,
-        extra_env={"CHUTE_INGEST_MAX_BODY_BYTES": "10485760", "CHUTE_INGEST_API_KEYS": ANY},
+        extra_env={"CHUTE_INGEST_MAX_BODY_BYTES": "10485760", "CHUTE_INGEST_API_KEYS": ANY,
+                   "CHUTE_INGEST_HOST": "0.0.0.0"},
     ),
     "sync-worker": ServiceContract(
         module="sync_worker",
@@ -90,7 +92,7 @@ CONTRACT: dict[str, ServiceContract] = {
         port=4100,
         dockerfile="services/sync_worker/Dockerfile",
         published=False,
-        extra_env={"CHUTE_SYNC_GROUP": "chute-sync"},
+        extra_env={"CHUTE_SYNC_GROUP": "chute-sync", "CHUTE_SYNC_HOST": "0.0.0.0"},
     ),
 }
 INFRA = ("kafka", "clickhouse")
