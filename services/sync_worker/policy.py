@@ -60,24 +60,38 @@ class Backoff:
 
 
 class DeadLetterGuard:
-    """Trips when the share of dead-lettered records among the last `window` is too high."""
+    """Trips when the share of dead-lettered records among about the last `window` is too
+    high. Counts in ten buckets, so recording a whole poll of good records is O(1)."""
+
+    BUCKETS = 10
 
     def __init__(self, limit: float, window: int, min_records: int) -> None:
         self.limit = limit
         self.min_records = min_records
-        self._recent: deque[bool] = deque(maxlen=window)
+        self.bucket_size = max(1, window // self.BUCKETS)
+        self._done: deque[tuple[int, int]] = deque(maxlen=self.BUCKETS - 1)
+        self._total = 0
         self._dead = 0
 
-    def record(self, dead: bool) -> None:
-        if len(self._recent) == self._recent.maxlen and self._recent[0]:
-            self._dead -= 1
-        self._recent.append(dead)
-        self._dead += dead
+    def record(self, dead: bool, count: int = 1) -> None:
+        self._total += count
+        if dead:
+            self._dead += count
+        if self._total >= self.bucket_size:
+            self._done.append((self._total, self._dead))
+            self._total = self._dead = 0
+
+    def _sums(self) -> tuple[int, int]:
+        total = self._total + sum(t for t, _ in self._done)
+        dead = self._dead + sum(d for _, d in self._done)
+        return total, dead
 
     @property
     def ratio(self) -> float:
-        return self._dead / len(self._recent) if self._recent else 0.0
+        total, dead = self._sums()
+        return dead / total if total else 0.0
 
     @property
     def tripped(self) -> bool:
-        return len(self._recent) >= self.min_records and self.ratio > self.limit
+        total, dead = self._sums()
+        return total >= self.min_records and dead / total > self.limit

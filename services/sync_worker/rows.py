@@ -67,7 +67,8 @@ class ColumnBuilder:
             names += [PARTITION_COLUMN.name, OFFSET_COLUMN.name]
         self.names = names
 
-    def build(self, rows: list[BaseModel], positions: list[Position]) -> list[list[Any]]:
+    def build(self, rows: list[BaseModel], partitions: list[int],
+              offsets: list[int]) -> list[list[Any]]:
         data: list[list[Any]] = []
         for column in self.columns:
             name = column.name
@@ -77,8 +78,8 @@ class ColumnBuilder:
                 values = [convert(v) for v in values]
             data.append(values)
         if self.exactly_once:
-            data.append([p.partition for p in positions])
-            data.append([p.offset for p in positions])
+            data.append(partitions)
+            data.append(offsets)
         return data
 
 

@@ -78,7 +78,7 @@ def build_routes(defs: Definitions, profile: ServerProfile) -> dict[str, Route]:
             table=table.name,
             decoder=RowDecoder(stream.model),
             builder=ColumnBuilder(columns, exactly_once=table.exactly_once),
-            buffer=TableBuffer(table.name, limits),
+            buffer=TableBuffer(table.name, stream.topic, limits),
             dead_letter_topic=stream.dead_letter.topic if stream.dead_letter else None,
             exactly_once=table.exactly_once,
         )
@@ -158,11 +158,7 @@ class SyncWorker:
             # is committed (or the exactly-once watermark), so they will be fetched again.
             records = {}
         for tp, messages in records.items():
-            route = self.routes[tp.topic]
-            for message in messages:
-                self.accept(route, message)
-                if route.buffer.due(self.clock()) in (FlushReason.ROWS, FlushReason.BYTES):
-                    self.flush(route, FlushReason.ROWS)
+            self.accept(self.routes[tp.topic], tp, messages)
         now = self.clock()
         for route in self.routes.values():
             reason = route.buffer.due(now)
@@ -172,23 +168,36 @@ class SyncWorker:
             self._next_lag_update = now + 5.0
             self.update_lag()
 
-    def accept(self, route: Route, message: Any) -> None:
-        position = Position(message.topic, message.partition, message.offset, message.timestamp)
-        tp = TopicPartition(message.topic, message.partition)
+    def accept(self, route: Route, tp: TopicPartition, messages: list[Any]) -> None:
+        """Decode one partition's messages into the route's buffer; flush whenever it is
+        full, so batches are exactly max_batch_rows. The hot loop of the worker."""
+        buf = route.buffer
+        decode = route.decoder.decode
+        mark = self.watermarks.get(tp, -1) if route.exactly_once else -1
         now = self.clock()
-        if route.exactly_once and message.offset <= self.watermarks.get(tp, -1):
-            route.buffer.note_offset(position)  # already in the table: skip, still commit
-            if route.buffer.oldest is None:
-                route.buffer.oldest = now
-            return
-        value = message.value
-        decoded = route.decoder.decode(value)
-        if isinstance(decoded, DecodeFailure):
-            metrics.SYNC_ERRORS.labels(route.table, "decode").inc()
-            self.dead_letter(route, position, value, decoded.error_type, decoded.error_message)
-            return
-        self.guard.record(False)
-        route.buffer.add(decoded, position, len(value) if value else 0, now)
+        good = 0
+        for message in messages:
+            offset = message.offset
+            buf.note_offset(tp, offset, now)
+            if offset <= mark:
+                continue  # exactly-once: already in the table; skipped but committed
+            value = message.value
+            row = decode(value)
+            if isinstance(row, DecodeFailure):
+                metrics.SYNC_ERRORS.labels(route.table, "decode").inc()
+                position = Position(tp.topic, tp.partition, offset, message.timestamp)
+                self.dead_letter(route, position, value, row.error_type, row.error_message)
+                continue
+            buf.add(row, tp.partition, offset, message.timestamp, len(value), now)
+            good += 1
+            if buf.full:
+                self.guard.record(False, good)
+                good = 0
+                self.flush(route, FlushReason.ROWS if len(buf.rows) >= buf.limits.max_rows
+                           else FlushReason.BYTES)
+                now = self.clock()
+        self.guard.record(False, good)
+        metrics.SYNC_BUFFERED_ROWS.labels(route.table).set(len(buf.rows))
 
     def dead_letter(self, route: Route, position: Position, payload: bytes | None,
                     error_type: str, message: str) -> None:
@@ -204,15 +213,16 @@ class SyncWorker:
                 f"{self.settings.sync_dlq_ratio_limit:.0%}); last error on {position.topic}: "
                 f"{error_type}: {message[:300]}. Stopping without committing: check the "
                 "model, the topic and the table.")
+        tp = TopicPartition(position.topic, position.partition)
         if route.dead_letter_topic is None:
             log.error("record dropped: the stream has no dead-letter queue", table=route.table,
                       partition=position.partition, offset=position.offset)
-            route.buffer.note_offset(position)
+            route.buffer.note_offset(tp, position.offset, self.clock())
             return
         envelope = dead_letter_envelope(pipeline=route.stream.name, position=position,
                                         payload=payload, error_type=error_type,
                                         error_message=message)
-        route.buffer.add_dead_letter(envelope, position, self.clock())
+        route.buffer.add_dead_letter(envelope, tp, position.offset, self.clock())
 
     # --- flushing -----------------------------------------------------------------------
 
@@ -245,7 +255,7 @@ class SyncWorker:
 
     def _insert(self, route: Route) -> None:
         buf = route.buffer
-        data = route.builder.build(buf.rows, buf.positions)
+        data = route.builder.build(buf.rows, buf.partitions, buf.offsets)
         names = route.builder.names
 
         def insert(lo: int, hi: int) -> None:
@@ -255,12 +265,11 @@ class SyncWorker:
         self._with_retry(lambda: isolator.run(insert, classify), route.table, "insert")
         for index, exc in isolator.rejected:
             metrics.SYNC_ERRORS.labels(route.table, "data").inc()
-            row, position = buf.rows[index], buf.positions[index]
-            self.dead_letter(route, position, row.model_dump_json().encode(),
+            self.dead_letter(route, buf.position(index),
+                             buf.rows[index].model_dump_json().encode(),
                              f"ClickHouseRejected:{type(exc).__name__}", str(exc))
         if isolator.rejected:
-            buf.rows = [r for i, r in enumerate(buf.rows)
-                        if i not in {j for j, _ in isolator.rejected}]
+            buf.remove({index for index, _ in isolator.rejected})
 
     def _produce_dead_letters(self, route: Route) -> None:
         envelopes = route.buffer.dead_letters
@@ -329,10 +338,10 @@ class SyncWorker:
         metrics.SYNC_BATCH_BYTES.labels(route.table).observe(buf.size)
         metrics.SYNC_INSERT_SECONDS.labels(route.table).observe(duration)
         now_ms = time.time() * 1000
-        step = max(1, len(buf.positions) // _E2E_SAMPLES)
+        step = max(1, len(buf.timestamps) // _E2E_SAMPLES)
         histogram = metrics.SYNC_END_TO_END_SECONDS.labels(route.table)
-        for position in buf.positions[::step]:
-            histogram.observe(max(0.0, (now_ms - position.timestamp_ms) / 1000))
+        for timestamp in buf.timestamps[::step]:
+            histogram.observe(max(0.0, (now_ms - timestamp) / 1000))
 
     # --- rebalancing and exactly-once ---------------------------------------------------
 

@@ -80,10 +80,10 @@ class Stack:
         return f"http://127.0.0.1:{self.ingest.port}/ingest/{self.name}"
 
     def post(self, body: bytes | list[dict[str, Any]] | dict[str, Any],
-             **kwargs: Any) -> httpx.Response:
+             headers: dict[str, str] | None = None) -> httpx.Response:
         content = body if isinstance(body, bytes) else orjson.dumps(body)
         return httpx.post(self.url, content=content, timeout=30,
-                          headers={"Content-Type": "application/json"}, **kwargs)
+                          headers={"Content-Type": "application/json", **(headers or {})})
 
     def count(self, table: str | None = None, where: str = "") -> int:
         return count_rows(self.ch, table or self.name, where)

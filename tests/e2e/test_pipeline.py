@@ -9,8 +9,8 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-
 from chute.kafka import producer
+
 from tests.e2e.stack import Stack, elapsed_since, event
 from tests.support import KAFKA, wait_for
 

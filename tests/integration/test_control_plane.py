@@ -10,14 +10,13 @@ from typing import Annotated, Any, Literal
 from uuid import UUID
 
 import pytest
-from pydantic import BaseModel
-
 from chute import ClickHouseDecimal, ClickHouseType, IngestPipeline, Key, LowCardinality
 from chute.clickhouse import server_profile
 from chute.registry import Definitions
 from chute.settings import CommonSettings
 from control_plane.apply import Connections, apply_plan, compute_plan
-from sync_worker.rows import ColumnBuilder, Position
+from pydantic import BaseModel
+from sync_worker.rows import ColumnBuilder
 from sync_worker.writer import ClickHouseWriter
 
 pytestmark = pytest.mark.integration
@@ -123,7 +122,7 @@ def test_every_supported_type_round_trips(ch: Any, unique_name: str) -> None:
         definition = pipeline.table.definition(conn.profile)
         builder = ColumnBuilder(list(definition.columns), exactly_once=False)
         ClickHouseWriter(conn.ch, "default").insert(
-            unique_name, builder.names, builder.build([record], [Position("t", 0, 0, 0)]))
+            unique_name, builder.names, builder.build([record], [0], [0]))
         (row,) = ch.execute(f"SELECT * FROM `{unique_name}`")
         got = dict(zip(builder.names, row, strict=True))
         assert got["id"] == "r1" and got["n"] == -42 and got["f"] == 1.5

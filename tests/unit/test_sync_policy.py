@@ -29,13 +29,22 @@ class Row(BaseModel):
 
 
 def test_buffer_tracks_offsets_ranges_and_dead_letters() -> None:
-    buf = TableBuffer("t", LIMITS)
+    buf = TableBuffer("t", "t", LIMITS)
     assert buf.due(10.0) is None
-    buf.add(Row(a=1), Position("t", 0, 5, 0), 10, now=1.0)
-    buf.add(Row(a=2), Position("t", 1, 7, 0), 10, now=1.2)
-    buf.add_dead_letter(b"{}", Position("t", 0, 6, 0), now=1.3)
-    assert buf.last_offsets == {TopicPartition("t", 0): 6, TopicPartition("t", 1): 7}
+    t0, t1 = TopicPartition("t", 0), TopicPartition("t", 1)
+    buf.note_offset(t0, 5, now=1.0)
+    buf.add(Row(a=1), 0, 5, 111, 10, now=1.0)
+    buf.note_offset(t1, 7, now=1.2)
+    buf.add(Row(a=2), 1, 7, 222, 10, now=1.2)
+    buf.add_dead_letter(b"{}", t0, 6, now=1.3)
+    assert buf.last_offsets == {t0: 6, t1: 7}
     assert buf.describe_offsets() == "0:5-5,1:7-7"
+    assert buf.position(1) == Position("t", 1, 7, 222)
+    assert not buf.full
+    buf.add(Row(a=3), 1, 8, 333, 10, now=1.4)
+    assert buf.full
+    buf.remove({0})
+    assert buf.offsets == [7, 8] and buf.partitions == [1, 1] and len(buf.rows) == 2
     assert buf.due(1.5) is None
     assert buf.due(2.0) == "wait"
     buf.clear()
@@ -54,16 +63,20 @@ def test_backoff_is_capped_and_jittered() -> None:
 
 
 def test_dead_letter_guard_trips_on_ratio_over_window() -> None:
-    guard = DeadLetterGuard(limit=0.5, window=10, min_records=5)
+    guard = DeadLetterGuard(limit=0.5, window=100, min_records=5)
     for _ in range(4):
         guard.record(True)
     assert not guard.tripped  # too few records to judge
     guard.record(True)
     assert guard.tripped
-    guard2 = DeadLetterGuard(limit=0.5, window=10, min_records=5)
-    for i in range(100):
-        guard2.record(i % 5 == 0)  # 20 % bad
-    assert not guard2.tripped and guard2.ratio == pytest.approx(0.2)
+    guard2 = DeadLetterGuard(limit=0.5, window=100, min_records=5)
+    for _ in range(100):
+        guard2.record(False, 4)
+        guard2.record(True)  # 20 % bad
+    assert not guard2.tripped and guard2.ratio == pytest.approx(0.2, abs=0.02)
+    # Old good records age out of the window: a run of bad ones trips it.
+    guard2.record(True, 100)
+    assert guard2.tripped
 
 
 def test_isolator_finds_each_bad_row_and_inserts_the_rest_in_order() -> None:

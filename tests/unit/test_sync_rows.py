@@ -43,7 +43,7 @@ def test_columns_are_built_with_converters_and_positions() -> None:
     row = RowDecoder(Event).decode(GOOD)
     assert isinstance(row, Event)
     builder = ColumnBuilder(columns_for(Event, OLD_SERVER), exactly_once=True)
-    data = builder.build([row, row], [Position("t", 2, 10, 0), Position("t", 2, 11, 0)])
+    data = builder.build([row, row], [2, 2], [10, 11])
     assert builder.names == ["id", "user_id", "timestamp", "event_type",
                              "_chute_partition", "_chute_offset"]
     assert data[0] == ["a", "a"]

@@ -1,0 +1,1 @@
+"""chute ingest API: POST /ingest/<name> validates records and produces them to Kafka."""

@@ -1,0 +1,152 @@
+"""Handing encoded records to the Kafka producer and waiting for every acknowledgement.
+
+Partitions are chosen here, not by kafka-python's partitioner:
+- keyed records go to `crc32(key) % partitions` (zlib's C implementation). kafka-python's
+  default murmur2 is pure Python and costs ~5 us per record, a quarter of the per-record budget
+  at 50,000 records/s; the mapping only has to be stable, which crc32 is. (It differs from the
+  Java client's murmur2 mapping; no chute component relies on that.)
+- records without a key are dealt round-robin over the partitions, continuing from request to
+  request, so even single-record requests spread evenly.
+
+Acknowledgements are bridged to asyncio without a thread per request: every record's future
+gets a callback (run on the producer's I/O thread) that counts acknowledgements; the last one,
+or the first failure, resolves an asyncio future through `call_soon_threadsafe`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import threading
+import zlib
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from ingest_api.body import EncodedBatch
+
+
+class RecordFuture(Protocol):
+    """What `KafkaProducer.send` returns (kafka.producer.future.FutureRecordMetadata)."""
+
+    def add_callback(self, f: Any, *args: Any, **kwargs: Any) -> Any: ...
+
+    def add_errback(self, f: Any, *args: Any, **kwargs: Any) -> Any: ...
+
+
+class Producer(Protocol):
+    """The part of kafka-python's KafkaProducer that the ingest API uses."""
+
+    def send(self, topic: str, value: Any = None, key: Any = None, headers: Any = None,
+             partition: Any = None, timestamp_ms: Any = None) -> Any: ...
+
+    def partitions_for(self, topic: str) -> Any: ...
+
+
+def key_partitions(keys: Sequence[bytes], partitions: Sequence[int]) -> list[int]:
+    """The partition of each key: stable for a key as long as the partition count is."""
+    n = len(partitions)
+    crc32 = zlib.crc32
+    return [partitions[crc32(k) % n] for k in keys]
+
+
+class RoundRobin:
+    """Deals partitions in turn to records without a key, across requests (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._next: dict[str, int] = {}
+
+    def take(self, topic: str, count: int, partitions: Sequence[int]) -> list[int]:
+        n = len(partitions)
+        with self._lock:
+            start = self._next.get(topic, 0)
+            self._next[topic] = (start + count) % n
+        return [partitions[(start + i) % n] for i in range(count)]
+
+
+class AckWaiter:
+    """Resolves `future` once `expect(n)` acknowledgements arrived, or with the first error.
+
+    Created on the event loop; `on_ack`/`on_error` may be called from any thread.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self.future: asyncio.Future[None] = loop.create_future()
+        self._expected = -1
+        self._acks = itertools.count(1)  # next() is atomic in CPython: no lock needed
+        self._failed = False
+
+    def expect(self, count: int) -> None:
+        """Set before the first record is sent."""
+        self._expected = count
+        if count == 0:
+            self._post(None)
+
+    def on_ack(self, _metadata: Any) -> None:
+        if next(self._acks) == self._expected:
+            self._post(None)
+
+    def on_error(self, exc: BaseException) -> None:
+        if not self._failed:
+            self._failed = True
+            self._post(exc)
+
+    def _post(self, exc: BaseException | None) -> None:
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+            self._loop.call_soon_threadsafe(self._resolve, exc)
+
+    def _resolve(self, exc: BaseException | None) -> None:
+        if self.future.done():  # cancelled (timed out) or already failed
+            return
+        if exc is None:
+            self.future.set_result(None)
+        else:
+            self.future.set_exception(exc)
+
+
+class KafkaSink:
+    """Sends batches to topics; one per app, shared by all pipelines."""
+
+    def __init__(self, producer: Producer) -> None:
+        self.producer = producer
+        self._round_robin = RoundRobin()
+        self._known: set[str] = set()  # topics whose metadata the producer has had
+
+    def knows(self, topic: str) -> bool:
+        """True once the producer had the topic's metadata: send() will not wait for it."""
+        return topic in self._known
+
+    def partitions(self, topic: str) -> list[int]:
+        """The topic's partitions; blocks up to the producer's max_block_ms for metadata."""
+        found = self.producer.partitions_for(topic)
+        if not found:
+            raise LookupError(f"no partitions known for topic {topic!r}")
+        self._known.add(topic)
+        return sorted(found)
+
+    def send(self, topic: str, batch: EncodedBatch, waiter: AckWaiter) -> None:
+        """Hand every record to the producer (no flush); waiter learns of each outcome.
+
+        May block up to max_block_ms (metadata unknown, buffer full) and raise; records handed
+        over before the exception may still reach Kafka (the client retries: at-least-once).
+        """
+        count = len(batch)
+        waiter.expect(count)
+        if count == 0:
+            return
+        partitions = self.partitions(topic)
+        if batch.keys is not None:
+            chosen = key_partitions(batch.keys, partitions)
+            keys: Sequence[bytes | None] = batch.keys
+        else:
+            chosen = self._round_robin.take(topic, count, partitions)
+            keys = [None] * count
+        send = self.producer.send
+        on_ack = waiter.on_ack
+        on_error = waiter.on_error
+        for value, key, partition in zip(batch.values, keys, chosen, strict=True):
+            future = send(topic, value=value, key=key, partition=partition)
+            future.add_callback(on_ack)
+            future.add_errback(on_error)
