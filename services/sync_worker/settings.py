@@ -22,3 +22,6 @@ class SyncSettings(CommonSettings):
     # On rebalance/shutdown, how long a last flush may take before its rows are dropped
     # (they are re-delivered, since their offsets are not committed).
     sync_shutdown_flush_seconds: float = Field(20.0, gt=0)
+    # Fault injection for the fault suite: SIGKILL this process right after its N-th insert,
+    # before the offsets are committed (the worst moment for duplicates). 0 = off.
+    sync_fault_kill_after_inserts: int = Field(0, ge=0)

@@ -8,6 +8,8 @@ never loses. Transient ClickHouse errors are retried with backoff while nothing 
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -112,6 +114,7 @@ class SyncWorker:
         self._group_lock = threading.Lock()
         self._assign_request: set[TopicPartition] | None = None
         self.closing = False
+        self._inserts_done = 0
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -241,6 +244,7 @@ class SyncWorker:
         rows = len(buf.rows)
         self._produce_dead_letters(route)
         offsets = {tp: offset + 1 for tp, offset in buf.last_offsets.items()}
+        self._maybe_inject_fault(rows)
         if commit:
             self._commit(offsets)
         duration = time.perf_counter() - started
@@ -252,6 +256,14 @@ class SyncWorker:
         metrics.SYNC_BUFFERED_ROWS.labels(route.table).set(0)
         buf.clear()
         return offsets
+
+    def _maybe_inject_fault(self, rows: int) -> None:
+        if not self.settings.sync_fault_kill_after_inserts or not rows:
+            return
+        self._inserts_done += 1
+        if self._inserts_done >= self.settings.sync_fault_kill_after_inserts:
+            log.warning("fault injection: SIGKILL after insert, before commit", rows=rows)
+            os.kill(os.getpid(), signal.SIGKILL)
 
     def _insert(self, route: Route) -> None:
         buf = route.buffer
@@ -389,6 +401,7 @@ class SyncWorker:
         for route in self.routes.values():
             route.buffer.clear()
         marks_by_table: dict[str, dict[int, int]] = {}
+        caught_up: dict[TopicPartition, int] = {}
         for tp in assigned:
             route = self.routes[tp.topic]
             committed = self.consumer.committed(tp)
@@ -401,6 +414,7 @@ class SyncWorker:
                     self.watermarks[tp] = mark
                     if target is None or target <= mark:
                         target = mark + 1
+                        caught_up[tp] = target
                     log.info("exactly-once watermark", table=route.table,
                              partition=tp.partition, offset=mark, committed=committed)
             if target is None:
@@ -408,6 +422,9 @@ class SyncWorker:
             else:
                 self.consumer.seek(tp, target)
                 self.committed[tp] = committed if committed is not None else 0
+        # Rows up to the watermark are in the table: commit that, so lag and the next
+        # owner see it even if no new record arrives.
+        self._commit(caught_up)
 
     def _read_watermarks(self, table: str) -> dict[int, int]:
         result: dict[int, int] = {}

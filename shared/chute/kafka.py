@@ -54,9 +54,17 @@ def producer(bootstrap: str, **overrides: Any) -> KafkaProducer:
         "batch_size": 512 * 1024,
         "max_request_size": 16 * 1024 * 1024,
         "compression_type": None,
-        "delivery_timeout_ms": 30_000,  # retries (idempotent) stop after this
+        "delivery_timeout_ms": 30_000,
+        # kafka-python 3.0.12's idempotent producer never recovers once batches expired
+        # while the broker was down (seen in the Kafka-outage fault test), so: no idempotence
+        # and no internal retries, which could then reorder or duplicate. A failed send is
+        # reported to the caller (ingest answers 503; the sync worker retries the batch).
+        "enable_idempotence": False,
+        "retries": 0,
         "request_timeout_ms": 10_000,
         "metrics_enabled": False,  # kafka-python's own metrics cost CPU; we export ours
+        # Reconnect within ~2 s of a broker coming back (the default backs off up to 30 s).
+        "reconnect_backoff_max_ms": 2_000,
         "max_block_ms": 5_000,
         "client_id": "chute",
     }
@@ -71,13 +79,16 @@ def consumer(bootstrap: str, group_id: str, **overrides: Any) -> KafkaConsumer:
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",
         "max_poll_records": 20_000,
-        "fetch_max_bytes": 64 * 1024 * 1024,
-        "max_partition_fetch_bytes": 16 * 1024 * 1024,
-        "session_timeout_ms": 10_000,
-        "heartbeat_interval_ms": 2_000,
+        # Fetched-but-unpolled data is held by the client too: keep it to a few batches.
+        "fetch_max_bytes": 32 * 1024 * 1024,
+        "max_partition_fetch_bytes": 8 * 1024 * 1024,
+        # A killed worker's partitions move after 6 s (the broker's minimum session).
+        "session_timeout_ms": 6_000,
+        "heartbeat_interval_ms": 1_500,
         "max_poll_interval_ms": 300_000,
         "client_id": "chute-sync",
         "metrics_enabled": False,
+        "reconnect_backoff_max_ms": 2_000,
     }
     config.update(overrides)
     return KafkaConsumer(**config)
