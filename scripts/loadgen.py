@@ -39,6 +39,8 @@ class LoadStats:
     codes: Counter[int] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
     latencies: dict[int, list[float]] = field(default_factory=dict)  # by status code
+    # 429/503 answers without the Retry-After header a well-behaved client needs.
+    missing_retry_after: int = 0
 
     @property
     def acked(self) -> int:
@@ -56,6 +58,7 @@ class LoadStats:
             "errors": dict(self.errors),
             "p50_200_s": self.percentile(200, 0.5), "p99_200_s": self.percentile(200, 0.99),
             "p99_503_s": self.percentile(503, 0.99),
+            "missing_retry_after": self.missing_retry_after,
         }
 
 
@@ -136,6 +139,9 @@ class LoadGenerator:
                     response = client.post(self.url, content=body,
                                            headers={"Content-Type": "application/json"})
                     code = response.status_code
+                    if code in (429, 503) and "retry-after" not in response.headers:
+                        with self._lock:
+                            self.stats.missing_retry_after += 1
                 except httpx.HTTPError as exc:
                     code = 0
                     with self._lock:

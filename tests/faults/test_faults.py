@@ -225,3 +225,25 @@ def test_sigkill_between_insert_and_commit(make_stack: MakeStack, delivery: str)
         # At-least-once re-delivers the uncommitted batch: the duplicates are expected, and
         # they show this test can tell the two modes apart.
         assert outcome.duplicated == inserted_before_crash
+
+
+def test_ingest_overload_answers_503_with_retry_after(make_stack: MakeStack) -> None:
+    stack = make_stack({"partitions": 2})
+    stack.start_worker()
+    ingest = stack.start_ingest(CHUTE_INGEST_MAX_IN_FLIGHT_REQUESTS="2")
+    sampler = RssSampler(ingest.proc.pid).start()  # type: ignore[union-attr]
+    gen = LoadGenerator(stack.url, rate=200_000, batch=1_000, concurrency=8,
+                        prefix=stack.name, total=120_000).start()
+    stats = gen.wait()
+    peak_mib = sampler.stop()
+    overloaded = stats.codes.get(503, 0) + stats.codes.get(429, 0)
+    assert overloaded > 0, stats.summary()
+    assert stats.missing_retry_after == 0
+    assert set(stats.codes) <= {200, 429, 503}, stats.summary()
+    _drain(stack, stats.acked)
+    outcome = account(stack.ch, stack.name, stats.acked_ids,
+                      "7. ingest overloaded (8 clients, 2 in flight)",
+                      f"{overloaded} requests refused with Retry-After, "
+                      f"peak ingest RSS {peak_mib:.0f} MiB")
+    assert outcome.lost == 0
+    assert peak_mib < 500
