@@ -9,6 +9,7 @@ import subprocess
 import uuid
 from pathlib import Path
 
+import httpx
 import pytest
 from clickhouse_driver import Client
 
@@ -66,6 +67,13 @@ def test_dev_up_status_down_with_custom_schemas(tmp_path: Path) -> None:
         tables = {r[0] for r in ch.execute("SHOW TABLES")}
         ch.disconnect()
         assert {name, f"{name}_dlq"} <= tables
+
+        control = f"http://127.0.0.1:{ports['CHUTE_CONTROL_PORT']}"
+        pipelines = {p["name"]: p for p in httpx.get(f"{control}/pipelines", timeout=10).json()}
+        assert pipelines[name]["topic"] == name and pipelines[name]["partitions"] == 4
+        assert pipelines[name]["table"] == name and pipelines[name]["rows"] == 0
+        assert pipelines[name]["dead_letter_topic"] == f"{name}_dlq"
+        assert "chute_control_actions_total" in httpx.get(f"{control}/metrics").text
 
         stopped = dev("stop", "sync-worker-2")
         assert stopped.returncode == 0
