@@ -6,14 +6,14 @@ what clickhouse-driver writes fastest (e.g. datetimes become integer ticks).
 
 from __future__ import annotations
 
-import calendar
 import enum
+import math
 import re
 import types
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any, Literal, Union
@@ -220,8 +220,11 @@ def _datetime_type(markers: _Markers, profile: ServerProfile) -> tuple[str, Conv
 
 
 def _epoch_seconds(value: datetime) -> int:
-    # Naive datetimes are taken as UTC, like the column's timezone.
-    return int(calendar.timegm(value.utctimetuple()))
+    # Naive datetimes are taken as UTC, like the column's timezone. datetime.timestamp() is
+    # C code, several times faster than calendar.timegm on the sync's hot path.
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return math.floor(value.timestamp())
 
 
 def _epoch_ticks(precision: int) -> Converter:
