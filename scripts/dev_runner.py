@@ -3,21 +3,25 @@
 
 `scripts/dev` installs what is missing and runs this file with the project's virtualenv:
 
-    scripts/dev up [--workers N]      start everything that is not already running and healthy
+    scripts/dev up [--workers N] [--prometheus]
+                                      start everything that is not already running and healthy
     scripts/dev down                  stop everything, newest tier first
     scripts/dev status                one line per expected service; non-zero exit if one is down
     scripts/dev start|stop|restart <svc>   one service (stop --kill sends SIGKILL at once)
     scripts/dev logs <svc>            log paths and their last lines
 
-Services: kafka, clickhouse, control-plane, ingest-api, sync-worker-N. Everything the runner
-writes lives under the state folder (env CHUTE_STATE, default <repo>/.chute):
+Services: kafka, clickhouse, control-plane, ingest-api, sync-worker-N, and the optional
+prometheus (Debian's /usr/bin/prometheus on 127.0.0.1:9090 scraping the services; started by
+`up --prometheus` or `start prometheus`, stopped by `down`). Everything the runner writes lives
+under the state folder (env CHUTE_STATE, default <repo>/.chute):
 
     run/<svc>.pid     pid of the service; it leads its own session, so its process group is it
     run/workers       how many sync workers the last `up` started
     log/<svc>.log     the service's stdout and stderr (Kafka and ClickHouse keep more logs there)
-    etc/              rendered Kafka and ClickHouse configuration
+    etc/              rendered Kafka, ClickHouse and Prometheus configuration
     data/kafka        Kafka's cluster id (cluster.id) and log.dirs (logs/)
     data/clickhouse   ClickHouse's data
+    data/prometheus   Prometheus's time series
 
 Ports and paths come from the environment (see `Settings.from_env`), so tests can move them.
 Tests import this module (put scripts/ on sys.path) and call `up`, `down`, `start_service`,
@@ -57,6 +61,8 @@ SCRIPTS_DIR = Path(__file__).resolve().parent
 DEFAULT_ROOT = SCRIPTS_DIR.parent
 
 CORE_SERVICES = ("kafka", "clickhouse", "control-plane", "ingest-api")
+# Not started by `up` unless asked for (`up --prometheus`); `down` stops them.
+OPTIONAL_SERVICES = ("prometheus",)
 WORKER_PREFIX = "sync-worker-"
 _WORKER_RE = re.compile(r"sync-worker-([1-9][0-9]{0,2})")
 
@@ -68,7 +74,7 @@ KILL_WAIT_SECONDS = 5.0
 POLL_SECONDS = 0.25
 LOG_ROTATE_BYTES = 20 * 1024 * 1024
 
-ServiceKind = Literal["kafka", "clickhouse", "python"]
+ServiceKind = Literal["kafka", "clickhouse", "python", "prometheus"]
 
 
 class RunnerError(Exception):
@@ -98,6 +104,7 @@ class Settings:
     kafka_home: Path
     java: str
     clickhouse_bin: str
+    prometheus_bin: str = "/usr/bin/prometheus"
     host: str = "127.0.0.1"
     kafka_port: int = 9092
     kafka_controller_port: int = 9093
@@ -106,6 +113,8 @@ class Settings:
     control_port: int = 4200
     ingest_port: int = 4000
     sync_port_base: int = 4100
+    prometheus_port: int = 9090
+    prometheus_scrape_interval: str = "5s"
     kafka_heap: tuple[str, ...] = ("-Xmx512m", "-Xms256m")
     timeout_scale: float = 1.0
 
@@ -113,7 +122,8 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Reads CHUTE_ROOT, CHUTE_STATE, CHUTE_VENV, KAFKA_HOME/KAFKA_VERSION, the port
         variables (CHUTE_KAFKA_PORT, CHUTE_KAFKA_CONTROLLER_PORT, CHUTE_CLICKHOUSE_PORT,
-        CHUTE_CLICKHOUSE_HTTP_PORT, CHUTE_CONTROL_PORT, CHUTE_INGEST_PORT, CHUTE_SYNC_PORT_BASE),
+        CHUTE_CLICKHOUSE_HTTP_PORT, CHUTE_CONTROL_PORT, CHUTE_INGEST_PORT, CHUTE_SYNC_PORT_BASE,
+        CHUTE_PROMETHEUS_PORT), CHUTE_PROMETHEUS_BIN, CHUTE_PROMETHEUS_SCRAPE_INTERVAL,
         CHUTE_KAFKA_HEAP_OPTS and CHUTE_DEV_TIMEOUT_SCALE."""
         env = os.environ if env is None else env
         root = Path(env.get("CHUTE_ROOT") or DEFAULT_ROOT).resolve()
@@ -137,6 +147,9 @@ class Settings:
                 "clickhouse-server",
             )
         )
+        prometheus_bin = (
+            env.get("CHUTE_PROMETHEUS_BIN") or shutil.which("prometheus") or "/usr/bin/prometheus"
+        )
         heap = tuple((env.get("CHUTE_KAFKA_HEAP_OPTS") or "-Xmx512m -Xms256m").split())
         try:
             scale = float(env.get("CHUTE_DEV_TIMEOUT_SCALE") or "1")
@@ -149,6 +162,7 @@ class Settings:
             kafka_home=kafka_home,
             java=env.get("CHUTE_JAVA") or shutil.which("java") or "java",
             clickhouse_bin=clickhouse_bin,
+            prometheus_bin=prometheus_bin,
             kafka_port=_env_port(env, "CHUTE_KAFKA_PORT", 9092),
             kafka_controller_port=_env_port(env, "CHUTE_KAFKA_CONTROLLER_PORT", 9093),
             clickhouse_port=_env_port(env, "CHUTE_CLICKHOUSE_PORT", 9000),
@@ -156,6 +170,8 @@ class Settings:
             control_port=_env_port(env, "CHUTE_CONTROL_PORT", 4200),
             ingest_port=_env_port(env, "CHUTE_INGEST_PORT", 4000),
             sync_port_base=_env_port(env, "CHUTE_SYNC_PORT_BASE", 4100),
+            prometheus_port=_env_port(env, "CHUTE_PROMETHEUS_PORT", 9090),
+            prometheus_scrape_interval=env.get("CHUTE_PROMETHEUS_SCRAPE_INTERVAL") or "5s",
             kafka_heap=heap,
             timeout_scale=max(scale, 0.1),
         )
@@ -218,6 +234,19 @@ class Settings:
     @property
     def clickhouse_data(self) -> Path:
         return self.data_dir / "clickhouse"
+
+    # Prometheus files.
+    @property
+    def prometheus_config(self) -> Path:
+        return self.etc_dir / "prometheus" / "prometheus.yml"
+
+    @property
+    def prometheus_template(self) -> Path:
+        return self.root / "deploy" / "prometheus" / "prometheus.native.yml.tmpl"
+
+    @property
+    def prometheus_data(self) -> Path:
+        return self.data_dir / "prometheus"
 
     @property
     def kafka_bootstrap(self) -> str:
@@ -309,6 +338,16 @@ def clickhouse_argv(s: Settings) -> tuple[str, ...]:
     return (s.clickhouse_bin, f"--config-file={s.clickhouse_config}")
 
 
+def prometheus_argv(s: Settings) -> tuple[str, ...]:
+    return (
+        s.prometheus_bin,
+        f"--config.file={s.prometheus_config}",
+        f"--storage.tsdb.path={s.prometheus_data}",
+        "--storage.tsdb.retention.time=7d",
+        f"--web.listen-address={s.host}:{s.prometheus_port}",
+    )
+
+
 def python_service_env(s: Settings) -> tuple[tuple[str, str], ...]:
     """Defaults every chute service gets unless the caller's environment sets them."""
     return (
@@ -358,6 +397,21 @@ def service_spec(name: str, s: Settings) -> Service:
                 s.log_dir / "clickhouse-server.err.log",
             ),
         )
+    if name == "prometheus":
+        return Service(
+            name=name,
+            kind="prometheus",
+            argv=prometheus_argv(s),
+            port=s.prometheus_port,
+            other_ports=(),
+            health=f"http://{s.host}:{s.prometheus_port}/-/ready",
+            marker=f"--storage.tsdb.path={s.prometheus_data}",
+            ready_timeout=timeout,
+            env_defaults=(),
+            env_forced=(),
+            pid_file=pid_file,
+            logs=(log,),
+        )
     forced: tuple[tuple[str, str], ...]
     args: tuple[str, ...]
     if name == "control-plane":
@@ -371,7 +425,7 @@ def service_spec(name: str, s: Settings) -> Service:
         if index is None:
             raise RunnerError(
                 f"unknown service {name!r}; services are "
-                f"{', '.join(CORE_SERVICES)} and {WORKER_PREFIX}N (N >= 1)"
+                f"{', '.join((*CORE_SERVICES, *OPTIONAL_SERVICES))} and {WORKER_PREFIX}N (N >= 1)"
             )
         module, args, port = "sync_worker", (), s.sync_port_base + index
         forced = (("CHUTE_SYNC_PORT", str(port)), ("CHUTE_SYNC_WORKER_ID", name))
@@ -440,6 +494,43 @@ def render_clickhouse_config(template: str, s: Settings) -> str:
         "LOG_DIR": str(s.log_dir),
     }
     return render_template(template, {k: xml_escape(v) for k, v in values.items()})
+
+
+def _yaml_list(items: Sequence[str]) -> str:
+    return "[" + ", ".join(f'"{item}"' for item in items) + "]"
+
+
+def render_prometheus_config(
+    template: str,
+    control: Sequence[str],
+    ingest: Sequence[str],
+    sync: Sequence[str],
+    prometheus: Sequence[str] = (),
+    scrape_interval: str = "5s",
+) -> str:
+    """Prometheus's configuration: one job per service (the job names the dashboards use),
+    each with its host:port targets. The scrape timeout is the interval, capped at 10 s."""
+    seconds = _duration_seconds(scrape_interval)
+    timeout = f"{round(min(seconds, 10.0) * 1000)}ms"
+    for target in (*control, *ingest, *sync, *prometheus):
+        if not re.fullmatch(r"[A-Za-z0-9_.\-\[\]:]+:[0-9]+", target):
+            raise RunnerError(f"not a host:port scrape target: {target!r}")
+    return render_template(template, {
+        "SCRAPE_INTERVAL": scrape_interval,
+        "SCRAPE_TIMEOUT": timeout,
+        "CONTROL_TARGETS": _yaml_list(control),
+        "INGEST_TARGETS": _yaml_list(ingest),
+        "SYNC_TARGETS": _yaml_list(sync),
+        "PROMETHEUS_TARGETS": _yaml_list(prometheus),
+    })
+
+
+def _duration_seconds(text: str) -> float:
+    match = re.fullmatch(r"([1-9][0-9]*)(ms|s|m)", text)
+    if not match:
+        raise RunnerError(f"scrape interval {text!r} is not like 500ms, 5s or 1m")
+    value = float(match.group(1))
+    return value / 1000 if match.group(2) == "ms" else value * (60 if match.group(2) == "m" else 1)
 
 
 def new_cluster_id() -> str:
@@ -794,6 +885,12 @@ def _prepare(service: Service, s: Settings) -> None:
         template = s.template("clickhouse/config.xml.tmpl").read_text()
         s.clickhouse_config.write_text(render_clickhouse_config(template, s))
         s.clickhouse_users.write_text(s.template("clickhouse/users.xml").read_text())
+    elif service.kind == "prometheus":
+        if shutil.which(s.prometheus_bin) is None:
+            raise RunnerError(f"no Prometheus ({s.prometheus_bin}): run scripts/install-infra")
+        s.prometheus_data.mkdir(parents=True, exist_ok=True)
+        s.prometheus_config.parent.mkdir(parents=True, exist_ok=True)
+        s.prometheus_config.write_text(native_prometheus_config(s))
     elif not s.python.exists():
         raise RunnerError(f"no virtualenv at {s.venv}: run scripts/install-python")
 
@@ -1058,14 +1155,54 @@ def _worker_pid_files(s: Settings) -> list[int]:
     return sorted(indexes)
 
 
+def _worker_indexes(s: Settings) -> list[int]:
+    """The workers `up` recorded and any worker with a pid file."""
+    return sorted(set(range(1, recorded_workers(s) + 1)) | set(_worker_pid_files(s)))
+
+
 def expected_services(s: Settings) -> list[str]:
-    """Core services plus the workers `up` recorded and any worker with a pid file."""
-    workers = set(range(1, recorded_workers(s) + 1)) | set(_worker_pid_files(s))
-    return [*CORE_SERVICES, *(worker_name(i) for i in sorted(workers))]
+    """Core services, the workers `up` recorded or that have a pid file, and optional services
+    that have a pid file (started and not stopped since)."""
+    optional = [n for n in OPTIONAL_SERVICES if service_spec(n, s).pid_file.exists()]
+    return [*CORE_SERVICES, *(worker_name(i) for i in _worker_indexes(s)), *optional]
 
 
-def up(workers: int = 1, settings: Settings | None = None) -> list[ServiceStatus]:
-    """Starts every service that is not running, tier by tier, each waited for until healthy."""
+def native_prometheus_config(s: Settings) -> str:
+    """Prometheus's configuration for this stack: the control plane, the ingest API, every
+    worker `up` recorded or that runs (at least sync-worker-1), and Prometheus itself."""
+    host = s.host
+    workers = _worker_indexes(s) or [1]
+    return render_prometheus_config(
+        s.prometheus_template.read_text(),
+        control=[f"{host}:{s.control_port}"],
+        ingest=[f"{host}:{s.ingest_port}"],
+        sync=[f"{host}:{s.sync_port_base + i}" for i in workers],
+        prometheus=[f"{host}:{s.prometheus_port}"],
+        scrape_interval=s.prometheus_scrape_interval,
+    )
+
+
+def _reload_prometheus(s: Settings) -> None:
+    """Re-renders Prometheus's configuration when the workers changed; SIGHUP reloads it."""
+    service = service_spec("prometheus", s)
+    pid = running_pid(service)
+    if pid is None:
+        return
+    text = native_prometheus_config(s)
+    with contextlib.suppress(OSError):
+        if s.prometheus_config.read_text() == text:
+            return
+    s.prometheus_config.write_text(text)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGHUP)
+        _say("prometheus: configuration reloaded")
+
+
+def up(workers: int = 1, settings: Settings | None = None,
+       prometheus: bool = False) -> list[ServiceStatus]:
+    """Starts every service that is not running, tier by tier, each waited for until healthy;
+    with `prometheus`, also Prometheus scraping them. A running Prometheus is told about a
+    changed number of workers."""
     if workers < 0:
         raise RunnerError("--workers must be 0 or more")
     s = _settings(settings)
@@ -1078,6 +1215,9 @@ def up(workers: int = 1, settings: Settings | None = None) -> list[ServiceStatus
         _start_group(["kafka", "clickhouse"], s)
         _start_group(["control-plane"], s)
         _start_group(["ingest-api", *(worker_name(i) for i in range(1, workers + 1))], s)
+        _reload_prometheus(s)
+        if prometheus:
+            _start_group(["prometheus"], s)
         return status(s)
 
 
@@ -1089,7 +1229,9 @@ def down(settings: Settings | None = None) -> list[str]:
         names = expected_services(s)
         workers = [n for n in names if n.startswith(WORKER_PREFIX)]
         stopped: list[str] = []
-        for tier in ([*workers, "ingest-api"], ["control-plane"], ["clickhouse", "kafka"]):
+        tiers = ([*OPTIONAL_SERVICES, *workers, "ingest-api"], ["control-plane"],
+                 ["clickhouse", "kafka"])
+        for tier in tiers:
             stopped += _stop_services(tier, s, kill=False)
             orphans = {
                 f"{name} (pid {pid}, no pid file)": pid
@@ -1153,6 +1295,10 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     cmd_up = commands.add_parser("up", help="start everything that is not running")
     cmd_up.add_argument("--workers", type=int, default=1, help="sync workers (default 1)")
+    cmd_up.add_argument(
+        "--prometheus", action="store_true",
+        help="also run Prometheus on 127.0.0.1:9090 (CHUTE_PROMETHEUS_PORT) scraping the services",
+    )
     commands.add_parser("down", help="stop everything")
     commands.add_parser("status", help="show services; exit 1 if one is down or unhealthy")
     cmd_start = commands.add_parser("start", help="start one service")
@@ -1170,7 +1316,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
-    print(status_table(up(args.workers)))
+    print(status_table(up(args.workers, prometheus=args.prometheus)))
     return 0
 
 

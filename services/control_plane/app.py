@@ -97,6 +97,11 @@ def create_app(settings: ControlPlaneSettings, defs: Definitions,
 
     @app.get("/metrics")
     def metrics() -> Response:
+        if state.applied.is_set():
+            try:
+                pipeline_status(settings, defs)  # refreshes chute_table_rows
+            except Exception as exc:  # servers down: still serve the other metrics
+                log.warning("table row counts unavailable", error=str(exc))
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return app

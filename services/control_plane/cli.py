@@ -1,4 +1,4 @@
-"""`chute` console command: plan, apply, serve."""
+"""`chute` console command: plan, apply, serve, status."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ import sys
 import threading
 
 from chute.logging import configure_logging
-from chute.registry import DefinitionError, load_definitions
+from chute.registry import DefinitionError, Definitions, load_definitions
 from chute.settings import load_settings
 
 from control_plane.settings import ControlPlaneSettings
+from control_plane.status import StatusSettings, StatusSource, run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,9 +20,20 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("plan", help="show what apply would change")
     sub.add_parser("apply", help="create or update topics and tables")
     sub.add_parser("serve", help="apply, then serve /health, /pipelines and /metrics")
+    status = sub.add_parser(
+        "status", help="per pipeline: partitions, consumer lag, rows/s in and out, rows, "
+                       "dead letters")
+    status.add_argument(
+        "--watch", nargs="?", type=_positive_seconds, const=2.0, default=None, metavar="SECONDS",
+        help="clear the screen and redraw every SECONDS (default 2) until Ctrl-C")
+    status.add_argument("--partitions", action="store_true",
+                        help="also show each partition's end offset, committed offset and lag")
+    status.add_argument("--group", help="the sync workers' consumer group "
+                                        "(default: CHUTE_SYNC_GROUP or chute-sync)")
     args = parser.parse_args(argv)
 
-    settings = load_settings(ControlPlaneSettings)
+    settings_type = StatusSettings if args.command == "status" else ControlPlaneSettings
+    settings = load_settings(settings_type)
     configure_logging(settings.log_format, settings.log_level, service="control-plane")
     try:
         defs = load_definitions(settings.schemas)
@@ -31,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "serve":
         return _serve(settings, defs)
+    if args.command == "status":
+        assert isinstance(settings, StatusSettings)
+        return _status(settings, defs, args)
 
     from control_plane.apply import Connections, apply_plan, compute_plan
 
@@ -46,6 +61,23 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         conn.close()
     return 0
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError("the refresh interval must be more than 0 seconds")
+    return value
+
+
+def _status(settings: StatusSettings, defs: Definitions, args: argparse.Namespace) -> int:
+    if args.group:
+        settings = settings.model_copy(update={"sync_group": args.group})
+    return run(StatusSource(settings, defs), sys.stdout, watch=args.watch,
+               partitions=args.partitions)
 
 
 def _serve(settings: ControlPlaneSettings, defs: object) -> int:

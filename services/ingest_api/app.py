@@ -36,6 +36,7 @@ from chute.metrics import (
     INGEST_RECORDS,
     INGEST_REQUEST_SECONDS,
     INGEST_REQUESTS,
+    init_ingest_pipeline,
 )
 from chute.registry import Definitions
 from fastapi import FastAPI, Request, Response
@@ -103,6 +104,8 @@ class IngestService:
             name: Pipeline(name, api.destination.topic, RecordCodec(api.model))
             for name, api in sorted(definitions.ingest_apis.items())
         }
+        for name in self.pipelines:
+            init_ingest_pipeline(name)
         self.sink = KafkaSink(producer)
         # Decoding and send() are CPU-bound under the GIL: one thread does it best (more
         # threads contend for the GIL and the accumulator locks). The first send to a topic

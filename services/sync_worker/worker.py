@@ -74,6 +74,7 @@ def build_routes(defs: Definitions, profile: ServerProfile) -> dict[str, Route]:
         definition = table.definition(profile)
         columns = [c for c in definition.columns if not c.name.startswith("_chute_")]
         cfg = stream.config
+        metrics.init_sync_table(table.name)
         limits = BatchLimits(cfg.max_batch_rows, cfg.max_batch_bytes, cfg.max_batch_wait)
         routes[stream.topic] = Route(
             stream=stream,
@@ -274,7 +275,14 @@ class SyncWorker:
             self.writer.insert(route.table, names, [col[lo:hi] for col in data])
 
         isolator = Isolator(len(buf.rows))
-        self._with_retry(lambda: isolator.run(insert, classify), route.table, "insert")
+
+        def insert_all() -> None:
+            started = time.perf_counter()
+            isolator.run(insert, classify)
+            # The successful attempt only: retries and commits are not insert latency.
+            metrics.SYNC_INSERT_SECONDS.labels(route.table).observe(time.perf_counter() - started)
+
+        self._with_retry(insert_all, route.table, "insert")
         for index, exc in isolator.rejected:
             metrics.SYNC_ERRORS.labels(route.table, "data").inc()
             self.dead_letter(route, buf.position(index),
@@ -326,6 +334,12 @@ class SyncWorker:
         The consumer's heartbeat thread keeps the group membership."""
         end = self.clock() + delay
         while self.clock() < end:
+            # Lag keeps being reported during an outage (it grows: that is the signal), but
+            # only from the main thread, not from kafka-python's IO thread on revocation.
+            if (self.clock() >= self._next_lag_update
+                    and threading.current_thread() is threading.main_thread()):
+                self._next_lag_update = self.clock() + 5.0
+                self.update_lag()
             self.last_loop = self.clock()
             self.sleep(min(0.2, end - self.clock()))
 
@@ -348,7 +362,6 @@ class SyncWorker:
         metrics.SYNC_ROWS_INSERTED.labels(route.table).inc(len(buf.rows))
         metrics.SYNC_BATCH_ROWS.labels(route.table).observe(rows)
         metrics.SYNC_BATCH_BYTES.labels(route.table).observe(buf.size)
-        metrics.SYNC_INSERT_SECONDS.labels(route.table).observe(duration)
         now_ms = time.time() * 1000
         step = max(1, len(buf.timestamps) // _E2E_SAMPLES)
         histogram = metrics.SYNC_END_TO_END_SECONDS.labels(route.table)

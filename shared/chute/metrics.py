@@ -35,7 +35,8 @@ SYNC_BATCH_ROWS = Histogram(
 SYNC_BATCH_BYTES = Histogram(
     "chute_sync_batch_bytes", "Payload bytes per batch insert", ["table"],
     buckets=(1e3, 1e4, 1e5, 1e6, 4e6, 16e6, 64e6, 256e6))
-# Duration of one successful insert.
+# Duration of the insert attempt that succeeded (bisection of rejected rows included; failed
+# transient attempts, backoff, dead-letter produce and commit not included).
 SYNC_INSERT_SECONDS = Histogram(
     "chute_sync_insert_seconds", "Batch insert duration", ["table"], buckets=_LATENCY_BUCKETS)
 # Errors by table and kind: transient (retried), data (rows dead-lettered), decode (bad record).
@@ -43,10 +44,13 @@ SYNC_ERRORS = Counter("chute_sync_errors_total", "Sync errors by kind", ["table"
 # Records sent to the dead-letter queue, by table they were meant for.
 SYNC_DLQ_RECORDS = Counter(
     "chute_sync_dlq_records_total", "Records sent to the dead-letter queue", ["table"])
-# Committed-offset lag per topic-partition owned by this worker (end offset - position).
+# Lag per topic-partition owned by this worker: end offset - committed offset, i.e. records in
+# Kafka not yet acknowledged by ClickHouse. Refreshed every 5 s by the owning worker; a revoked
+# partition's series is removed. `chute status` reads the same figure from Kafka itself.
 SYNC_CONSUMER_LAG = Gauge(
     "chute_sync_consumer_lag", "Messages not yet inserted", ["topic", "partition"])
-# Kafka record timestamp -> row acknowledged by ClickHouse.
+# Kafka record timestamp -> row acknowledged by ClickHouse; up to 500 rows sampled per insert,
+# so its _count is not a row count (use chute_sync_rows_inserted_total for that).
 SYNC_END_TO_END_SECONDS = Histogram(
     "chute_sync_end_to_end_seconds", "Kafka timestamp to inserted", ["table"],
     buckets=_E2E_BUCKETS)
@@ -61,5 +65,38 @@ SYNC_COMMITS = Counter("chute_sync_commits_total", "Offset commits", ["topic"])
 # Topic/table changes made by apply, by kind of action.
 CONTROL_ACTIONS = Counter(
     "chute_control_actions_total", "Changes applied by the control plane", ["action"])
-# Rows in each pipeline table, refreshed when /pipelines or /metrics is read.
+# Rows in each pipeline table (count()), refreshed on every scrape of the control plane.
 CONTROL_TABLE_ROWS = Gauge("chute_table_rows", "Rows in a pipeline table", ["table"])
+
+
+# Label values known in advance.
+INGEST_RESULTS = ("accepted", "rejected", "failed")
+SYNC_ERROR_KINDS = ("transient", "data", "decode")
+
+
+def init_ingest_pipeline(pipeline: str) -> None:
+    """Creates a pipeline's ingest series at 0 when the service starts. A labelled series that
+    first appears already holding its first increments hides them from rate() and increase()."""
+    for result in INGEST_RESULTS:
+        INGEST_RECORDS.labels(pipeline, result)
+    INGEST_REQUEST_SECONDS.labels(pipeline)
+
+
+def init_sync_table(table: str) -> None:
+    """Creates a table's sync series at 0 when a worker starts (see init_ingest_pipeline)."""
+    for metric in (SYNC_ROWS_INSERTED, SYNC_BATCH_ROWS, SYNC_BATCH_BYTES, SYNC_INSERT_SECONDS,
+                   SYNC_DLQ_RECORDS, SYNC_END_TO_END_SECONDS, SYNC_BUFFERED_ROWS):
+        metric.labels(table)
+    for kind in SYNC_ERROR_KINDS:
+        SYNC_ERRORS.labels(table, kind)
+
+
+# --- not defined here -------------------------------------------------------------------------
+# Series a dashboard may use besides chute's own: `up` is written by Prometheus for every
+# target; the process_* series come from prometheus_client's default process collector, which
+# every chute service exports on /metrics (Linux).
+STANDARD_SERIES = (
+    "up",  # 1 when the last scrape of the target succeeded
+    "process_resident_memory_bytes",  # resident memory of the service process
+    "process_cpu_seconds_total",  # CPU time of the service process
+)

@@ -95,7 +95,7 @@ CONTRACT: dict[str, ServiceContract] = {
         extra_env={"CHUTE_SYNC_GROUP": "chute-sync", "CHUTE_SYNC_HOST": "0.0.0.0"},
     ),
 }
-INFRA = ("kafka", "clickhouse")
+INFRA = ("kafka", "clickhouse", "prometheus", "grafana")
 INSTALL_INPUTS = ("pyproject.toml", "README.md", "shared", "services", "schemas")
 
 
@@ -214,7 +214,6 @@ def test_compose_file_matches_the_compose_spec_schema() -> None:
 
 
 def test_compose_defines_exactly_the_expected_services() -> None:
-    # Prometheus and Grafana join later (their own change); update this set then.
     assert set(services()) == set(CONTRACT) | set(INFRA)
 
 
@@ -414,3 +413,99 @@ def test_dockerignore_sends_the_install_inputs_and_nothing_else() -> None:
     reincluded = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
     assert reincluded == set(INSTALL_INPUTS)
     assert "**/__pycache__" in lines
+
+
+# --- Prometheus and Grafana ---------------------------------------------------------------------
+
+
+def mounts(service: Mapping[str, Any]) -> dict[str, Path]:
+    """{container path: host path} of the service's bind mounts of repository files."""
+    result = {}
+    for volume in service.get("volumes") or []:
+        parts = str(volume).split(":")
+        if parts[0].startswith("./"):
+            result[parts[1]] = REPO / parts[0]
+    return result
+
+
+def prometheus_config() -> dict[str, Any]:
+    config = mounts(services()["prometheus"])["/etc/prometheus/prometheus.yml"]
+    return cast(dict[str, Any], yaml.safe_load(config.read_text()))
+
+
+def grafana_file(container_path: str) -> Path:
+    """The repository file Grafana sees at `container_path` through its bind mounts."""
+    for target, source in mounts(services()["grafana"]).items():
+        if container_path.startswith(target.rstrip("/") + "/"):
+            return source / container_path[len(target.rstrip("/")) + 1:]
+    raise AssertionError(f"{container_path} is not mounted into grafana")
+
+
+@pytest.mark.parametrize(("name", "repository"), [("prometheus", "prom/prometheus"),
+                                                  ("grafana", "grafana/grafana")])
+def test_observability_images_are_pinned(name: str, repository: str) -> None:
+    image = str(services()[name]["image"])
+    assert image.partition(":")[0] in (repository, f"docker.io/{repository}"), image
+    assert re.fullmatch(r"v?[0-9]+\.[0-9]+\.[0-9]+", image.partition(":")[2]), (
+        f"{name}: pin an exact version, not {image!r}")
+
+
+def test_prometheus_scrapes_every_service_and_each_worker_replica() -> None:
+    jobs = {job["job_name"]: job for job in prometheus_config()["scrape_configs"]}
+    for name, contract in CONTRACT.items():
+        assert name in jobs, f"no scrape job for {name} (job names are the service names)"
+        job = jobs[name]
+        if name == "sync-worker":
+            # Scaled replicas share one DNS name: service discovery, never a fixed target.
+            assert "static_configs" not in job
+            [sd] = job["dns_sd_configs"]
+            assert sd["type"] == "A" and sd["port"] == contract.port
+            assert set(sd["names"]) <= {name, f"tasks.{name}"}, sd["names"]
+        else:
+            targets = [t for sc in job.get("static_configs", []) for t in sc["targets"]]
+            assert targets == [f"{name}:{contract.port}"], (name, targets)
+        assert job.get("metrics_path", "/metrics") == "/metrics"
+
+
+def test_prometheus_keeps_its_data_in_a_named_volume() -> None:
+    compose = load_compose()
+    prometheus = compose["services"]["prometheus"]
+    assert "--config.file=/etc/prometheus/prometheus.yml" in prometheus["command"]
+    data = next(a.split("=", 1)[1] for a in prometheus["command"]
+                if a.startswith("--storage.tsdb.path="))
+    named = {str(v).split(":")[0] for v in prometheus["volumes"] if str(v).endswith(":" + data)}
+    assert named & set(compose["volumes"]), "time series need a named volume"
+    assert [m.target for m in port_mappings(prometheus)] == [9090]
+
+
+def test_native_and_compose_prometheus_use_the_same_job_names() -> None:
+    import dev_runner  # scripts/ is on sys.path (tests/conftest.py)
+
+    template = (REPO / "deploy" / "prometheus" / "prometheus.native.yml.tmpl").read_text()
+    native = yaml.safe_load(dev_runner.render_prometheus_config(
+        template, ["127.0.0.1:4200"], ["127.0.0.1:4000"], ["127.0.0.1:4101", "127.0.0.1:4102"],
+        ["127.0.0.1:9090"], "5s"))
+    assert ({job["job_name"] for job in native["scrape_configs"]}
+            == {job["job_name"] for job in prometheus_config()["scrape_configs"]})
+    sync = next(j for j in native["scrape_configs"] if j["job_name"] == "sync-worker")
+    assert sync["static_configs"][0]["targets"] == ["127.0.0.1:4101", "127.0.0.1:4102"]
+
+
+def test_grafana_provisions_the_prometheus_datasource_and_the_repository_dashboards() -> None:
+    grafana = services()["grafana"]
+    assert "/etc/grafana/provisioning" in mounts(grafana)
+    datasources = grafana_file("/etc/grafana/provisioning/datasources/prometheus.yaml")
+    [source] = yaml.safe_load(datasources.read_text())["datasources"]
+    assert source["type"] == "prometheus" and source["uid"] == "chute-prometheus"
+    assert source["url"] == "http://prometheus:9090", "the compose service and its port"
+    scrape = prometheus_config()["global"]["scrape_interval"]
+    assert source["jsonData"]["timeInterval"] == scrape, "$__rate_interval derives from it"
+
+    providers = grafana_file("/etc/grafana/provisioning/dashboards/chute.yaml")
+    [provider] = yaml.safe_load(providers.read_text())["providers"]
+    folder = grafana_file(provider["options"]["path"] + "/")
+    assert folder.resolve() == (REPO / "deploy" / "grafana" / "dashboards").resolve()
+    assert sorted(p.name for p in folder.glob("*.json")), "no dashboards to provision"
+    home = environment(grafana)["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert grafana_file(home).is_file(), home
+    assert grafana["depends_on"]["prometheus"]["condition"] == "service_healthy"
