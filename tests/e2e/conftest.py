@@ -1,3 +1,5 @@
+"""`make_stack`: a per-test chute stack (used by the e2e and the fault tests)."""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
@@ -17,8 +19,8 @@ def make_stack(ch: Any, unique_name: str, tmp_path: Path) -> Iterator[Callable[.
              name: str | None = None) -> Stack:
         schema_dir = tmp_path / f"schemas{len(stacks)}"
         schema_dir.mkdir()
-        stack = Stack(name or unique_name, schema_dir, tmp_path, ch, stream or {},
-                      extra_fields=extra_fields)
+        stack = Stack(name or f"{unique_name}{len(stacks) or ''}", schema_dir, tmp_path, ch,
+                      stream or {}, extra_fields=extra_fields)
         stack.apply()
         stacks.append(stack)
         return stack
