@@ -35,10 +35,11 @@ def account(ch: Any, table: str, acked_ids: list[str], scenario: str,
 
 
 def format_summary(rows: list[Outcome]) -> str:
-    header = f"{'scenario':<44} {'acknowledged':>12} {'lost':>6} {'duplicated':>10}  notes"
+    width = max(len("scenario"), *(len(r.scenario) for r in rows))
+    header = f"{'scenario':<{width}} {'acknowledged':>12} {'lost':>6} {'duplicated':>10}  notes"
     lines = [header, "-" * len(header)]
     for r in rows:
-        lines.append(f"{r.scenario:<44} {r.acknowledged:>12,} {r.lost:>6} "
+        lines.append(f"{r.scenario:<{width}} {r.acknowledged:>12,} {r.lost:>6} "
                      f"{r.duplicated:>10}  {r.notes}")
     return "\n".join(lines)
 
