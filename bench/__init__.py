@@ -1,0 +1,15 @@
+"""chute's benchmark (`scripts/bench`): the yardsticks of DESIGN.md section 8, measured side by
+side on one machine and printed as one table (and written as JSON).
+
+    sync      rows/s from a pre-filled topic into ClickHouse: chute's sync worker (1 and 2
+              processes) versus ClickHouse's own Kafka table engine + materialized view
+    ingest    records/s acknowledged by the ingest API for 1- and 1,000-record requests, next
+              to producing the same records straight to Kafka (kcat/librdkafka, kafka-python)
+    latency   POST acknowledged -> row visible, p50/p99, at a steady offered rate
+    memory    peak RSS of the services during the above; bytes per buffered row of the worker
+
+Everything runs against the Kafka and ClickHouse named by the usual CHUTE_* variables, on
+loopback only, with uniquely named topics, tables and consumer groups that are dropped at the
+end. Modules: `cli` (flags, orchestration), `infra` (servers, processes, sampling), `records`,
+`httpload`, one module per section, `report` (table and JSON), `progress`.
+"""

@@ -1,0 +1,175 @@
+"""Ingest throughput: records/s the ingest API acknowledges (HTTP 200: Kafka acknowledged every
+record with acks=all) for 1-record and 1,000-record requests at a few concurrencies, each for
+a fixed time with every connection sending its next request as soon as it has an answer;
+next to the same records produced straight to Kafka by kcat (librdkafka, acks=all: the
+broker's limit here) and by kafka-python in-process with the ingest API's producer settings
+(the Python client's limit, which bounds the API)."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+from chute.kafka import producer as kafka_producer
+
+from bench.context import Context, Pipeline
+from bench.httpload import Connection, LoadResult, closed_loop, encode_request, percentile
+from bench.infra import BenchError, Service
+from bench.records import array_body, keyed_records, object_body, write_keyed_ndjson
+
+
+@dataclass
+class IngestOptions:
+    seconds: float
+    single_concurrency: tuple[int, ...]
+    batch_concurrency: tuple[int, ...]
+    batch_size: int
+    kcat_records: int
+    kafka_python_records: int
+
+
+def _requests(pipeline: Pipeline, port: int, batch: int, count: int,
+              prefix: str) -> list[tuple[bytes, int]]:
+    path = f"/ingest/{pipeline.name}"
+    out = []
+    for n in range(count):
+        body = object_body(prefix, n) if batch == 1 else array_body(prefix, n * batch, batch)
+        out.append((encode_request("127.0.0.1", port, path, body), batch))
+    return out
+
+
+async def _warm_up(port: int, requests: list[tuple[bytes, int]]) -> None:
+    connection = Connection("127.0.0.1", port)
+    try:
+        for payload, _records in requests:
+            status, body = await connection.request(payload)
+            if status != 200:
+                raise BenchError(f"ingest API answered {status} to the warm-up request: "
+                                 f"{body[:500]!r}")
+    finally:
+        await connection.close()
+
+
+def summarize(result: LoadResult, batch: int, concurrency: int) -> dict[str, Any]:
+    def ms(value: float | None) -> float | None:
+        return round(value * 1000, 2) if value is not None else None
+
+    return {
+        "batch": batch,
+        "concurrency": concurrency,
+        "seconds": round(result.seconds, 3),
+        "requests": result.requests,
+        "records": result.records,
+        "records_per_s": round(result.records / result.seconds) if result.seconds else 0,
+        "requests_per_s": round(result.requests / result.seconds) if result.seconds else 0,
+        "p50_ms": ms(percentile(result.latencies, 0.5)),
+        "p99_ms": ms(percentile(result.latencies, 0.99)),
+        "statuses": {str(k): v for k, v in sorted(result.statuses.items())},
+        "errors": dict(result.errors),
+    }
+
+
+def run_http(ctx: Context, ingest: Service, pipeline: Pipeline, options: IngestOptions,
+             batch: int, concurrency: int, requests: list[tuple[bytes, int]],
+             profile_label: str | None) -> dict[str, Any]:
+    kind = "1-record" if batch == 1 else f"{batch:,}-record"
+    label = f"ingest-api {kind} requests, {concurrency} connection{'s' * (concurrency > 1)}"
+
+    def tick(result: LoadResult, elapsed: float) -> None:
+        rate = result.records / elapsed if elapsed else 0
+        ctx.progress.status(f"{label}: {elapsed:4.1f}/{options.seconds:.0f} s, "
+                            f"{rate:,.0f} records/s, {result.requests:,} requests")
+
+    profile = ctx.profiler.start(profile_label, ingest.pid) if profile_label else None
+    try:
+        result = asyncio.run(closed_loop("127.0.0.1", ingest.port, requests, concurrency,
+                                         options.seconds, tick))
+    finally:
+        ctx.profiler.stop(profile)
+    ctx.progress.done()
+    summary = summarize(result, batch, concurrency)
+    summary["label"] = label
+    bad = {k: v for k, v in summary["statuses"].items() if k != "200"}
+    ctx.progress.step(f"ingest: {label}: {summary['records_per_s']:,} records/s, "
+                      f"p50 {summary['p50_ms']} ms, p99 {summary['p99_ms']} ms"
+                      + (f", non-200: {bad}" if bad else ""))
+    return summary
+
+
+def run_kcat(ctx: Context, pipeline: Pipeline, records: int) -> dict[str, Any]:
+    path = ctx.run_dir / "kcat.ndjson"
+    write_keyed_ndjson(path, records, "k")
+    argv = ["kcat", "-b", ctx.endpoints.kafka, "-P", "-t", pipeline.topic, "-K", "\t",
+            "-X", "acks=all", "-l", str(path)]
+    ctx.progress.status(f"kcat -P: {records:,} records")
+    started = time.monotonic()
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False)
+    seconds = time.monotonic() - started
+    path.unlink(missing_ok=True)
+    if done.returncode != 0:
+        raise BenchError(f"kcat failed ({done.returncode}): {done.stderr[-2000:]}")
+    result = {"label": "kcat -P, acks=all (librdkafka, C)", "records": records,
+              "seconds": round(seconds, 3), "records_per_s": round(records / seconds),
+              "command": " ".join(a if a != "\t" else "'\\t'" for a in argv)}
+    ctx.progress.step(f"ingest: {result['label']}: {result['records_per_s']:,} records/s")
+    return result
+
+
+def run_kafka_python(ctx: Context, pipeline: Pipeline, records: int) -> dict[str, Any]:
+    """The ingest API's own send path without HTTP and validation: KafkaProducer.send per
+    record (key, crc32 partition, acks=all, linger 5 ms) with a callback, then flush."""
+    pairs = [(k.encode(), v.encode()) for k, v in keyed_records(records, "p")]
+    client = kafka_producer(ctx.endpoints.kafka, linger_ms=5, client_id="chute-bench")
+    try:
+        partitions = sorted(client.partitions_for(pipeline.topic))
+        n = len(partitions)
+        acked = [0]
+
+        def on_ack(_metadata: Any) -> None:
+            acked[0] += 1
+
+        ctx.progress.status(f"kafka-python: {records:,} records")
+        started = time.monotonic()
+        send = client.send
+        topic = pipeline.topic
+        for key, value in pairs:
+            send(topic, value=value, key=key,
+                 partition=partitions[zlib.crc32(key) % n]).add_callback(on_ack)
+        client.flush(timeout=300)
+        seconds = time.monotonic() - started
+    finally:
+        client.close(timeout=10)
+    if acked[0] != records:
+        raise BenchError(f"kafka-python: {acked[0]} of {records} records acknowledged")
+    result = {"label": "kafka-python KafkaProducer, acks=all (in-process, no HTTP)",
+              "records": records, "seconds": round(seconds, 3),
+              "records_per_s": round(records / seconds)}
+    ctx.progress.step(f"ingest: {result['label']}: {result['records_per_s']:,} records/s")
+    return result
+
+
+def run(ctx: Context, options: IngestOptions, ingest: Service,
+        pipeline: Pipeline) -> dict[str, Any]:
+    ctx.progress.step(f"ingest: {options.seconds:g} s per measurement against "
+                      f"{ingest.label} (pid {ingest.pid})")
+    singles = _requests(pipeline, ingest.port, 1, 20_000, "s")
+    batches = _requests(pipeline, ingest.port, options.batch_size, 32, "b")
+    asyncio.run(_warm_up(ingest.port, [singles[0], batches[0]]))
+    runs = []
+    plan = [(1, c) for c in options.single_concurrency]
+    plan += [(options.batch_size, c) for c in options.batch_concurrency]
+    for batch, concurrency in plan:
+        same_kind = [c for b, c in plan if b == batch]
+        profile = (f"ingest-api-batch{batch}-c{concurrency}"
+                   if concurrency == max(same_kind) else None)
+        runs.append(run_http(ctx, ingest, pipeline, options, batch, concurrency,
+                             singles if batch == 1 else batches, profile))
+    result: dict[str, Any] = {"pipeline": pipeline.name, "seconds_each": options.seconds,
+                              "http": runs}
+    result["kcat"] = run_kcat(ctx, pipeline, options.kcat_records)
+    result["kafka_python"] = run_kafka_python(ctx, pipeline, options.kafka_python_records)
+    return result
