@@ -11,6 +11,7 @@ import uvicorn
 from chute import kafka
 from chute.logging import configure_logging
 from chute.registry import DefinitionError, load_definitions
+from chute.runtime import tune_garbage_collector
 from chute.settings import load_settings
 from kafka import KafkaProducer
 
@@ -64,6 +65,7 @@ def main() -> int:
         return 2
     if not definitions.ingest_apis:
         log.warning("no ingest pipelines defined", schemas=settings.schemas)
+    tune_garbage_collector()
     if importlib.util.find_spec("crc32c") is None:
         log.warning("package crc32c is not installed: kafka-python computes the CRC32C of "
                     "every record batch in pure Python (~13 ms per 128 KiB: half the ingest "

@@ -82,7 +82,7 @@ class IngestSettings(CommonSettings):
         do not linger in the producer's buffer for the default two minutes.
         """
         ack_ms = int(self.ingest_ack_timeout_seconds * 1000)
-        linger_ms = 5
+        linger_ms = 0  # a request's records are sent together anyway; no wait for more
         request_timeout_ms = max(1000, min(10_000, ack_ms))
         return {
             "linger_ms": linger_ms,

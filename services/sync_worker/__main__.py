@@ -11,6 +11,7 @@ import structlog
 from chute import clickhouse, kafka
 from chute.logging import configure_logging
 from chute.registry import DefinitionError, load_definitions
+from chute.runtime import tune_garbage_collector
 from chute.settings import load_settings
 
 from sync_worker.http import serve
@@ -48,6 +49,7 @@ def main() -> int:
     deadline = time.monotonic() + 120
     client, profile = _connect_clickhouse(settings, deadline)
     routes = build_routes(defs, profile)
+    tune_garbage_collector()
     if not routes:
         log.error("no stream has a destination table; nothing to sync", schemas=settings.schemas)
         return 2

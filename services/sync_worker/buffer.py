@@ -89,13 +89,13 @@ class TableBuffer:
         self.dead_letters = []
 
     def describe_offsets(self) -> str:
-        """'0:100-199,3:5-42' for the log line of an insert."""
+        """'0:100-199,3:5-42' for the log line of an insert. Offsets of a partition arrive in
+        order, so its first and last row are its range."""
         ranges: dict[int, list[int]] = {}
         for partition, offset in zip(self.partitions, self.offsets, strict=True):
             r = ranges.get(partition)
             if r is None:
                 ranges[partition] = [offset, offset]
             else:
-                r[0] = min(r[0], offset)
-                r[1] = max(r[1], offset)
+                r[1] = offset
         return ",".join(f"{k}:{lo}-{hi}" for k, (lo, hi) in sorted(ranges.items()))

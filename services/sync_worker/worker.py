@@ -339,7 +339,7 @@ class SyncWorker:
             if (self.clock() >= self._next_lag_update
                     and threading.current_thread() is threading.main_thread()):
                 self._next_lag_update = self.clock() + 5.0
-                self.update_lag()
+                self.update_lag(ask_broker=True)
             self.last_loop = self.clock()
             self.sleep(min(0.2, end - self.clock()))
 
@@ -452,15 +452,24 @@ class SyncWorker:
         self._with_retry(read, table, "watermark read")
         return result
 
-    def update_lag(self) -> None:
+    def update_lag(self, ask_broker: bool = False) -> None:
+        """Lag = end offset - committed offset, per owned partition. The end offsets come from
+        the last fetch responses (no request, so the poll loop is not held up); while fetching
+        is paused they are asked from the broker, so lag keeps growing during an outage."""
         assignment = list(self.consumer.assignment())
         if not assignment:
             return
-        try:
-            ends = self.consumer.end_offsets(assignment)
-        except KafkaError:
-            return
+        ends: dict[TopicPartition, int | None] = {}
+        if not ask_broker:
+            ends = {tp: self.consumer.highwater(tp) for tp in assignment}
+        if ask_broker or any(end is None for end in ends.values()):
+            try:
+                ends = dict(self.consumer.end_offsets(assignment))
+            except KafkaError:
+                return
         for tp, end in ends.items():
+            if end is None:
+                continue
             done = self.committed.get(tp)
             if done is None:
                 done = self.consumer.committed(tp) or 0

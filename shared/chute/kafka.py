@@ -87,6 +87,7 @@ def consumer(bootstrap: str, group_id: str, **overrides: Any) -> KafkaConsumer:
         "heartbeat_interval_ms": 1_500,
         "max_poll_interval_ms": 300_000,
         "client_id": "chute-sync",
+        "fetch_max_wait_ms": 100,  # a fetch waiting for data must not delay a due flush
         "metrics_enabled": False,
         "reconnect_backoff_max_ms": 2_000,
     }
