@@ -39,8 +39,8 @@ def _connect_clickhouse(settings: SyncSettings, deadline: float) -> Any:
 
 def main() -> int:
     settings = load_settings(SyncSettings)
-    configure_logging(settings.log_format, settings.log_level, service="sync-worker")
-    structlog.contextvars.bind_contextvars(worker=settings.sync_worker_id)
+    configure_logging(settings.log_format, settings.log_level, service="sync-worker",
+                      worker=settings.sync_worker_id)
     try:
         defs = load_definitions(settings.schemas)
     except DefinitionError as exc:

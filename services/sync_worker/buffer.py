@@ -78,6 +78,14 @@ class TableBuffer:
     def seconds_until_due(self, now: float) -> float | None:
         return time_until_due(self.limits, self.oldest, now) if self.pending else None
 
+    def detach(self) -> TableBuffer:
+        """Hand the buffered batch over (to be inserted while this buffer fills again)."""
+        batch = TableBuffer(self.table, self.topic, self.limits, self.rows, self.partitions,
+                            self.offsets, self.timestamps, self.size, self.oldest,
+                            self.last_offsets, self.dead_letters)
+        self.clear()
+        return batch
+
     def clear(self) -> None:
         self.rows = []
         self.partitions = []

@@ -132,7 +132,15 @@ class SyncWorker:
     def run(self) -> None:
         self.subscribe()
         while not self.stopping:
-            self.poll_once()
+            try:
+                self.poll_once()
+            except FlushAbandoned as exc:
+                # SIGTERM during a retried flush: give up on it, commit nothing more.
+                log.warning("flush abandoned on shutdown; rows will be re-delivered",
+                            error=str(exc))
+                self.closing = True
+                self.consumer.close(autocommit=False)
+                return
         self.shutdown()
 
     def shutdown(self) -> None:
@@ -204,7 +212,10 @@ class SyncWorker:
         metrics.SYNC_BUFFERED_ROWS.labels(route.table).set(len(buf.rows))
 
     def dead_letter(self, route: Route, position: Position, payload: bytes | None,
-                    error_type: str, message: str) -> None:
+                    error_type: str, message: str, into: TableBuffer | None = None) -> None:
+        """Log and count a record that cannot be stored; its envelope goes out with the
+        batch (`into`, default the route's filling buffer) before that batch's commit."""
+        buffer = route.buffer if into is None else into
         log.warning("dead letter", table=route.table, topic=position.topic,
                     partition=position.partition, offset=position.offset,
                     error_type=error_type, error=message[:300])
@@ -221,42 +232,51 @@ class SyncWorker:
         if route.dead_letter_topic is None:
             log.error("record dropped: the stream has no dead-letter queue", table=route.table,
                       partition=position.partition, offset=position.offset)
-            route.buffer.note_offset(tp, position.offset, self.clock())
+            buffer.note_offset(tp, position.offset, self.clock())
             return
         envelope = dead_letter_envelope(pipeline=route.stream.name, position=position,
                                         payload=payload, error_type=error_type,
                                         error_message=message)
-        route.buffer.add_dead_letter(envelope, tp, position.offset, self.clock())
+        buffer.add_dead_letter(envelope, tp, position.offset, self.clock())
 
     # --- flushing -----------------------------------------------------------------------
 
-    def flush_all(self, reason: str) -> None:
+    def flush_all(self, reason: str) -> dict[TopicPartition, int]:
+        """Insert everything buffered now and return the offsets it covers (committed here
+        unless this runs on kafka-python's IO thread, on revocation)."""
+        on_main = threading.current_thread() is threading.main_thread()
+        offsets: dict[TopicPartition, int] = {}
         for route in self.routes.values():
             if route.buffer.pending:
-                self.flush(route, reason)
+                done = self._write(route, route.buffer.detach(), reason)
+                if on_main:
+                    self._commit(done)
+                offsets.update(done)
+        return offsets
 
-    def flush(self, route: Route, reason: str,
-              commit: bool = True) -> dict[TopicPartition, int]:
-        """Insert the buffered rows, dead-letter what fails, commit; returns the offsets."""
-        buf = route.buffer
+    def flush(self, route: Route, reason: str) -> None:
+        """Insert the route's batch and commit it. Nothing is fetched meanwhile, so a batch
+        retried through a ClickHouse outage is all the memory held. (An insert thread
+        overlapping the next batch's decoding was measured: no gain, since both need the GIL.)"""
+        metrics.SYNC_BUFFERED_ROWS.labels(route.table).set(0)
+        self._commit(self._write(route, route.buffer.detach(), reason))
+
+    def _write(self, route: Route, batch: TableBuffer, reason: str) -> dict[TopicPartition, int]:
+        """Insert a detached batch, dead-letter what ClickHouse rejects and produce the
+        batch's envelopes; returns the offsets to commit."""
         started = time.perf_counter()
-        if buf.rows:
-            self._insert(route)
-        rows = len(buf.rows)
-        self._produce_dead_letters(route)
-        offsets = {tp: offset + 1 for tp, offset in buf.last_offsets.items()}
+        if batch.rows:
+            self._insert(route, batch)
+        rows = len(batch.rows)
+        self._produce_dead_letters(route, batch)
         self._maybe_inject_fault(rows)
-        if commit:
-            self._commit(offsets)
         duration = time.perf_counter() - started
         if rows:
-            self._observe(route, rows, duration)
-            log.info("batch inserted", table=route.table, rows=rows, bytes=buf.size,
-                     partitions=buf.describe_offsets(), duration_ms=round(duration * 1000, 1),
-                     reason=reason, dead_letters=len(buf.dead_letters))
-        metrics.SYNC_BUFFERED_ROWS.labels(route.table).set(0)
-        buf.clear()
-        return offsets
+            self._observe(route, batch, rows)
+            log.info("batch inserted", table=route.table, rows=rows, bytes=batch.size,
+                     partitions=batch.describe_offsets(), duration_ms=round(duration * 1000, 1),
+                     reason=reason, dead_letters=len(batch.dead_letters))
+        return {tp: offset + 1 for tp, offset in batch.last_offsets.items()}
 
     def _maybe_inject_fault(self, rows: int) -> None:
         if not self.settings.sync_fault_kill_after_inserts or not rows:
@@ -266,8 +286,7 @@ class SyncWorker:
             log.warning("fault injection: SIGKILL after insert, before commit", rows=rows)
             os.kill(os.getpid(), signal.SIGKILL)
 
-    def _insert(self, route: Route) -> None:
-        buf = route.buffer
+    def _insert(self, route: Route, buf: TableBuffer) -> None:
         data = route.builder.build(buf.rows, buf.partitions, buf.offsets)
         names = route.builder.names
 
@@ -287,12 +306,12 @@ class SyncWorker:
             metrics.SYNC_ERRORS.labels(route.table, "data").inc()
             self.dead_letter(route, buf.position(index),
                              buf.rows[index].model_dump_json().encode(),
-                             f"ClickHouseRejected:{type(exc).__name__}", str(exc))
+                             f"ClickHouseRejected:{type(exc).__name__}", str(exc), into=buf)
         if isolator.rejected:
             buf.remove({index for index, _ in isolator.rejected})
 
-    def _produce_dead_letters(self, route: Route) -> None:
-        envelopes = route.buffer.dead_letters
+    def _produce_dead_letters(self, route: Route, buf: TableBuffer) -> None:
+        envelopes = buf.dead_letters
         if not envelopes or route.dead_letter_topic is None:
             return
         topic = route.dead_letter_topic
@@ -318,7 +337,9 @@ class SyncWorker:
             except Exception as exc:
                 if not isinstance(exc, KafkaError) and classify(exc) != TRANSIENT:
                     raise
-                self.writer.reset()
+                if not isinstance(exc, KafkaError):
+                    # Only ClickHouse errors: the client belongs to the thread that inserts.
+                    self.writer.reset()
                 metrics.SYNC_ERRORS.labels(table, "transient").inc()
                 self.paused = True
                 metrics.SYNC_PAUSED.set(1)
@@ -334,31 +355,41 @@ class SyncWorker:
         The consumer's heartbeat thread keeps the group membership."""
         end = self.clock() + delay
         while self.clock() < end:
+            self.last_loop = self.clock()
             # Lag keeps being reported during an outage (it grows: that is the signal), but
             # only from the main thread, not from kafka-python's IO thread on revocation.
             if (self.clock() >= self._next_lag_update
                     and threading.current_thread() is threading.main_thread()):
                 self._next_lag_update = self.clock() + 5.0
                 self.update_lag(ask_broker=True)
-            self.last_loop = self.clock()
             self.sleep(min(0.2, end - self.clock()))
 
     def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        """Commit after the insert. Kafka unreachable: retried with backoff like an insert
+        (the rows are in; giving up would only re-deliver them). Partitions moved to another
+        worker: logged, nothing to retry (the new owner re-reads from the last commit)."""
         if not offsets:
             return
-        try:
-            self.consumer.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()})
-        except CommitFailedError as exc:
-            # The partitions were given to another worker; it re-reads from the last commit.
+        rebalanced: list[CommitFailedError] = []
+
+        def commit() -> None:
+            try:
+                self.consumer.commit(
+                    {tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()})
+            except CommitFailedError as exc:
+                rebalanced.append(exc)
+
+        self._with_retry(commit, ",".join(sorted({tp.topic for tp in offsets})),
+                         "offset commit")
+        if rebalanced:
             log.warning("commit failed after rebalance; rows may be delivered again",
-                        error=str(exc))
+                        error=str(rebalanced[0]))
             return
         self.committed.update(offsets)
         for tp in offsets:
             metrics.SYNC_COMMITS.labels(tp.topic).inc()
 
-    def _observe(self, route: Route, rows: int, duration: float) -> None:
-        buf = route.buffer
+    def _observe(self, route: Route, buf: TableBuffer, rows: int) -> None:
         metrics.SYNC_ROWS_INSERTED.labels(route.table).inc(len(buf.rows))
         metrics.SYNC_BATCH_ROWS.labels(route.table).observe(rows)
         metrics.SYNC_BATCH_BYTES.labels(route.table).observe(buf.size)
@@ -391,9 +422,7 @@ class SyncWorker:
         offsets: dict[TopicPartition, int] = {}
         self.stop_deadline = self.clock() + self.settings.sync_shutdown_flush_seconds
         try:
-            for route in self.routes.values():
-                if route.buffer.pending:
-                    offsets.update(self.flush(route, FlushReason.REBALANCE, commit=False))
+            offsets = self.flush_all(FlushReason.REBALANCE)
         except FlushAbandoned as exc:
             log.warning("rebalance flush abandoned; rows will be re-delivered", error=str(exc))
         finally:
@@ -472,7 +501,10 @@ class SyncWorker:
                 continue
             done = self.committed.get(tp)
             if done is None:
-                done = self.consumer.committed(tp) or 0
+                try:
+                    done = self.consumer.committed(tp) or 0
+                except KafkaError:
+                    return
                 self.committed[tp] = done
             metrics.SYNC_CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, end - done))
 

@@ -8,15 +8,26 @@ import sys
 import structlog
 
 
-def configure_logging(fmt: str = "console", level: str = "info", service: str = "") -> None:
+def configure_logging(fmt: str = "console", level: str = "info", service: str = "",
+                      **static: str) -> None:
+    """`service` and `static` fields go on every line, from every thread (context variables
+    would not reach kafka-python's IO thread or the insert thread)."""
+    fields = {"service": service, **static} if service else dict(static)
     level_no = logging.getLevelNamesMapping()[level.upper()]
     renderer: structlog.typing.Processor
     if fmt == "json":
         renderer = structlog.processors.JSONRenderer()
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    def add_static(_logger: object, _name: str,
+                   event: structlog.typing.EventDict) -> structlog.typing.EventDict:
+        for key, value in fields.items():
+            event.setdefault(key, value)
+        return event
+
     processors: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
+        add_static,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
@@ -29,8 +40,6 @@ def configure_logging(fmt: str = "console", level: str = "info", service: str = 
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
-    if service:
-        structlog.contextvars.bind_contextvars(service=service)
     # Libraries log through the standard library; keep their noise at warning.
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     logging.getLogger("kafka").setLevel(logging.CRITICAL)  # we log failures ourselves
