@@ -478,3 +478,19 @@ def summarize_collapsed(path: Path, top: int = 20) -> dict[str, Any]:
 
     return {"samples": samples, "self": ranked(self_samples), "total": ranked(total_samples),
             "threads": ranked(threads)}
+
+
+def kcat_produce(bootstrap: str, topic: str, path: Path, *settings: str) -> tuple[float, str]:
+    """Produce the key<TAB>value lines of `path` with kcat (acks=all): the seconds it took and
+    the command, for the report. The file is removed afterwards."""
+    argv = ["kcat", "-b", bootstrap, "-P", "-t", topic, "-K", "\t", "-X", "acks=all"]
+    for setting in settings:
+        argv += ["-X", setting]
+    argv += ["-l", str(path)]
+    started = time.monotonic()
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False)
+    seconds = time.monotonic() - started
+    path.unlink(missing_ok=True)
+    if done.returncode != 0:
+        raise BenchError(f"kcat failed ({done.returncode}): {done.stderr[-2000:]}")
+    return seconds, " ".join(a if a != "\t" else "'\\t'" for a in argv)

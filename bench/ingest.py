@@ -8,7 +8,6 @@ broker's limit here) and by kafka-python in-process with the ingest API's produc
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import time
 import zlib
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from chute.kafka import producer as kafka_producer
 
 from bench.context import Context, Pipeline
 from bench.httpload import Connection, LoadResult, closed_loop, encode_request, percentile
-from bench.infra import BenchError, Service
+from bench.infra import BenchError, Service, kcat_produce
 from bench.records import array_body, keyed_records, object_body, write_keyed_ndjson
 
 
@@ -103,18 +102,11 @@ def run_http(ctx: Context, ingest: Service, pipeline: Pipeline, options: IngestO
 def run_kcat(ctx: Context, pipeline: Pipeline, records: int) -> dict[str, Any]:
     path = ctx.run_dir / "kcat.ndjson"
     write_keyed_ndjson(path, records, "k")
-    argv = ["kcat", "-b", ctx.endpoints.kafka, "-P", "-t", pipeline.topic, "-K", "\t",
-            "-X", "acks=all", "-l", str(path)]
     ctx.progress.status(f"kcat -P: {records:,} records")
-    started = time.monotonic()
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False)
-    seconds = time.monotonic() - started
-    path.unlink(missing_ok=True)
-    if done.returncode != 0:
-        raise BenchError(f"kcat failed ({done.returncode}): {done.stderr[-2000:]}")
+    seconds, command = kcat_produce(ctx.endpoints.kafka, pipeline.topic, path)
     result = {"label": "kcat -P, acks=all (librdkafka, C)", "records": records,
               "seconds": round(seconds, 3), "records_per_s": round(records / seconds),
-              "command": " ".join(a if a != "\t" else "'\\t'" for a in argv)}
+              "command": command}
     ctx.progress.step(f"ingest: {result['label']}: {result['records_per_s']:,} records/s")
     return result
 

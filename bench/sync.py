@@ -13,7 +13,6 @@ ClickHouse and of Kafka during the run are taken from /proc where their pids are
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any
 from clickhouse_driver import Client
 
 from bench.context import Context, Pipeline
-from bench.infra import BenchError, read_memory, short_error
+from bench.infra import BenchError, kcat_produce, read_memory, short_error
 from bench.progress import bar
 from bench.records import write_keyed_ndjson
 
@@ -168,16 +167,10 @@ def prefill(ctx: Context, pipeline: Pipeline, records: int) -> dict[str, Any]:
     generated = time.monotonic()
     value_bytes = write_keyed_ndjson(path, records, "e")
     generate_s = time.monotonic() - generated
-    argv = ["kcat", "-b", ctx.endpoints.kafka, "-P", "-t", pipeline.topic, "-K", "\t",
-            "-X", "acks=all", "-X", "linger.ms=20", "-X", "batch.num.messages=10000",
-            "-X", "queue.buffering.max.messages=1000000", "-l", str(path)]
     ctx.progress.status(f"producing {records:,} records to {pipeline.topic} with kcat")
-    started = time.monotonic()
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False)
-    seconds = time.monotonic() - started
-    path.unlink(missing_ok=True)
-    if done.returncode != 0:
-        raise BenchError(f"kcat failed ({done.returncode}): {done.stderr[-2000:]}")
+    seconds, command = kcat_produce(
+        ctx.endpoints.kafka, pipeline.topic, path, "linger.ms=20", "batch.num.messages=10000",
+        "queue.buffering.max.messages=1000000")
     ends = ctx.servers.end_offsets(pipeline.topic)
     if sum(ends.values()) != records:
         raise BenchError(f"topic {pipeline.topic} holds {sum(ends.values())} records after "
@@ -191,7 +184,7 @@ def prefill(ctx: Context, pipeline: Pipeline, records: int) -> dict[str, Any]:
         "generate_s": round(generate_s, 3),
         "seconds": round(seconds, 3),
         "records_per_s": round(records / seconds),
-        "command": " ".join(a if a != "\t" else "'\\t'" for a in argv),
+        "command": command,
     }
 
 
