@@ -13,8 +13,9 @@ import contextlib
 import itertools
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 
 def encode_request(host: str, port: int, path: str, body: bytes) -> bytes:
@@ -117,19 +118,9 @@ async def closed_loop(host: str, port: int, requests: Sequence[tuple[bytes, int]
         finally:
             await connection.close()
 
-    async def ticker() -> None:
-        while True:
-            await asyncio.sleep(0.5)
-            if on_tick is not None:
-                on_tick(result, time.perf_counter() - started)
-
-    tick = asyncio.create_task(ticker())
-    try:
-        await asyncio.gather(*(run_connection() for _ in range(concurrency)))
-    finally:
-        tick.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await tick
+    await _with_ticker(
+        asyncio.gather(*(run_connection() for _ in range(concurrency))),
+        None if on_tick is None else lambda: on_tick(result, time.perf_counter() - started))
     result.seconds = time.perf_counter() - started
     return result
 
@@ -187,17 +178,24 @@ async def open_loop(host: str, port: int, make_request: Callable[[int], tuple[by
         finally:
             await connection.close()
 
+    await _with_ticker(
+        asyncio.gather(schedule(), *(run_connection() for _ in range(concurrency))),
+        None if on_tick is None else lambda: on_tick(ledger, time.monotonic() - started))
+    return time.monotonic() - started
+
+async def _with_ticker(work: Awaitable[Any], tick: Callable[[], None] | None) -> None:
+    """Await `work`, calling `tick` (progress display) every half second meanwhile."""
+
     async def ticker() -> None:
         while True:
             await asyncio.sleep(0.5)
-            if on_tick is not None:
-                on_tick(ledger, time.monotonic() - started)
+            if tick is not None:
+                tick()
 
-    tick = asyncio.create_task(ticker())
+    task = asyncio.create_task(ticker())
     try:
-        await asyncio.gather(schedule(), *(run_connection() for _ in range(concurrency)))
+        await work
     finally:
-        tick.cancel()
+        task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await tick
-    return time.monotonic() - started
+            await task
