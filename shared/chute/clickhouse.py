@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from typing import Any
 
 from clickhouse_driver import Client
@@ -52,6 +54,34 @@ def existing_columns(client: Client, database: str) -> dict[str, dict[str, str]]
     for table, name, type_ in rows:
         tables.setdefault(str(table), {})[str(name)] = str(type_)
     return tables
+
+
+@dataclass(frozen=True)
+class ExistingTable:
+    """A table as the server has it: its columns' types and the columns its keys use."""
+
+    columns: dict[str, str]
+    key_columns: frozenset[str] = frozenset()
+
+
+_KEY_NAME = re.compile(r"`([^`]+)`|([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def key_columns(key_expressions: list[str], columns: dict[str, str]) -> frozenset[str]:
+    """The columns named in sorting/partition/primary key expressions ('id, toYYYYMM(ts)')."""
+    names = {a or b for text in key_expressions for a, b in _KEY_NAME.findall(text)}
+    return frozenset(names & columns.keys())
+
+
+def existing_tables(client: Client, database: str) -> dict[str, ExistingTable]:
+    """Every table in `database` with its columns and key columns."""
+    columns = existing_columns(client, database)
+    rows = client.execute(
+        "SELECT name, sorting_key, partition_key, primary_key FROM system.tables "
+        "WHERE database = %(db)s", {"db": database})
+    keys = {str(name): [str(k) for k in exprs] for name, *exprs in rows}
+    return {table: ExistingTable(cols, key_columns(keys.get(table, []), cols))
+            for table, cols in columns.items()}
 
 
 def row_count(client: Client, database: str, table: str) -> int:
