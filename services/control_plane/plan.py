@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from chute.clickhouse import ExistingTable
+from chute.clickhouse import ExistingTable, key_column_names
 from chute.ddl import (
     CHUTE_COLUMN_PREFIX,
     TableDefinition,
@@ -121,6 +121,7 @@ def plan_tables(desired: list[TableDefinition], existing: dict[str, ExistingTabl
         else:
             entries = plan.entry_count()
             _plan_columns(table, have, database, plan, allow_destructive)
+            _check_engine_and_order(table, have, qualified, plan)
             if plan.entry_count() == entries:
                 plan.up_to_date.append(f"table {qualified}")
 
@@ -198,6 +199,22 @@ def _plan_removed_column(table: TableDefinition, name: str, type_text: str,
             "and all its data")
 
 
+def _check_engine_and_order(table: TableDefinition, have: ExistingTable, qualified: str,
+                            plan: Plan) -> None:
+    """Drift that ALTER cannot fix: the engine and the sorting key are set at CREATE."""
+    remedy = "chute does not recreate tables: to change it, define a table with a new " \
+             "name and copy the rows into it"
+    if have.engine is not None and have.engine != table.engine:
+        plan.warnings.append(
+            f"drift: table {qualified} is a {have.engine}, the model says {table.engine}; "
+            f"{remedy}")
+    if (have.sorting_key is not None
+            and key_column_names(have.sorting_key) != list(table.order_by)):
+        plan.warnings.append(
+            f"drift: table {qualified} is ordered by ({have.sorting_key}), the model "
+            f"says ({', '.join(table.order_by)}); {remedy}")
+
+
 def _check_external_table(table: TableDefinition, have: ExistingTable | None, qualified: str,
                           plan: Plan) -> None:
     """Externally managed: chute changes nothing, it reports what does not fit the model."""
@@ -230,6 +247,7 @@ def _check_external_table(table: TableDefinition, have: ExistingTable | None, qu
             plan.warnings.append(
                 f"drift: column {qualified}.{name} ({type_text}) is not in the model; new rows "
                 "get its default value (externally managed, left as is)")
+    _check_engine_and_order(table, have, qualified, plan)
     if plan.entry_count() == entries:
         plan.up_to_date.append(f"table {qualified} (externally managed)")
 

@@ -62,14 +62,22 @@ class ExistingTable:
 
     columns: dict[str, str]
     key_columns: frozenset[str] = frozenset()
+    engine: str | None = None  # 'MergeTree', 'ReplacingMergeTree', ...; None: not read
+    sorting_key: str | None = None  # as system.tables prints it: 'id, ts'; '' for tuple()
 
 
 _KEY_NAME = re.compile(r"`([^`]+)`|([A-Za-z_][A-Za-z0-9_]*)")
 
 
+def key_column_names(key_expression: str) -> list[str]:
+    """The names in a key expression, in order: 'id, `ts`' -> ['id', 'ts'] (function names of
+    an expression such as 'toYYYYMM(ts)' included)."""
+    return [quoted or bare for quoted, bare in _KEY_NAME.findall(key_expression)]
+
+
 def key_columns(key_expressions: list[str], columns: dict[str, str]) -> frozenset[str]:
     """The columns named in sorting/partition/primary key expressions ('id, toYYYYMM(ts)')."""
-    names = {a or b for text in key_expressions for a, b in _KEY_NAME.findall(text)}
+    names = {name for text in key_expressions for name in key_column_names(text)}
     return frozenset(names & columns.keys())
 
 
@@ -77,11 +85,15 @@ def existing_tables(client: Client, database: str) -> dict[str, ExistingTable]:
     """Every table in `database` with its columns and key columns."""
     columns = existing_columns(client, database)
     rows = client.execute(
-        "SELECT name, sorting_key, partition_key, primary_key FROM system.tables "
+        "SELECT name, engine, sorting_key, partition_key, primary_key FROM system.tables "
         "WHERE database = %(db)s", {"db": database})
-    keys = {str(name): [str(k) for k in exprs] for name, *exprs in rows}
-    return {table: ExistingTable(cols, key_columns(keys.get(table, []), cols))
-            for table, cols in columns.items()}
+    tables = {str(name): (str(engine), [str(k) for k in keys]) for name, engine, *keys in rows}
+    result = {}
+    for table, cols in columns.items():
+        engine, keys = tables.get(table, (None, []))
+        result[table] = ExistingTable(cols, key_columns(keys, cols), engine,
+                                      keys[0] if keys else None)
+    return result
 
 
 def row_count(client: Client, database: str, table: str) -> int:

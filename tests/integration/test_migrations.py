@@ -274,3 +274,17 @@ def test_cli_plan_and_apply_flag_and_exit_codes(
     assert code == 1, out
     assert f"x column default.{unique_name}.id2 is String, the model says Int64" in out
     assert "Nothing applied" in out
+
+
+def test_status_reports_a_table_that_differs_from_its_model(ch: Any, unique_name: str) -> None:
+    from control_plane.status import StatusSettings, StatusSource
+
+    _apply(_table_only(WithOld, unique_name))
+    source = StatusSource(StatusSettings(), Definitions.from_resources(
+        [_table_only(WithoutOld, unique_name)]))
+    try:
+        (pipeline,) = source.snapshot().pipelines
+    finally:
+        source.close()
+    assert pipeline.notes == (
+        f"table default.{unique_name} differs from its model: 1 warning (chute plan lists them)",)

@@ -245,3 +245,32 @@ def test_life_cycle_accepts_moose_spelling_and_refuses_others() -> None:
 def test_key_columns_are_read_from_key_expressions() -> None:
     cols = {"id": "String", "ts": "DateTime", "tenant": "String", "v": "Int64"}
     assert key_columns(["id, `tenant`", "toYYYYMM(ts)", ""], cols) == {"id", "tenant", "ts"}
+
+
+def test_engine_and_sorting_key_drift_are_reported_not_changed() -> None:
+    plan = Plan()
+    have = ExistingTable(CURRENT, frozenset({"ts"}), "ReplacingMergeTree", "ts")
+    plan_tables([_definition(Event)], {"events": have}, "db", plan)
+    assert plan.actions == []
+    assert [w.split(";")[0] for w in plan.warnings] == [
+        "drift: table db.events is a ReplacingMergeTree, the model says MergeTree",
+        "drift: table db.events is ordered by (ts), the model says (id)"]
+    assert all("define a table with a new name" in w for w in plan.warnings)
+
+
+def test_matching_engine_and_sorting_key_are_up_to_date() -> None:
+    plan = Plan()
+    have = ExistingTable(CURRENT, frozenset({"id"}), "MergeTree", "`id`")
+    plan_tables([_definition(Event)], {"events": have}, "db", plan)
+    assert plan.describe() == "Nothing to change.\n  = table db.events is up to date"
+
+
+def test_status_notes_a_table_that_differs_from_its_model() -> None:
+    from control_plane.status import schema_note
+
+    definition = _definition(Event)
+    assert schema_note(definition, _existing(CURRENT), "db") is None
+    drifted = _existing({**CURRENT, "count": "Int32", "old": "String"})
+    assert schema_note(definition, drifted, "db") == (
+        "table db.events differs from its model: 1 change to apply, 1 warning "
+        "(chute plan lists them)")
