@@ -288,3 +288,22 @@ def test_status_reports_a_table_that_differs_from_its_model(ch: Any, unique_name
         source.close()
     assert pipeline.notes == (
         f"table default.{unique_name} differs from its model: 1 warning (chute plan lists them)",)
+
+
+def test_the_control_plane_service_does_not_apply_a_plan_with_conflicts(
+        ch: Any, unique_name: str) -> None:
+    from control_plane.app import ControlState, apply_with_retry
+    from control_plane.settings import ControlPlaneSettings
+
+    class Narrower(BaseModel):
+        id: Key[str]
+        keep: Annotated[int, ClickHouseType("Int8")]
+        added: str
+
+    _apply(_table_only(WithoutOld, unique_name))
+    state = ControlState()
+    apply_with_retry(ControlPlaneSettings(apply_deadline_seconds=30),
+                     Definitions.from_resources([_table_only(Narrower, unique_name)]), state)
+    assert not state.applied.is_set()
+    assert state.failed is not None and "is Int64, the model says Int8" in state.failed
+    assert "added" not in _types(ch, unique_name)
