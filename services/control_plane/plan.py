@@ -1,4 +1,8 @@
-"""Pure planning: desired topics and tables versus what exists -> a list of actions."""
+"""Pure planning: desired topics and tables versus what exists -> actions, conflicts, warnings.
+
+Which type changes are lossless is `chute.type_changes`; what each table's `life_cycle` lets
+chute change is `chute.life_cycle`.
+"""
 
 from __future__ import annotations
 
