@@ -1,26 +1,22 @@
 """The migration statements on a current ClickHouse, run in-process by chDB (PyPI `chdb-core`,
-about 0.5 GB, not a default dev dependency: `pip install chdb-core` to run this module; it is
-skipped otherwise). A table created for 18.16 (DateTime('UTC')) is migrated to the current
+see tests/current_server.py). A table created for 18.16 (DateTime('UTC')) is migrated to the current
 server's mapping (DateTime64), with the other lossless changes, and its row is kept."""
 
 from __future__ import annotations
 
 import enum
-import json
 from datetime import datetime
 from decimal import Decimal
-from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
-import pytest
 from chute import ClickHouseDecimal, ClickHouseType, Key, LowCardinality, OlapTable
 from chute.clickhouse import ExistingTable, key_columns
 from chute.ddl import render_create_table
-from chute.server import OLD_SERVER, ServerProfile, parse_version
+from chute.server import OLD_SERVER
 from control_plane.plan import Plan, plan_tables
 from pydantic import BaseModel
 
-chdb_session = pytest.importorskip("chdb.session")
+from tests.current_server import CurrentServer
 
 
 class Kind1(enum.StrEnum):
@@ -53,29 +49,22 @@ class V2(BaseModel):
     maybe: str | None
 
 
-def _rows(session: Any, query: str) -> list[dict[str, Any]]:
-    text = session.query(query, "JSONEachRow").data().strip()
-    return [json.loads(line) for line in text.splitlines()]
-
-
-def _existing(session: Any) -> ExistingTable:
-    columns = {r["name"]: r["type"] for r in _rows(
-        session, "SELECT name, type FROM system.columns WHERE database = 'db' AND table = 't'")}
-    (table,) = _rows(session, "SELECT engine, sorting_key, partition_key, primary_key "
+def _existing(server: CurrentServer) -> ExistingTable:
+    columns = server.column_types("db", "t")
+    (table,) = server.rows("SELECT engine, sorting_key, partition_key, primary_key "
                               "FROM system.tables WHERE database = 'db' AND name = 't'")
     keys = [table["sorting_key"], table["partition_key"], table["primary_key"]]
     return ExistingTable(columns, key_columns(keys, columns), table["engine"],
                          table["sorting_key"])
 
 
-def test_a_table_from_18_16_migrates_to_the_current_mapping(tmp_path: Path) -> None:
-    session = chdb_session.Session(str(tmp_path))
-    (version,) = _rows(session, "SELECT version() AS v")
-    profile = ServerProfile(parse_version(version["v"]))
+def test_a_table_from_18_16_migrates_to_the_current_mapping(current_ch: CurrentServer) -> None:
+    session = current_ch
+    profile = current_ch.profile
     assert profile.has_datetime64
-    session.query("CREATE DATABASE db")
-    session.query(render_create_table(OlapTable[V1]("t").definition(OLD_SERVER), "db"))
-    session.query("INSERT INTO db.t VALUES ('r1', 'a', '2024-05-01 12:00:00', -5, 'x', "
+    session.execute("CREATE DATABASE db")
+    session.execute(render_create_table(OlapTable[V1]("t").definition(OLD_SERVER), "db"))
+    session.execute("INSERT INTO db.t VALUES ('r1', 'a', '2024-05-01 12:00:00', -5, 'x', "
                   "12345678901234.5678, 'm', 'o')")
 
     plan = Plan()
@@ -84,13 +73,14 @@ def test_a_table_from_18_16_migrates_to_the_current_mapping(tmp_path: Path) -> N
     assert plan.conflicts == [], plan.describe()
     assert sorted(a.kind for a in plan.actions) == ["drop_column"] + ["modify_column"] * 6
     for action in plan.actions:
-        session.query(action.sql)
+        assert action.sql is not None
+        session.execute(action.sql)
 
     assert _existing(session).columns == {
         "id": "String", "kind": "Enum8('a' = 1, 'b' = 2)", "ts": "DateTime64(3, 'UTC')",
         "n": "Int64", "name": "LowCardinality(String)", "price": "Decimal(38, 9)",
         "maybe": "Nullable(String)"}
-    (row,) = _rows(session, "SELECT id, kind, toString(ts) AS ts, n, name, toString(price) AS "
+    (row,) = session.rows("SELECT id, kind, toString(ts) AS ts, n, name, toString(price) AS "
                             "price, maybe FROM db.t")
     assert row == {"id": "r1", "kind": "a", "ts": "2024-05-01 12:00:00.000", "n": -5,
                    "name": "x", "price": "12345678901234.5678", "maybe": "m"}
