@@ -1,4 +1,4 @@
-"""`chute` console command: plan, apply, serve, status."""
+"""`chute` console command: plan, apply, serve, status, keys."""
 
 from __future__ import annotations
 
@@ -30,7 +30,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="also show each partition's end offset, committed offset and lag")
     status.add_argument("--group", help="the sync workers' consumer group "
                                         "(default: CHUTE_SYNC_GROUP or chute-sync)")
+    keys = sub.add_parser("keys", help="make API keys for the ingest API")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    keys_sub.add_parser("new", help="print a fresh random key and the digest to configure")
+    keys_sub.add_parser("digest", help="print the digest of a key read from standard input")
     args = parser.parse_args(argv)
+    if args.command == "keys":  # needs no settings, no servers
+        return _keys(args.keys_command)
 
     settings_type = StatusSettings if args.command == "status" else ControlPlaneSettings
     settings = load_settings(settings_type)
@@ -60,6 +66,25 @@ def main(argv: list[str] | None = None) -> int:
             print("Applied.")
     finally:
         conn.close()
+    return 0
+
+
+def _keys(command: str) -> int:
+    from ingest_api.keys import digest, new_key
+
+    if command == "new":
+        key = new_key()
+        print(f"key:    {key}\n"
+              f"digest: {digest(key)}\n"
+              "Give the key to the client (header 'Authorization: Bearer <key>'); it is shown "
+              "only here.\nAdd the digest to CHUTE_INGEST_API_KEYS (comma-separated; append "
+              "':<requests per second>' for a rate limit).")
+        return 0
+    key = sys.stdin.readline().strip()
+    if not key:
+        print("chute keys digest: no key on standard input", file=sys.stderr)
+        return 2
+    print(digest(key))
     return 0
 
 
