@@ -14,9 +14,9 @@ from collections.abc import Callable
 from typing import Protocol
 
 try:  # Python 3.14 has it in the standard library
-    from compression import zstd  # type: ignore[import-not-found,unused-ignore]
+    from compression import zstd as zstd  # type: ignore[import-not-found,unused-ignore]
 except ImportError:  # older Pythons: the backport, a dependency of chute there
-    from backports import zstd  # type: ignore[import-not-found,no-redef,unused-ignore]
+    from backports import zstd as zstd  # type: ignore[import-not-found,no-redef,unused-ignore]
 
 SUPPORTED_ENCODINGS = ("gzip", "zstd")
 
