@@ -69,9 +69,16 @@ class _Gzip:
         return self._d.unused_data
 
 
+# Largest zstd window accepted (2^23 = 8 MiB, what `zstd -19` uses): a frame may ask the
+# decoder for a window of up to 2 GiB (`--long`), memory spent per request before any output.
+# Frames that need more are refused as corrupt (400).
+ZSTD_WINDOW_LOG_MAX = 23
+
+
 class _Zstd:
     def __init__(self) -> None:
-        self._d = zstd.ZstdDecompressor()
+        self._d = zstd.ZstdDecompressor(
+            options={zstd.DecompressionParameter.window_log_max: ZSTD_WINDOW_LOG_MAX})
 
     def feed(self, data: bytes, max_length: int) -> bytes:
         return bytes(self._d.decompress(data, max_length))

@@ -75,3 +75,11 @@ def test_content_encoding_header() -> None:
     for header in ("br", "deflate", "gzip, zstd", "compress"):
         with pytest.raises(UnsupportedEncodingError, match="gzip, zstd"):
             encoding_of(header)
+
+
+def test_zstd_frames_needing_a_large_window_are_refused() -> None:
+    body = random.Random(SEED).randbytes(1000) * 20_000  # 20 MB, repeats 1 KB apart
+    long = zstd.compress(body, options={zstd.CompressionParameter.window_log: 27})
+    with pytest.raises(CorruptBodyError, match="memory"):
+        Decoder("zstd", 10**9).feed(long)
+    assert _feed_all(Decoder("zstd", len(body)), zstd.compress(body, 19), 65536) == body
