@@ -115,8 +115,9 @@ def _serve(settings: ControlPlaneSettings, defs: object) -> int:
     state = ControlState()
     threading.Thread(target=apply_with_retry, args=(settings, defs, state), daemon=True).start()
     app = create_app(settings, defs, state)
+    # log_config=None: uvicorn's lines go through chute's logging set-up, in its format.
     uvicorn.run(app, host=settings.control_host, port=settings.control_port,
-                log_level="warning", access_log=False)
+                log_level="warning", access_log=False, log_config=None)
     return 0
 
 
