@@ -243,12 +243,16 @@ def run_asgi(app: FastAPI, chunks: list[bytes],
     async def send(message: MutableMapping[str, Any]) -> None:
         messages.append(dict(message))
 
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
-             "method": "POST", "scheme": "http", "path": URL, "raw_path": URL.encode(),
-             "root_path": "", "query_string": b"", "server": ("test", 80),
-             "client": ("test", 1234), "headers": [(b"host", b"test"), *headers]}
-    asyncio.run(app(scope, receive, send))
+    asyncio.run(app(asgi_scope(headers), receive, send))
     return messages, pulled
+
+
+def asgi_scope(headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
+    """The ASGI scope of a POST to URL with headers."""
+    return {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+            "method": "POST", "scheme": "http", "path": URL, "raw_path": URL.encode(),
+            "root_path": "", "query_string": b"", "server": ("test", 80),
+            "client": ("test", 1234), "headers": [(b"host", b"test"), *headers]}
 
 
 def test_chunked_body_over_the_limit_is_drained_up_to_the_bound() -> None:

@@ -26,7 +26,14 @@ from ingest_api.receive import (
     behind,
 )
 
-from tests.unit.test_ingest_app import URL, FakeProducer, event, make_app, metric
+from tests.unit.test_ingest_app import (
+    URL,
+    FakeProducer,
+    asgi_scope,
+    event,
+    make_app,
+    metric,
+)
 
 LIMITS = ReceiveLimits(max_body_bytes=1000, max_drain_bytes=3000, grace_seconds=5,
                        min_rate_bytes=100, max_receiving=2, max_in_flight_bytes=1500)
@@ -224,10 +231,7 @@ def test_in_flight_slots_are_taken_only_by_complete_bodies() -> None:
         async def send(message: MutableMapping[str, Any]) -> None:
             messages.append(dict(message))
 
-        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
-                 "method": "POST", "scheme": "http", "path": URL, "raw_path": URL.encode(),
-                 "root_path": "", "query_string": b"", "server": ("t", 80),
-                 "client": ("t", 1), "headers": [(b"content-length", b"1000")]}
+        scope = asgi_scope([(b"content-length", b"1000")])
         holder = asyncio.create_task(app(scope, trickle, send))
         await started.wait()
         assert service.in_flight == 0 and service.in_flight_bytes == 0
@@ -250,10 +254,7 @@ def test_disconnect_is_counted_as_499_not_500() -> None:
     async def send(message: MutableMapping[str, Any]) -> None:
         messages.append(dict(message))
 
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
-             "method": "POST", "scheme": "http", "path": URL, "raw_path": URL.encode(),
-             "root_path": "", "query_string": b"", "server": ("t", 80),
-             "client": ("t", 1), "headers": [(b"content-length", b"100")]}
+    scope = asgi_scope([(b"content-length", b"100")])
     before = _faults(app)
     codes = _codes()
     asyncio.run(app(scope, receive, send))
