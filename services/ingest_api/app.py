@@ -254,7 +254,11 @@ class IngestService:
         if header is not None and declared is None:
             refused.close = True  # no way to tell where the body ends
             return refused
-        drained = await self.receiver.refuse(request.receive, declared)
+        try:
+            drained = await self.receiver.refuse(request.receive, declared)
+        except (BodyTooSlowError, TooManyReceivingError):
+            refused.close = True  # the refusal still says best what is wrong
+            return refused
         refused.close = not drained.complete
         return refused
 

@@ -179,11 +179,11 @@ class BodyReceiver:
         """Read and discard the rest of the body, up to the drain bound."""
         bound = self.limits.max_drain_bytes
         while more and upload.received <= bound:
-            if not upload.slotted:
-                self._take_slot(upload)
             message = await self._next(receive, upload)
             upload.received += len(message.get("body", b""))
             more = message.get("more_body", False)
+            if more and not upload.slotted:
+                self._take_slot(upload)
         return self._too_large_error(not more and upload.received <= bound)
 
     def _too_large_error(self, complete: bool) -> BodyTooLargeError:

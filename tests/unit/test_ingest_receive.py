@@ -33,6 +33,7 @@ from tests.unit.test_ingest_app import (
     event,
     make_app,
     metric,
+    run_asgi,
 )
 
 LIMITS = ReceiveLimits(max_body_bytes=1000, max_drain_bytes=3000, grace_seconds=5,
@@ -302,3 +303,17 @@ def test_library_lines_have_the_services_format(monkeypatch: pytest.MonkeyPatch)
     assert entry["event"] == "Started server process [42]"
     assert entry["service"] == "ingest-api" and entry["level"] == "info"
     assert entry["logger"] == "uvicorn.error" and "timestamp" in entry
+
+
+def test_a_refusal_stays_the_answer_when_draining_fails() -> None:
+    app = make_app(FakeProducer(), ingest_max_receiving_requests=1)
+    service = app.state.service
+    service.receiver.receiving = 1  # every receiving slot taken
+    messages, pulled = run_asgi(app, [b"x" * 100] * 50, [(b"content-length", b"5000"),
+                                                        (b"authorization", b"Bearer k")])
+    assert messages[0]["status"] == 413  # over the 4 KiB limit, not a 500 or a 503
+    assert (b"connection", b"close") in messages[0]["headers"] and pulled == 1
+    # a refused body that came whole needs no slot to be drained
+    messages, pulled = run_asgi(app, [b"x" * 5000], [(b"content-length", b"5000")])
+    assert messages[0]["status"] == 413 and pulled == 1
+    assert (b"connection", b"close") not in messages[0]["headers"]
