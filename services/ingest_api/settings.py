@@ -46,7 +46,8 @@ class IngestSettings(CommonSettings):
     # a key, optionally ':<requests per second>' for a rate limit (429 beyond it). Only
     # digests are stored and compared; `chute keys new` makes a key and its digest. Empty: no
     # authentication.
-    ingest_api_keys: Annotated[tuple[str, ...], NoDecode] = Field((), json_schema_extra=SECRET)
+    ingest_api_keys: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), json_schema_extra=SECRET, repr=False)
     # /docs, /redoc and /openapi.json served to anyone. Unset: only when no API keys are
     # configured.
     ingest_public_docs: bool | None = None

@@ -9,7 +9,8 @@ from pydantic import Field, JsonValue, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Marks a field whose value may hold a secret: its value is never printed, not even when it
-# is invalid (`Field(..., json_schema_extra=SECRET)`).
+# is invalid (`Field(..., json_schema_extra=SECRET, repr=False)`; repr=False keeps it out of
+# the settings' repr too).
 SECRET: dict[str, JsonValue] = {"secret": True}
 
 
@@ -20,7 +21,7 @@ class CommonSettings(BaseSettings):
     clickhouse_host: str = "127.0.0.1"
     clickhouse_port: int = 9000
     clickhouse_user: str = "default"
-    clickhouse_password: str = Field("", json_schema_extra=SECRET)
+    clickhouse_password: str = Field("", json_schema_extra=SECRET, repr=False)
     clickhouse_database: str = "default"
     schemas: str = "schemas"
     log_format: Literal["console", "json"] = "console"

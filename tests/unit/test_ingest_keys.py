@@ -129,3 +129,9 @@ def test_docs_are_public_only_without_keys_unless_set() -> None:
     assert not IngestSettings(ingest_api_keys=digest("k")).docs_public
     assert IngestSettings(ingest_api_keys=digest("k"), ingest_public_docs=True).docs_public
     assert not IngestSettings(ingest_public_docs=False).docs_public
+
+
+def test_secret_settings_stay_out_of_the_repr() -> None:
+    settings = IngestSettings(ingest_api_keys=digest("k"), clickhouse_password="pw-8d1f")
+    assert digest("k") not in repr(settings) and "pw-8d1f" not in repr(settings)
+    assert "ingest_max_body_bytes" in repr(settings)
