@@ -254,8 +254,12 @@ class IngestService:
         if header is not None and declared is None:
             refused.close = True  # no way to tell where the body ends
             return refused
+        # Clients without a valid key may hold at most half of the receiving slots while
+        # their bodies are drained: they cannot crowd out the uploads of key holders.
+        half = max(1, self.settings.ingest_max_receiving_requests // 2)
+        slots = half if refused.status == 401 else None
         try:
-            drained = await self.receiver.refuse(request.receive, declared)
+            drained = await self.receiver.refuse(request.receive, declared, slots)
         except (BodyTooSlowError, TooManyReceivingError):
             refused.close = True  # the refusal still says best what is wrong
             return refused

@@ -162,20 +162,22 @@ class BodyReceiver:
         finally:
             self._unwatch(upload)
 
-    async def refuse(self, receive: Receive, declared: int | None) -> BodyTooLargeError:
+    async def refuse(self, receive: Receive, declared: int | None,
+                     slots: int | None = None) -> BodyTooLargeError:
         """For a request refused before its body was read (declared: its Content-Length, None
         when chunked): drain the body when it is within the drain bound; the error's
-        `complete` says whether it was."""
+        `complete` says whether it was. `slots`: how many receiving slots such drains may
+        hold at most (all of them when None)."""
         if declared is not None and declared > self.limits.max_drain_bytes:
             return self._too_large_error(False)
         upload = self._watch()
         try:
-            return await self._too_large(receive, upload, True)
+            return await self._too_large(receive, upload, True, slots)
         finally:
             self._unwatch(upload)
 
-    async def _too_large(self, receive: Receive, upload: _Upload,
-                         more: bool) -> BodyTooLargeError:
+    async def _too_large(self, receive: Receive, upload: _Upload, more: bool,
+                         slots: int | None = None) -> BodyTooLargeError:
         """Read and discard the rest of the body, up to the drain bound."""
         bound = self.limits.max_drain_bytes
         while more and upload.received <= bound:
@@ -183,7 +185,7 @@ class BodyReceiver:
             upload.received += len(message.get("body", b""))
             more = message.get("more_body", False)
             if more and not upload.slotted:
-                self._take_slot(upload)
+                self._take_slot(upload, slots)
         return self._too_large_error(not more and upload.received <= bound)
 
     def _too_large_error(self, complete: bool) -> BodyTooLargeError:
@@ -208,8 +210,8 @@ class BodyReceiver:
 
     # --- slots and the watchdog --------------------------------------------------------------
 
-    def _take_slot(self, upload: _Upload) -> None:
-        if self.receiving >= self.limits.max_receiving:
+    def _take_slot(self, upload: _Upload, limit: int | None = None) -> None:
+        if self.receiving >= min(self.limits.max_receiving, limit or self.limits.max_receiving):
             raise TooManyReceivingError(
                 "overloaded: too many request bodies still arriving, retry later")
         upload.slotted = True

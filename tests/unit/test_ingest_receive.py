@@ -317,3 +317,18 @@ def test_a_refusal_stays_the_answer_when_draining_fails() -> None:
     messages, pulled = run_asgi(app, [b"x" * 5000], [(b"content-length", b"5000")])
     assert messages[0]["status"] == 413 and pulled == 1
     assert (b"connection", b"close") not in messages[0]["headers"]
+
+
+def test_refusals_of_clients_without_a_key_hold_at_most_half_the_slots() -> None:
+    app = make_app(FakeProducer(), ingest_max_receiving_requests=4,
+                   ingest_api_keys=digest("k"))
+    receiver = app.state.service.receiver
+    receiver.receiving = 2  # half taken
+    headers = [(b"content-length", b"200")]
+    messages, _ = run_asgi(app, [b"x" * 100] * 2, headers)  # no key: 401, not drained
+    assert messages[0]["status"] == 401
+    assert (b"connection", b"close") in messages[0]["headers"]
+    receiver.receiving = 1
+    messages, _ = run_asgi(app, [b"x" * 100] * 2, headers)  # a slot is left for it
+    assert messages[0]["status"] == 401
+    assert (b"connection", b"close") not in messages[0]["headers"]
