@@ -21,25 +21,30 @@ def status_of(answer: bytes) -> int | None:
 
 def write_first(port: int, head: bytes, body: bytes, timeout: float = 30) -> bytes:
     """Send the whole request (head + body) before reading anything, as Python's urllib does;
-    then read the answer until the server closes or a whole answer has come. Raises OSError
-    (e.g. ConnectionResetError) when the server resets the connection."""
+    then read the answer. Raises OSError (e.g. ConnectionResetError) when the server resets
+    the connection."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         sock.sendall(head + body)
-        answer = b""
-        while True:
-            data = sock.recv(65536)
-            if not data:
+        return read_answer(sock)
+
+
+def read_answer(sock: socket.socket) -> bytes:
+    """One HTTP answer (read by its Content-Length), or what came until the server closed."""
+    answer = b""
+    while True:
+        data = sock.recv(65536)
+        if not data:
+            return answer
+        answer += data
+        end = answer.find(b"\r\n\r\n")
+        if end >= 0:
+            length = 0
+            for line in answer[:end].split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            if len(answer) >= end + 4 + length:
                 return answer
-            answer += data
-            end = answer.find(b"\r\n\r\n")
-            if end >= 0:
-                length = 0
-                for line in answer[:end].split(b"\r\n")[1:]:
-                    name, _, value = line.partition(b":")
-                    if name.strip().lower() == b"content-length":
-                        length = int(value)
-                if len(answer) >= end + 4 + length:
-                    return answer
 
 
 def request_head(path: str, length: int | None, headers: dict[str, str] | None = None,

@@ -24,7 +24,7 @@ from chute.registry import TopicSpec
 from ingest_api.decompress import zstd
 from kafka import KafkaConsumer
 
-from tests.attackers import request_head, status_of, write_first
+from tests.attackers import read_answer, request_head, status_of, write_first
 from tests.faults.accounting import RssSampler
 from tests.integration.test_ingest_api import PARTITIONS, _write_schema, event, read_all
 from tests.support import KAFKA, PYTHON, ROOT, ServiceProcess, free_port, service_env
@@ -241,3 +241,28 @@ def test_keys_rate_limits_docs_and_no_secret_in_any_output(
     assert "ingest API listening" in output
     for secret in (key, limited_key, digest, limited_digest, password):
         assert secret not in output
+
+
+def test_a_slow_but_steady_body_is_accepted(service: tuple[ServiceProcess, str],
+                                            module_consumer: KafkaConsumer) -> None:
+    """Longer than the grace period, above the minimum rate on average: no 408."""
+    process, name = service
+    records = [event(i) for i in range(5_000, 5_500)]
+    body = orjson.dumps(records)
+    assert 40_000 < len(body) < MAX_BODY
+    half = len(body) // 2
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", process.port), timeout=30) as sock:
+        sock.sendall(request_head(f"/ingest/{name}", len(body)) + body[:half])
+        # 5.5 s: past the 5 s grace, when 0.5 s x 32 KiB/s = 16 KiB must have come; ~27 KB
+        # have (a margin of 0.3 s against a loaded machine).
+        time.sleep(5.5)
+        sock.sendall(body[half:])
+        answer = read_answer(sock)
+    assert time.monotonic() - started > 5  # it did outlast the grace period
+    assert status_of(answer) == 200, answer
+    assert orjson.loads(answer.split(b"\r\n\r\n", 1)[1]) == {"accepted": 500}
+    wanted = {str(r["id"]) for r in records}
+    stored = read_all(module_consumer, name, 500)
+    assert sorted(i for i in (orjson.loads(m.value)["id"] for m in stored) if i in wanted) \
+        == sorted(wanted)
