@@ -105,9 +105,9 @@ def _map(
         return _map_union(tp, markers, profile, where)
     if origin in (list, tuple, set, frozenset) or origin is Sequence:
         return _map_array(tp, markers, profile, where)
-    if origin is Literal:
+    if origin is Literal and markers.raw_type is None:
         return _map_literal(typing.get_args(tp), markers, where)
-    if origin is dict:
+    if origin is dict and markers.raw_type is None:
         return "String", _dict_json
     if markers.raw_type is not None:
         if not _RAW_TYPE.match(markers.raw_type):
