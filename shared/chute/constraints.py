@@ -24,9 +24,9 @@ from ipaddress import IPv4Address, IPv6Address
 from typing import Annotated, Any, Literal, Union
 from uuid import UUID
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, GetCoreSchemaHandler
 from pydantic.fields import FieldInfo
-from pydantic_core import PydanticCustomError
+from pydantic_core import PydanticCustomError, core_schema
 
 from chute.annotations import AllowNonFinite, AllowRounding
 from chute.chtypes import ChType, EnumMember, TypeSyntaxError, parse_type
@@ -34,6 +34,9 @@ from chute.server import ServerProfile
 from chute.typemap import ColumnSpec, UnsupportedTypeError
 
 Extra = Literal["ignore", "reject"]
+
+# The error a Decimal field raises for a JSON number pydantic parsed as a float.
+DECIMAL_FROM_FLOAT = "decimal_from_json_float"
 
 FLOAT32_MAX = 3.4028234663852886e38
 # Integers a float column holds exactly: every integer up to 2^mantissa bits.
@@ -197,8 +200,29 @@ def _decimal_rule(ch: ChType, tp: Any, ctx: _Context) -> Rule:
     holds = (f"|x| < 10^{whole} with at most {scale} fractional digit(s)")
     if ctx.allow_rounding:
         return Rule(holds + f" (more digits are rounded half-to-even to {scale})",
-                    (Field(allow_inf_nan=False), AfterValidator(_decimal_rounder(whole, scale))))
-    return Rule(holds, (Field(max_digits=precision, decimal_places=scale, allow_inf_nan=False),))
+                    (Field(allow_inf_nan=False), AfterValidator(_decimal_rounder(whole, scale)),
+                     NoFloatInput()))
+    return Rule(holds, (Field(max_digits=precision, decimal_places=scale, allow_inf_nan=False),
+                        NoFloatInput()))
+
+
+class NoFloatInput:
+    """A Decimal field's input must be a string, an int or a Decimal, never a float.
+
+    pydantic's JSON parser hands a fractional JSON number to a Decimal field as a float, which
+    kept only ~17 significant digits. This refuses it natively (a pydantic-core union, no
+    Python call) with DECIMAL_FROM_FLOAT; chute.validation then reads the record again with
+    exact numbers. Must come after the field's constraints: it wraps them.
+    """
+
+    def __get_pydantic_core_schema__(self, source: Any,
+                                     handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+        raw = core_schema.union_schema(
+            [core_schema.str_schema(strict=True), core_schema.int_schema(strict=True),
+             core_schema.is_instance_schema(Decimal)],
+            custom_error_type=DECIMAL_FROM_FLOAT,
+            custom_error_message="Input should be a decimal number or a string of one")
+        return core_schema.chain_schema([raw, handler(source)])
 
 
 def _decimal_rounder(whole: int, scale: int) -> Callable[[Decimal], Decimal]:
@@ -240,27 +264,15 @@ def _datetime_rule(ch: ChType, tp: Any, ctx: _Context) -> Rule:
     if not 0 <= precision <= 9:
         raise ctx.refuse(f"bad precision in {ch}")
     span = datetime_range(ch.name, ctx.profile)
-    last = span.last
-    if precision:
-        last = last.replace(microsecond=999_999)
     digits = "whole seconds" if precision == 0 else f"{precision} sub-second digit(s)"
     holds = (f"instants {_iso(span.first)} .. {_iso(span.last)}"
              f"{'.' + '9' * precision if precision else ''} (UTC), {digits}")
-    metadata: list[Any] = [Field(ge=span.first, le=last)]
     if precision < 6:
-        # The column's declared precision is a normalisation, like time zones to UTC: finer
-        # digits are dropped here (as ClickHouse drops them), so Kafka holds what the table will.
-        metadata.append(AfterValidator(_truncate_to(10 ** (6 - precision))))
+        # The column's declared precision is a normalisation, like time zones to UTC: the
+        # sync's converter (chute.typemap) drops finer digits toward the past, as ClickHouse
+        # does, so the last second's fractions are in range too.
         holds += "; finer digits are dropped"
-    return Rule(holds, tuple(metadata))
-
-
-def _truncate_to(unit: int) -> Callable[[datetime], datetime]:
-    def truncate(value: datetime) -> datetime:
-        extra = value.microsecond % unit
-        return value.replace(microsecond=value.microsecond - extra) if extra else value
-
-    return truncate
+    return Rule(holds, (Field(ge=span.first, le=span.last.replace(microsecond=999_999)),))
 
 
 def _fixed_string_rule(ch: ChType, tp: Any, ctx: _Context) -> Rule:

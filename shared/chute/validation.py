@@ -5,10 +5,10 @@ by its columns (`chute.constraints`): a record it accepts can be stored exactly;
 raises pydantic's ValidationError, whose messages `explain` extends with the column type and
 the range it holds.
 
-Two things pydantic's JSON parser cannot do are done here, only for the models that need them:
-- A model with a Decimal column reads JSON numbers exactly (jiter's decimal mode, then
-  `validate_python`): pydantic alone parses `1234567890.123456789` as a float first and
-  silently keeps only 17 significant digits.
+Two things pydantic's JSON parser cannot do are done here, only for the records that need them:
+- A record whose Decimal field got a fractional JSON number is read again with exact numbers
+  (jiter's decimal mode, then `validate_python`): pydantic alone parses `1234567890.123456789`
+  as a float first and silently keeps only 17 significant digits.
 - `extra="reject"` also refuses duplicate keys in a JSON object (parsers keep the last one).
 """
 
@@ -22,7 +22,7 @@ import jiter
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 
-from chute.constraints import ConstrainedModel, Extra, constrained_model
+from chute.constraints import DECIMAL_FROM_FLOAT, ConstrainedModel, Extra, constrained_model
 from chute.server import ServerProfile
 from chute.typemap import ColumnSpec, columns_for
 
@@ -46,31 +46,43 @@ class RecordValidator:
         self._many: TypeAdapter[list[Any]] = TypeAdapter(list[derived.model])  # type: ignore[name-defined]
         self._exact_numbers = derived.decimals
         self._reject_duplicates = extra == "reject"
+        # validate_json(data) -> record; validate_json_many(data) -> records, whose error
+        # locations start with the record's index. Without Decimal columns and duplicate-key
+        # checks these are pydantic's own methods: no Python frame per record.
+        self.validate_json: Callable[[bytes], BaseModel] = self._one.validate_json
+        self.validate_json_many: Callable[[bytes], list[BaseModel]] = self._many.validate_json
+        if self._exact_numbers or self._reject_duplicates:
+            self.validate_json = self._validate_one
+            self.validate_json_many = self._validate_many
 
     # --- validation -------------------------------------------------------------------------
 
-    def validate_json(self, data: bytes) -> BaseModel:
-        """One record (a JSON object)."""
+    def _validate_one(self, data: bytes) -> BaseModel:
         record: BaseModel = self._validate(self._one, data)
         if self._reject_duplicates:
             _raise_duplicates(data, self.model.__name__)
         return record
 
-    def validate_json_many(self, data: bytes) -> list[BaseModel]:
-        """A JSON array of records; error locations start with the record's index."""
+    def _validate_many(self, data: bytes) -> list[BaseModel]:
         records: list[BaseModel] = self._validate(self._many, data)
         if self._reject_duplicates:
             _raise_duplicates(data, self.model.__name__)
         return records
 
     def _validate(self, adapter: TypeAdapter[Any], data: bytes) -> Any:
-        if not self._exact_numbers:
+        try:
             return adapter.validate_json(data)
+        except ValidationError as exc:
+            if not self._exact_numbers or not any(
+                    e["type"] == DECIMAL_FROM_FLOAT for e in exc.errors()):
+                raise
+            error = exc
+        # A Decimal field got a fractional JSON number: read the numbers exactly and validate
+        # again (Decimal values sent as JSON strings, and Kafka's, never come this way).
         try:
             value = jiter.from_json(data, float_mode="decimal")
         except ValueError:
-            # Not JSON: let pydantic raise its usual json_invalid error (with position).
-            return adapter.validate_json(data)
+            raise error from None
         return adapter.validate_python(value)
 
     # --- messages ---------------------------------------------------------------------------
