@@ -11,24 +11,12 @@ import orjson
 import pytest
 from chute.kafka import producer
 
-from tests.e2e.stack import Stack, elapsed_since, event
+from tests.e2e.stack import Stack, elapsed_since, end_offsets, event
 from tests.support import KAFKA, wait_for
 
 pytestmark = pytest.mark.e2e
 
 MakeStack = Callable[..., Stack]
-
-
-def _end_offsets(topic: str) -> dict[int, int]:
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(bootstrap_servers=KAFKA)
-    try:
-        parts = consumer.partitions_for_topic(topic) or set()
-        ends = consumer.end_offsets([TopicPartition(topic, p) for p in parts])
-        return {tp.partition: off for tp, off in ends.items()}
-    finally:
-        consumer.close()
 
 
 def test_one_event_is_queryable_within_two_seconds(make_stack: MakeStack) -> None:
@@ -91,7 +79,7 @@ def test_error_answers_write_nothing(make_stack: MakeStack) -> None:
     stack = make_stack()
     stack.start_worker()
     ingest = stack.start_ingest(CHUTE_INGEST_MAX_BODY_BYTES="20000")
-    before = _end_offsets(stack.name)
+    before = end_offsets(stack.name)
     base = f"http://127.0.0.1:{ingest.port}/ingest"
 
     bad_json = httpx.post(f"{base}/{stack.name}", content=b'[{"id": "a",]', timeout=10)
@@ -113,7 +101,7 @@ def test_error_answers_write_nothing(make_stack: MakeStack) -> None:
                          content=orjson.dumps([event(i) for i in range(1_000)]))
     assert too_big.status_code == 413
 
-    assert _end_offsets(stack.name) == before
+    assert end_offsets(stack.name) == before
     time.sleep(0)  # nothing to wait for: the topic is unchanged, so the table stays empty
     assert stack.count() == 0
 
@@ -124,10 +112,10 @@ def test_api_keys_are_required_when_configured(make_stack: MakeStack) -> None:
     stack = make_stack()
     key = "s3cret-key"
     stack.start_ingest(CHUTE_INGEST_API_KEYS=hashlib.sha256(key.encode()).hexdigest())
-    before = _end_offsets(stack.name)
+    before = end_offsets(stack.name)
     assert stack.post(event(1)).status_code == 401
     assert stack.post(event(1), headers={"Authorization": "Bearer wrong"}).status_code == 401
-    assert _end_offsets(stack.name) == before
+    assert end_offsets(stack.name) == before
     ok = httpx.post(stack.url, content=orjson.dumps(event(1)), timeout=10,
                     headers={"Authorization": f"Bearer {key}"})
     assert ok.status_code == 200
