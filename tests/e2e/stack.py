@@ -26,7 +26,9 @@ from tests.support import (
 EVENT_SCHEMA = '''
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Annotated
+from ipaddress import IPv4Address
+from typing import Annotated, Literal
+from uuid import UUID
 from pydantic import BaseModel
 from chute import (AllowNonFinite, AllowRounding, ClickHouseDecimal, ClickHouseType,
                    IngestPipeline, Key)
