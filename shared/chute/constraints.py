@@ -138,6 +138,12 @@ class _Context:
     def refuse(self, message: str) -> UnsupportedTypeError:
         return UnsupportedTypeError(f"{self.where}: {message}")
 
+    def require(self, available: bool, what: str, version: str) -> None:
+        """Refuse a column type the connected server does not have."""
+        if not available:
+            raise self.refuse(f"{what} needs ClickHouse {version} or later "
+                              f"(server is {self.profile.version_text})")
+
 
 def _error(kind: str, message: str, **context: Any) -> PydanticCustomError:
     return PydanticCustomError(kind, message, context or None)
@@ -147,9 +153,8 @@ def _error(kind: str, message: str, **context: Any) -> PydanticCustomError:
 
 
 def _integer_rule(ch: ChType, tp: Any, ctx: _Context) -> Rule:
-    if ch.name in _WIDE and not ctx.profile.has_wide_numbers:
-        raise ctx.refuse(f"{ch.name} needs ClickHouse 21.9 or later "
-                         f"(server is {ctx.profile.version_text})")
+    if ch.name in _WIDE:
+        ctx.require(ctx.profile.has_wide_numbers, ch.name, "21.9")
     if tp is bool:
         return Rule("true and false")
     if tp is not int:
@@ -193,9 +198,8 @@ def _decimal_rule(ch: ChType, tp: Any, ctx: _Context) -> Rule:
     precision, scale = decimal_shape(ch)
     if not 1 <= precision <= 76 or not 0 <= scale <= precision:
         raise ctx.refuse(f"bad decimal type {ch}")
-    if precision > 38 and not ctx.profile.has_wide_numbers:
-        raise ctx.refuse(f"{ch} needs ClickHouse 21.9 or later for precision > 38 "
-                         f"(server is {ctx.profile.version_text})")
+    if precision > 38:
+        ctx.require(ctx.profile.has_wide_numbers, f"{ch} (precision > 38)", "21.9")
     whole = precision - scale
     holds = (f"|x| < 10^{whole} with at most {scale} fractional digit(s)")
     if ctx.allow_rounding:
@@ -245,9 +249,8 @@ def _decimal_rounder(whole: int, scale: int) -> Callable[[Decimal], Decimal]:
 
 
 def _date_rule(ch: ChType, tp: Any, ctx: _Context) -> Rule:
-    if ch.name == "Date32" and not ctx.profile.has_date32:
-        raise ctx.refuse(f"Date32 needs ClickHouse 21.9 or later "
-                         f"(server is {ctx.profile.version_text})")
+    if ch.name == "Date32":
+        ctx.require(ctx.profile.has_date32, "Date32", "21.9")
     if tp is not date:
         raise ctx.refuse(f"a {ch.name} column holds date fields, not {_name(tp)}")
     span = date_range(ch.name, ctx.profile)
@@ -255,9 +258,8 @@ def _date_rule(ch: ChType, tp: Any, ctx: _Context) -> Rule:
 
 
 def _datetime_rule(ch: ChType, tp: Any, ctx: _Context) -> Rule:
-    if ch.name == "DateTime64" and not ctx.profile.has_datetime64:
-        raise ctx.refuse(f"DateTime64 needs ClickHouse 20.1 or later "
-                         f"(server is {ctx.profile.version_text})")
+    if ch.name == "DateTime64":
+        ctx.require(ctx.profile.has_datetime64, "DateTime64", "20.1")
     if tp is not datetime:
         raise ctx.refuse(f"a {ch.name} column holds datetime fields, not {_name(tp)}")
     precision = datetime_precision(ch)
@@ -339,11 +341,10 @@ def _string_rule(ch: ChType, tp: Any, ctx: _Context) -> Rule:
 def _simple_rule(ch: ChType, tp: Any, ctx: _Context) -> Rule:
     expected: dict[str, Any] = {"UUID": UUID, "IPv4": IPv4Address, "IPv6": IPv6Address,
                                 "Bool": bool}
-    if ch.name == "Bool" and not ctx.profile.has_bool:
-        raise ctx.refuse(f"Bool needs ClickHouse 21.12 or later "
-                         f"(server is {ctx.profile.version_text})")
-    if ch.name in ("IPv4", "IPv6") and not ctx.profile.has_ip_types:
-        raise ctx.refuse(f"{ch.name} needs ClickHouse 19.3 or later")
+    if ch.name == "Bool":
+        ctx.require(ctx.profile.has_bool, "Bool", "21.12")
+    if ch.name in ("IPv4", "IPv6"):
+        ctx.require(ctx.profile.has_ip_types, ch.name, "19.3")
     if tp is not expected[ch.name]:
         raise ctx.refuse(f"a {ch.name} column holds {expected[ch.name].__name__} fields, "
                          f"not {_name(tp)}")

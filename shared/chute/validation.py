@@ -148,7 +148,7 @@ def _raise_duplicates(data: bytes, title: str) -> None:
         return
     errors: list[InitErrorDetails] = [
         {"type": PydanticCustomError("duplicate_key",
-                                     "key {key!r} appears more than once in the object",
+                                     "key '{key}' appears more than once in the object",
                                      {"key": key}),
          "loc": loc, "input": key}
         for loc, key in duplicates]
