@@ -333,9 +333,32 @@ def _enum_rule(ch: ChType, tp: Any, ctx: _Context) -> Rule:
 def _string_rule(ch: ChType, tp: Any, ctx: _Context) -> Rule:
     if isinstance(tp, tuple) or tp in (str, IPv4Address, IPv6Address):
         return Rule("any text (UTF-8)")
-    if isinstance(tp, type) and (issubclass(tp, BaseModel | dict) or issubclass(tp, enum.Enum)):
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
         return Rule("any text (UTF-8)")
+    if isinstance(tp, type) and issubclass(tp, BaseModel | dict):
+        return Rule("JSON without NaN or Infinity", (AfterValidator(_json_document),))
     raise ctx.refuse(f"a String column holds str fields, not {_name(tp)}")
+
+
+def _json_document(value: Any) -> Any:
+    """A nested model or dict stored as a JSON String: JSON cannot hold NaN or Infinity (they
+    would be written as null), so refuse them. Decimals inside a dict (from reading a record's
+    numbers exactly) become the floats the JSON parser makes of them otherwise."""
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise _error("json_non_finite", "holds {value}, which JSON cannot carry",
+                         value=str(value))
+        return value
+    if isinstance(value, Decimal):
+        return _json_document(float(value))
+    if isinstance(value, dict):
+        return {key: _json_document(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_document(item) for item in value]
+    if isinstance(value, BaseModel):
+        for item in value.__dict__.values():
+            _json_document(item)
+    return value
 
 
 def _simple_rule(ch: ChType, tp: Any, ctx: _Context) -> Rule:

@@ -313,6 +313,19 @@ def test_uuid_and_ip_addresses() -> None:
         "fe80::1%eth0")
 
 
+class Inner(BaseModel):
+    x: float
+
+
+def test_nested_json_cannot_hold_nan() -> None:
+    nested = validator_for(Inner)
+    assert accepts(nested, {"x": 1.5}) == Inner(x=1.5)
+    assert "JSON" in refusal(nested, b'{"x": NaN}')
+    free = validator_for(dict[str, Any])
+    refusal(free, b'{"a": [1, Infinity]}')
+    assert accepts(free, {"a": [1, 2.5]}) == {"a": [1, 2.5]}
+
+
 # --- wrappers and mismatches -------------------------------------------------------------------
 
 
