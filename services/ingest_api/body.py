@@ -236,7 +236,7 @@ class RecordCodec:
                  extra: Extra = "ignore") -> None:
         self.model = model
         self.validator = RecordValidator(model, profile, extra)
-        self._serialize = self.validator.serializer()
+        self._serializer = self.validator.record_model.__pydantic_serializer__
         self.key_fields: tuple[str, ...] = tuple(
             name for name, info in model.model_fields.items()
             if any(isinstance(m, KeyMarker) for m in info.metadata))
@@ -318,8 +318,9 @@ class RecordCodec:
     # --- encoding ----------------------------------------------------------------------------
 
     def encode(self, models: list[BaseModel]) -> EncodedBatch:
-        serialize = self._serialize
-        values = [serialize(m) for m in models]
+        # The validator's serializer, called directly (a wrapper or partial costs ~0.3 µs each).
+        to_json = self._serializer.to_json
+        values = [to_json(m, by_alias=True, round_trip=True) for m in models]
         if not self.key_fields:
             return EncodedBatch(values, None)
         return EncodedBatch(values, [self.key_of(m) for m in models])

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from functools import partial
 from typing import Any
 
 import jiter
@@ -101,9 +100,12 @@ class RecordValidator:
 
     def serializer(self) -> Callable[[BaseModel], bytes]:
         """Compact JSON of a validated record, which this validator reads back unchanged."""
-        # A partial of pydantic-core's method: no Python frame per record on the hot path.
-        return partial(self.record_model.__pydantic_serializer__.to_json, by_alias=True,
-                       round_trip=True)
+        to_json = self.record_model.__pydantic_serializer__.to_json
+
+        def serialize(record: BaseModel) -> bytes:
+            return to_json(record, by_alias=True, round_trip=True)
+
+        return serialize
 
 
 class _Duplicates(dict[str, Any]):
