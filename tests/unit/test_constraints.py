@@ -424,3 +424,38 @@ def test_raw_datetime_column_gets_seconds_on_current_servers() -> None:
     (column,) = columns_for(Row, CURRENT_SERVER)
     assert column.convert is not None
     assert column.convert(datetime(2106, 2, 7, 6, 28, 15, tzinfo=UTC)) == 2**32 - 1
+
+
+class Everything(BaseModel):
+    i: Annotated[int, ClickHouseType("UInt64")] = 0
+    f32: Annotated[float, ClickHouseType("Float32")] = 0.0
+    nan: Annotated[float | None, AllowNonFinite()] = None
+    d: Decimal = Decimal(0)
+    r: Annotated[Decimal, ClickHouseDecimal(6, 2), AllowRounding()] = Decimal(0)
+    t: datetime = datetime(2000, 1, 1, tzinfo=UTC)
+    day: date = date(2000, 1, 1)
+    fs: Annotated[str, ClickHouseType("FixedString(4)")] = ""
+    u: UUID = UUID(int=0)
+    arr: list[Annotated[int, ClickHouseType("UInt8")]] = []
+
+
+@pytest.mark.parametrize("profile", [OLD_SERVER, CURRENT_SERVER])
+@pytest.mark.parametrize("body", [
+    b'{"i": 18446744073709551615, "f32": 0.1, "nan": NaN, "d": 1234567890.123456789}',
+    b'{"nan": "-Infinity", "r": 1.005, "t": "2024-05-01T14:00:00.123456+02:00"}',
+    b'{"d": "-99999999999999999999999999999.999999999", "fs": "\\u00e9\\u00e9", "day": 0}',
+    b'{"u": "1b4e28ba-2fa1-11d2-883f-0016d3cca427", "arr": [0, 255], "nan": null}',
+])
+def test_the_kafka_value_reads_back_to_the_validated_record(profile: ServerProfile,
+                                                            body: bytes) -> None:
+    v = RecordValidator(Everything, profile)
+    record = v.validate_json(body)
+    again = v.validate_json(v.serializer()(record))
+    for name in Everything.model_fields:
+        assert _identical(getattr(again, name), getattr(record, name)), name
+
+
+def _identical(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and math.isnan(a):
+        return isinstance(b, float) and math.isnan(b)
+    return bool(a == b) and type(a) is type(b)
