@@ -8,11 +8,13 @@ import time
 
 import structlog
 import uvicorn
-from chute import kafka
+from chute import clickhouse, kafka
 from chute.logging import configure_logging
 from chute.registry import DefinitionError, load_definitions
 from chute.runtime import tune_garbage_collector
+from chute.server import ServerProfile, parse_version
 from chute.settings import load_settings
+from chute.typemap import UnsupportedTypeError
 from kafka import KafkaProducer
 
 from ingest_api.app import create_app
@@ -56,6 +58,38 @@ def connect_producer(settings: IngestSettings) -> KafkaProducer:
             delay = min(delay * 2, 5.0)
 
 
+def detect_server(settings: IngestSettings) -> ServerProfile:
+    """The ClickHouse server profile whose column types decide which values are accepted.
+
+    CHUTE_CLICKHOUSE_VERSION when set; else the server's own `SELECT version()`, retried like
+    Kafka for ingest_startup_timeout_seconds: without it the API cannot know what the tables
+    hold, so it does not start.
+    """
+    if settings.clickhouse_version:
+        return ServerProfile(parse_version(settings.clickhouse_version))
+    deadline = time.monotonic() + settings.ingest_startup_timeout_seconds
+    delay = 0.5
+    while True:
+        try:
+            probe = clickhouse.connect(settings)
+            try:
+                return clickhouse.server_profile(probe)
+            finally:
+                probe.disconnect()
+        except Exception as exc:  # connection refused, timeout, DNS...
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise SystemExit(
+                    f"ingest-api: ClickHouse at {settings.clickhouse_host}:"
+                    f"{settings.clickhouse_port} unreachable ({type(exc).__name__}: {exc}); "
+                    "it is asked once for its version, or set CHUTE_CLICKHOUSE_VERSION"
+                ) from None
+            log.warning("ClickHouse unreachable, retrying", error=str(exc),
+                        retry_in_seconds=round(min(delay, remaining), 2))
+            time.sleep(min(delay, remaining))
+            delay = min(delay * 2, 5.0)
+
+
 def main() -> int:
     settings = load_settings(IngestSettings)
     configure_logging(settings.log_format, settings.log_level, service="ingest-api")
@@ -71,6 +105,7 @@ def main() -> int:
         log.warning("package crc32c is not installed: kafka-python computes the CRC32C of "
                     "every record batch in pure Python (~13 ms per 128 KiB: half the ingest "
                     "throughput); install kafka-python[crc32c]")
+    profile = detect_server(settings)
     producer = connect_producer(settings)
 
     def close_producer() -> None:
@@ -79,10 +114,18 @@ def main() -> int:
         producer.close(timeout=5)
         log.info("ingest API stopped")
 
-    app = create_app(settings, definitions, producer, on_shutdown=close_producer)
+    try:
+        app = create_app(settings, definitions, producer, on_shutdown=close_producer,
+                         profile=profile)
+    except UnsupportedTypeError as exc:
+        log.error("a model cannot be stored on this ClickHouse", error=str(exc),
+                  clickhouse=profile.version_text)
+        producer.close(timeout=1)
+        return 2
     log.info("ingest API listening", host=settings.ingest_host, port=settings.ingest_port,
              pipelines=sorted(definitions.ingest_apis), kafka=settings.kafka_bootstrap,
-             auth=bool(settings.ingest_api_keys), public_docs=settings.docs_public)
+             auth=bool(settings.ingest_api_keys), public_docs=settings.docs_public,
+             clickhouse=profile.version_text)
     # uvicorn stops on SIGTERM/SIGINT: no new connections, in-flight requests finish (each is
     # bounded by the ack timeout), then the lifespan shutdown closes the producer. Its log
     # lines go through chute's logging set-up (log_config=None).

@@ -51,6 +51,7 @@ from chute.metrics import (
     init_ingest_pipeline,
 )
 from chute.registry import Definitions
+from chute.server import OLD_SERVER, ServerProfile
 from fastapi import FastAPI, Request, Response
 from fastapi.openapi.utils import get_openapi
 from kafka.errors import MessageSizeTooLargeError, RecordListTooLargeError
@@ -120,10 +121,11 @@ class IngestService:
     """State shared by all requests: pipelines, producer, in-flight accounting, API keys."""
 
     def __init__(self, settings: IngestSettings, definitions: Definitions,
-                 producer: Producer) -> None:
+                 producer: Producer, profile: ServerProfile = OLD_SERVER) -> None:
         self.settings = settings
         self.pipelines = {
-            name: Pipeline(name, api.destination.topic, RecordCodec(api.model))
+            name: Pipeline(name, api.destination.topic, RecordCodec(
+                api.model, profile, api.destination.config.extra))
             for name, api in sorted(definitions.ingest_apis.items())
         }
         for name in self.pipelines:
@@ -441,10 +443,12 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 def create_app(settings: IngestSettings, definitions: Definitions, producer: Producer,
-               on_shutdown: Callable[[], None] | None = None) -> FastAPI:
+               on_shutdown: Callable[[], None] | None = None,
+               profile: ServerProfile = OLD_SERVER) -> FastAPI:
     """The ingest API over `producer`. `on_shutdown` runs (in a thread) when the server stops,
-    after the last request was answered: e.g. closing the producer it owns."""
-    service = IngestService(settings, definitions, producer)
+    after the last request was answered: e.g. closing the producer it owns. `profile` is the
+    ClickHouse server the tables live on: its column types decide which values are accepted."""
+    service = IngestService(settings, definitions, producer, profile)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

@@ -13,6 +13,7 @@ from chute.logging import configure_logging
 from chute.registry import DefinitionError, load_definitions
 from chute.runtime import tune_garbage_collector
 from chute.settings import load_settings
+from chute.typemap import UnsupportedTypeError
 
 from sync_worker.http import serve
 from sync_worker.settings import SyncSettings
@@ -48,7 +49,12 @@ def main() -> int:
         return 2
     deadline = time.monotonic() + 120
     client, profile = _connect_clickhouse(settings, deadline)
-    routes = build_routes(defs, profile)
+    try:
+        routes = build_routes(defs, profile)
+    except UnsupportedTypeError as exc:
+        log.error("a model cannot be stored on this ClickHouse", error=str(exc),
+                  clickhouse=profile.version_text)
+        return 2
     tune_garbage_collector()
     if not routes:
         log.error("no stream has a destination table; nothing to sync", schemas=settings.schemas)

@@ -7,9 +7,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+from chute.constraints import Extra
 from chute.ddl import OFFSET_COLUMN, PARTITION_COLUMN
+from chute.server import OLD_SERVER, ServerProfile
 from chute.typemap import ColumnSpec
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from chute.validation import RecordValidator
+from pydantic import BaseModel, ValidationError
 
 _MAX_ERROR_MESSAGE = 2000
 
@@ -29,30 +32,33 @@ class DecodeFailure:
 
 
 class RowDecoder:
-    """Validates message values against the stream's model."""
+    """Validates message values with the validator the ingest API uses (the stream's model,
+    constrained by what its columns hold on `profile`): records produced straight to the topic
+    meet the same rules as those that came through the API."""
 
-    def __init__(self, model: type[BaseModel]) -> None:
-        self._adapter: TypeAdapter[BaseModel] = TypeAdapter(model)
+    def __init__(self, model: type[BaseModel], profile: ServerProfile = OLD_SERVER,
+                 extra: Extra = "ignore") -> None:
+        self._validator = RecordValidator(model, profile, extra)
 
     def decode(self, value: bytes | None) -> BaseModel | DecodeFailure:
         if value is None:
             return DecodeFailure("EmptyRecord", "the Kafka record has no value")
         try:
-            return self._adapter.validate_json(value)
+            return self._validator.validate_json(value)
         except ValidationError as exc:
             kind = "InvalidJSON" if _is_json_error(exc) else "ValidationError"
-            return DecodeFailure(kind, _summarise(exc))
+            return DecodeFailure(kind, _summarise(exc, self._validator))
 
 
 def _is_json_error(exc: ValidationError) -> bool:
     return any(e["type"] == "json_invalid" for e in exc.errors())
 
 
-def _summarise(exc: ValidationError) -> str:
+def _summarise(exc: ValidationError, validator: RecordValidator) -> str:
     parts = []
     for err in exc.errors(include_url=False):
         path = ".".join(str(p) for p in err["loc"]) or "<record>"
-        parts.append(f"{path}: {err['msg']}")
+        parts.append(f"{path}: {validator.explain(err)}")
     return "; ".join(parts)[:_MAX_ERROR_MESSAGE]
 
 

@@ -79,7 +79,7 @@ def build_routes(defs: Definitions, profile: ServerProfile) -> dict[str, Route]:
         routes[stream.topic] = Route(
             stream=stream,
             table=table.name,
-            decoder=RowDecoder(stream.model),
+            decoder=RowDecoder(stream.model, profile, cfg.extra),
             builder=ColumnBuilder(columns, exactly_once=table.exactly_once),
             buffer=TableBuffer(table.name, stream.topic, limits),
             dead_letter_topic=stream.dead_letter.topic if stream.dead_letter else None,

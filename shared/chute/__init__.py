@@ -2,6 +2,8 @@
 table and a batched sync between them."""
 
 from chute.annotations import (
+    AllowNonFinite,
+    AllowRounding,
     ClickHouseDecimal,
     ClickHouseDefault,
     ClickHouseType,
@@ -24,6 +26,8 @@ from chute.pipeline import (
 )
 
 __all__ = [
+    "AllowNonFinite",
+    "AllowRounding",
     "ClickHouseDecimal",
     "ClickHouseDefault",
     "ClickHouseType",

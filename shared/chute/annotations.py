@@ -67,3 +67,20 @@ class ClickHouseDefault:
     """A DEFAULT expression for the column, e.g. "now()"."""
 
     expression: str
+
+
+@dataclass(frozen=True)
+class AllowNonFinite:
+    """Accept NaN, Infinity and -Infinity for this float field and store them as such.
+
+    JSON has no literal for them: send the strings "NaN", "Infinity", "-Infinity" (the
+    non-standard literals NaN and Infinity are read too). chute carries them through Kafka as
+    those strings. Without this marker such values are refused (422).
+    """
+
+
+@dataclass(frozen=True)
+class AllowRounding:
+    """Round Decimal values with more fractional digits than the column's scale (half to even)
+    instead of refusing them (422). The rounded value is what Kafka and the table hold; a value
+    whose integer part does not fit is still refused."""

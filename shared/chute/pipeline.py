@@ -50,6 +50,10 @@ class StreamConfig(_Config):
     max_batch_wait: float = Field(1.0, gt=0, le=300)  # seconds
     delivery: Literal["at_least_once", "exactly_once"] = "at_least_once"
     dead_letter_queue: bool = True
+    # Unknown fields and duplicate JSON keys. "ignore" (Moose's behaviour): unknown fields are
+    # dropped, the last of duplicate keys counts. "reject": such a record is refused (422 at
+    # the ingest API, dead-lettered by the sync worker).
+    extra: Literal["ignore", "reject"] = "ignore"
 
 
 class IngestConfig(_Config):

@@ -43,6 +43,16 @@ class ServerProfile:
         return self.version >= (19, 3)
 
     @property
+    def has_date32(self) -> bool:
+        return self.version >= (21, 9)
+
+    @property
+    def has_wide_numbers(self) -> bool:
+        # Int128/Int256/UInt128/UInt256 and Decimal256 (precision > 38): experimental behind a
+        # setting when they appeared; chute uses them from 21.9 on, where Date32 came too.
+        return self.version >= (21, 9)
+
+    @property
     def low_cardinality_needs_setting(self) -> bool:
         # Experimental (behind allow_experimental_low_cardinality_type) until 19.x.
         return self.version < (19, 1)

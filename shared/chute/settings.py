@@ -23,6 +23,9 @@ class CommonSettings(BaseSettings):
     clickhouse_user: str = "default"
     clickhouse_password: str = Field("", json_schema_extra=SECRET, repr=False)
     clickhouse_database: str = "default"
+    # The ClickHouse version the tables live on (e.g. "18.16.1"), for a service that should not
+    # ask the server itself (the ingest API asks `SELECT version()` at start when it is unset).
+    clickhouse_version: str | None = None
     schemas: str = "schemas"
     log_format: Literal["console", "json"] = "console"
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -105,14 +105,17 @@ def _map(
         return _map_union(tp, markers, profile, where)
     if origin in (list, tuple, set, frozenset) or origin is Sequence:
         return _map_array(tp, markers, profile, where)
-    if origin is Literal:
+    if origin is Literal and markers.raw_type is None:
         return _map_literal(typing.get_args(tp), markers, where)
-    if origin is dict:
+    if origin is dict and markers.raw_type is None:
         return "String", _dict_json
     if markers.raw_type is not None:
         if not _RAW_TYPE.match(markers.raw_type):
             raise UnsupportedTypeError(f"{where}: suspicious ClickHouseType {markers.raw_type!r}")
         _, convert = _map(tp, _Markers(), profile, where) if tp is not Any else ("", None)
+        if _is_datetime(tp):
+            # The ticks depend on the column's precision, not on the default mapping's.
+            convert = _datetime_converter(markers.raw_type)
         return markers.raw_type, convert
     ch_type, convert = _map_scalar(tp, markers, profile, where)
     if markers.low_cardinality:
@@ -219,6 +222,25 @@ def _datetime_type(markers: _Markers, profile: ServerProfile) -> tuple[str, Conv
     return f"DateTime64({precision}, 'UTC')", _epoch_ticks(precision)
 
 
+def _is_datetime(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, datetime)
+
+
+def _datetime_converter(raw_type: str) -> Converter:
+    from chute.chtypes import TypeSyntaxError, parse_type
+
+    try:
+        ch = parse_type(raw_type).unwrapped()
+    except TypeSyntaxError as exc:
+        raise UnsupportedTypeError(str(exc)) from None
+    if ch.name == "Nullable":
+        inner = _datetime_converter(str(ch.arg_type()))
+        return lambda v: None if v is None else inner(v)
+    if ch.name == "DateTime64" and ch.args and isinstance(ch.args[0], int):
+        return _epoch_ticks(ch.args[0])
+    return _epoch_seconds
+
+
 def _epoch_seconds(value: datetime) -> int:
     # Naive datetimes are taken as UTC, like the column's timezone. datetime.timestamp() is
     # C code, several times faster than calendar.timegm on the sync's hot path.
@@ -229,6 +251,13 @@ def _epoch_seconds(value: datetime) -> int:
 
 def _epoch_ticks(precision: int) -> Converter:
     scale: int = 10**precision
+    if precision > 6:  # DateTime64(7..9): finer than Python's microseconds
+        factor: int = 10 ** (precision - 6)
+
+        def convert_fine(value: datetime) -> int:
+            return _epoch_seconds(value) * scale + value.microsecond * factor
+
+        return convert_fine
     divisor: int = 10 ** (6 - precision)
 
     def convert(value: datetime) -> int:

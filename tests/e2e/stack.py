@@ -12,13 +12,26 @@ from typing import Any
 import httpx
 import orjson
 
-from tests.support import PYTHON, ROOT, ServiceProcess, count_rows, free_port, service_env, wait_for
+from tests.support import (
+    KAFKA,
+    PYTHON,
+    ROOT,
+    ServiceProcess,
+    count_rows,
+    free_port,
+    service_env,
+    wait_for,
+)
 
 EVENT_SCHEMA = '''
-from datetime import datetime
-from typing import Annotated
+from datetime import date, datetime
+from decimal import Decimal
+from ipaddress import IPv4Address
+from typing import Annotated, Literal
+from uuid import UUID
 from pydantic import BaseModel
-from chute import ClickHouseType, IngestPipeline, Key
+from chute import (AllowNonFinite, AllowRounding, ClickHouseDecimal, ClickHouseType,
+                   IngestPipeline, Key)
 
 class Event(BaseModel):
     id: Key[str]
@@ -106,6 +119,19 @@ class Stack:
     def stop_all(self) -> None:
         for service in [*self.workers, *([self.ingest] if self.ingest else [])]:
             service.kill()
+
+
+def end_offsets(topic: str) -> dict[int, int]:
+    """The end offset of each partition of `topic`: how many records it ever held."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=KAFKA)
+    try:
+        parts = consumer.partitions_for_topic(topic) or set()
+        ends = consumer.end_offsets([TopicPartition(topic, p) for p in parts])
+        return {tp.partition: off for tp, off in ends.items()}
+    finally:
+        consumer.close()
 
 
 def event(i: int, **overrides: Any) -> dict[str, Any]:

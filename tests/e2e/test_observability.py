@@ -30,7 +30,7 @@ from chute.registry import load_definitions
 from clickhouse_driver import Client
 from control_plane.status import StatusSettings, StatusSource
 
-from tests.e2e.stack import Stack, event
+from tests.e2e.stack import Stack, end_offsets, event
 from tests.support import (
     CH_HOST,
     CH_PORT,
@@ -149,16 +149,6 @@ class Observed:
         return self.stack.workers[0]
 
 
-def end_offsets(topic: str) -> dict[int, int]:
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(bootstrap_servers=KAFKA)
-    try:
-        parts = consumer.partitions_for_topic(topic) or set()
-        ends = consumer.end_offsets([TopicPartition(topic, p) for p in parts])
-        return {tp.partition: offset for tp, offset in ends.items()}
-    finally:
-        consumer.close()
 
 
 def json_log(service: ServiceProcess) -> list[dict[str, Any]]:

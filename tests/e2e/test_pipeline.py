@@ -11,24 +11,12 @@ import orjson
 import pytest
 from chute.kafka import producer
 
-from tests.e2e.stack import Stack, elapsed_since, event
+from tests.e2e.stack import Stack, elapsed_since, end_offsets, event
 from tests.support import KAFKA, wait_for
 
 pytestmark = pytest.mark.e2e
 
 MakeStack = Callable[..., Stack]
-
-
-def _end_offsets(topic: str) -> dict[int, int]:
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(bootstrap_servers=KAFKA)
-    try:
-        parts = consumer.partitions_for_topic(topic) or set()
-        ends = consumer.end_offsets([TopicPartition(topic, p) for p in parts])
-        return {tp.partition: off for tp, off in ends.items()}
-    finally:
-        consumer.close()
 
 
 def test_one_event_is_queryable_within_two_seconds(make_stack: MakeStack) -> None:
@@ -93,7 +81,7 @@ def test_error_answers_write_nothing(make_stack: MakeStack) -> None:
     stack = make_stack()
     stack.start_worker()
     ingest = stack.start_ingest(CHUTE_INGEST_MAX_BODY_BYTES="20000")
-    before = _end_offsets(stack.name)
+    before = end_offsets(stack.name)
     base = f"http://127.0.0.1:{ingest.port}/ingest"
 
     bad_json = httpx.post(f"{base}/{stack.name}", content=b'[{"id": "a",]', timeout=10)
@@ -115,7 +103,7 @@ def test_error_answers_write_nothing(make_stack: MakeStack) -> None:
                          content=orjson.dumps([event(i) for i in range(1_000)]))
     assert too_big.status_code == 413
 
-    assert _end_offsets(stack.name) == before
+    assert end_offsets(stack.name) == before
     time.sleep(0)  # nothing to wait for: the topic is unchanged, so the table stays empty
     assert stack.count() == 0
 
@@ -126,10 +114,10 @@ def test_api_keys_are_required_when_configured(make_stack: MakeStack) -> None:
     stack = make_stack()
     key = "s3cret-key"
     stack.start_ingest(CHUTE_INGEST_API_KEYS=hashlib.sha256(key.encode()).hexdigest())
-    before = _end_offsets(stack.name)
+    before = end_offsets(stack.name)
     assert stack.post(event(1)).status_code == 401
     assert stack.post(event(1), headers={"Authorization": "Bearer wrong"}).status_code == 401
-    assert _end_offsets(stack.name) == before
+    assert end_offsets(stack.name) == before
     ok = httpx.post(stack.url, content=orjson.dumps(event(1)), timeout=10,
                     headers={"Authorization": f"Bearer {key}"})
     assert ok.status_code == 200
@@ -137,35 +125,48 @@ def test_api_keys_are_required_when_configured(make_stack: MakeStack) -> None:
 
 def test_garbage_and_rejected_rows_go_to_the_dead_letter_table(make_stack: MakeStack) -> None:
     stack = make_stack(extra_fields='    small: Annotated[int, ClickHouseType("UInt8")] = 0')
+    # A row that passes every check but that ClickHouse itself refuses (code 6, cannot parse):
+    # small = 13 makes a column added behind chute's back fail to compute.
+    stack.ch.execute(f"ALTER TABLE `{stack.name}` ADD COLUMN guard UInt8 "
+                     "MATERIALIZED toUInt8(if(small = 13, 'x', '0'))")
     stack.start_worker()
     p = producer(KAFKA)
     p.send(stack.name, value=b"\x00\x01 this is not json").get(10)
     p.send(stack.name, value=orjson.dumps({"id": "only-id"})).get(10)
-    # One record ClickHouse rejects (300 does not fit UInt8) inside a batch of good ones.
+    # Inside a batch of good ones: a value the column cannot hold (300 does not fit UInt8),
+    # refused by the worker's checks, and one ClickHouse rejects.
     for i in range(50):
-        p.send(stack.name, key=b"k", value=orjson.dumps(event(i, small=300 if i == 25 else 7)))
+        small = {25: 300, 30: 13}.get(i, 7)
+        p.send(stack.name, key=b"k", value=orjson.dumps(event(i, small=small)))
     p.flush()
     p.close()
-    stack.wait_count(49)
+    stack.wait_count(48)
     dlq = f"{stack.name}_dlq"
-    stack.wait_count(3, table=dlq)
+    stack.wait_count(4, table=dlq)
     rows = stack.ch.execute(
         f"SELECT source, pipeline, topic, partition, offset, error_type, error_message, payload "
         f"FROM `{dlq}` ORDER BY offset")
-    by_type = {r[5].split(":")[0]: r for r in rows}
-    assert set(by_type) == {"InvalidJSON", "ValidationError", "ClickHouseRejected"}
-    garbage = by_type["InvalidJSON"]
+    by_type: dict[str, list[Any]] = {}
+    for r in rows:
+        by_type.setdefault(r[5].split(":")[0], []).append(r)
+    assert {k: len(v) for k, v in by_type.items()} == {
+        "InvalidJSON": 1, "ValidationError": 2, "ClickHouseRejected": 1}
+    (garbage,) = by_type["InvalidJSON"]
     assert garbage[0] == "sync" and garbage[1] == stack.name and garbage[2] == stack.name
     assert "this is not json" in garbage[7]
-    assert "user_id" in by_type["ValidationError"][6]
-    rejected = by_type["ClickHouseRejected"]
-    assert '"small":300' in rejected[7] and '"id":"e25"' in rejected[7]
-    assert stack.count() == 49
-    assert stack.ch.execute(f"SELECT count() FROM `{stack.name}` WHERE id = 'e25'")[0][0] == 0
+    missing, too_big = by_type["ValidationError"]
+    assert "user_id" in missing[6]
+    assert "UInt8" in too_big[6] and "0 .. 255" in too_big[6]
+    assert too_big[7] == orjson.dumps(event(25, small=300)).decode()  # the bytes that arrived
+    (rejected,) = by_type["ClickHouseRejected"]
+    assert '"small":13' in rejected[7] and '"id":"e30"' in rejected[7]
+    assert stack.count() == 48
+    assert stack.ch.execute(
+        f"SELECT count() FROM `{stack.name}` WHERE id IN ('e25', 'e30')")[0][0] == 0
     # Good records after the garbage still arrive.
     stack.start_ingest()
     assert stack.post(event(1000)).status_code == 200
-    stack.wait_count(50)
+    stack.wait_count(49)
 
 
 def test_sigkill_mid_stream_loses_nothing(make_stack: MakeStack) -> None:

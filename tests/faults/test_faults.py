@@ -37,9 +37,9 @@ def _load(stack: Stack, rate: float = 1_500, batch: int = 50, **kw: Any) -> Load
 def _wait_all_committed(stack: Stack, timeout: float = 60) -> None:
     """Until the group has committed every message of the topic: nothing is left to be
     re-delivered, so the table is final."""
-    from tests.e2e.test_pipeline import _end_offsets
+    from tests.e2e.stack import end_offsets
 
-    ends = _end_offsets(stack.name)
+    ends = end_offsets(stack.name)
     wait_for(lambda: committed_offsets(stack.group, stack.name) == ends, timeout,
              f"the group to commit up to {ends}", interval=0.5)
 
