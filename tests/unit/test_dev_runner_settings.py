@@ -7,7 +7,6 @@ import re
 from pathlib import Path
 
 import pytest
-
 from dev_runner import PORTS, RunnerError, Settings
 from dev_runner.configs import render_clickhouse_config, render_kafka_properties
 from dev_runner.services import service_names, service_spec
