@@ -6,19 +6,11 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+from dev_runner import supervise
 from dev_runner.health import tail
 from dev_runner.processes import say
 from dev_runner.settings import RunnerError
-from dev_runner.supervise import (
-    ServiceStatus,
-    down,
-    log_paths,
-    restart_service,
-    start_service,
-    status,
-    stop_service,
-    up,
-)
+from dev_runner.supervise import ServiceStatus
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -77,39 +69,39 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
-    print(status_table(up(args.workers, prometheus=args.prometheus)))
+    print(status_table(supervise.up(args.workers, prometheus=args.prometheus)))
     return 0
 
 
 def _cmd_down(args: argparse.Namespace) -> int:
-    down()
+    supervise.down()
     return 0
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    rows = status()
+    rows = supervise.status()
     print(status_table(rows))
     return 0 if all(r.ok for r in rows) else 1
 
 
 def _cmd_start(args: argparse.Namespace) -> int:
-    start_service(args.service)
+    supervise.start_service(args.service)
     return 0
 
 
 def _cmd_stop(args: argparse.Namespace) -> int:
-    if not stop_service(args.service, kill=args.kill):
+    if not supervise.stop_service(args.service, kill=args.kill):
         say(f"{args.service}: not running")
     return 0
 
 
 def _cmd_restart(args: argparse.Namespace) -> int:
-    restart_service(args.service)
+    supervise.restart_service(args.service)
     return 0
 
 
 def _cmd_logs(args: argparse.Namespace) -> int:
-    for path in log_paths(args.service):
+    for path in supervise.log_paths(args.service):
         if args.path:
             print(path)
             continue

@@ -33,23 +33,15 @@ def _properties_value(value: str) -> str:
 
 
 def render_kafka_properties(template: str, s: Settings) -> str:
-    values = {
-        "HOST": s.host,
-        "KAFKA_PORT": str(s.kafka_port),
-        "CONTROLLER_PORT": str(s.kafka_controller_port),
-        "LOG_DIRS": str(s.kafka_log_dirs),
-    }
+    values = {"HOST": s.host, "KAFKA_PORT": str(s.kafka_port),
+              "CONTROLLER_PORT": str(s.kafka_controller_port), "LOG_DIRS": str(s.kafka_log_dirs)}
     return render_template(template, {k: _properties_value(v) for k, v in values.items()})
 
 
 def render_clickhouse_config(template: str, s: Settings) -> str:
-    values = {
-        "HOST": s.host,
-        "HTTP_PORT": str(s.clickhouse_http_port),
-        "TCP_PORT": str(s.clickhouse_port),
-        "DATA_DIR": str(s.clickhouse_data),
-        "LOG_DIR": str(s.log_dir),
-    }
+    values = {"HOST": s.host, "HTTP_PORT": str(s.clickhouse_http_port),
+              "TCP_PORT": str(s.clickhouse_port), "DATA_DIR": str(s.clickhouse_data),
+              "LOG_DIR": str(s.log_dir)}
     return render_template(template, {k: xml_escape(v) for k, v in values.items()})
 
 

@@ -30,14 +30,14 @@ class Service:
     kind: ServiceKind
     argv: tuple[str, ...]
     port: int  # the port its health check uses
-    other_ports: tuple[int, ...]  # further ports it listens on
     health: str  # what the health check asks, for messages
     marker: str  # found in /proc/<pid>/cmdline of the real process (guards against pid reuse)
     ready_timeout: float
-    env_defaults: tuple[tuple[str, str], ...]  # applied unless the environment sets them
-    env_forced: tuple[tuple[str, str], ...]  # always applied
     pid_file: Path
     logs: tuple[Path, ...]  # logs[0] receives stdout and stderr
+    other_ports: tuple[int, ...] = ()  # further ports it listens on
+    env_defaults: tuple[tuple[str, str], ...] = ()  # applied unless the environment sets them
+    env_forced: tuple[tuple[str, str], ...] = ()  # always applied
 
     @property
     def ports(self) -> tuple[int, ...]:
@@ -139,8 +139,6 @@ def service_spec(name: str, s: Settings) -> Service:
             health=f"kafka metadata at {s.kafka_bootstrap}",
             marker="kafka.Kafka",
             ready_timeout=timeout,
-            env_defaults=(),
-            env_forced=(),
             pid_file=pid_file,
             logs=(log, s.log_dir / "kafka-server.log"),
         )
@@ -154,8 +152,6 @@ def service_spec(name: str, s: Settings) -> Service:
             health=f"http://{s.host}:{s.clickhouse_http_port}/ping",
             marker="clickhouse-server",
             ready_timeout=timeout,
-            env_defaults=(),
-            env_forced=(),
             pid_file=pid_file,
             logs=(
                 log,
@@ -169,12 +165,9 @@ def service_spec(name: str, s: Settings) -> Service:
             kind="prometheus",
             argv=prometheus_argv(s),
             port=s.prometheus_port,
-            other_ports=(),
             health=f"http://{s.host}:{s.prometheus_port}/-/ready",
             marker=f"--storage.tsdb.path={s.prometheus_data}",
             ready_timeout=timeout,
-            env_defaults=(),
-            env_forced=(),
             pid_file=pid_file,
             logs=(log,),
         )
@@ -200,7 +193,6 @@ def service_spec(name: str, s: Settings) -> Service:
         kind="python",
         argv=(str(s.python), "-m", module, *args),
         port=port,
-        other_ports=(),
         health=f"http://{s.host}:{port}/health",
         marker=f"-m {module}",
         ready_timeout=timeout,

@@ -15,7 +15,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -187,7 +186,6 @@ def scraped(metrics_text: str, name: str, **labels: str) -> float | None:
 
 @pytest.fixture(scope="module")
 def observed(servers: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
-    sys.path.insert(0, str(ROOT / "scripts"))
     import dev_runner
 
     tmp = tmp_path_factory.mktemp("observability")
@@ -342,7 +340,6 @@ def test_batch_insert_log_lines_name_table_rows_bytes_offsets_and_duration(
 
 
 def test_clickhouse_outage_grows_lag_logs_retries_and_recovers(observed: Observed) -> None:
-    sys.path.insert(0, str(ROOT / "scripts"))
     import dev_runner
 
     obs, prom, name, stack = observed, observed.prometheus, observed.name, observed.stack
@@ -398,7 +395,6 @@ def test_clickhouse_outage_grows_lag_logs_retries_and_recovers(observed: Observe
 
 def test_scripts_dev_runs_prometheus_scraping_the_services(
         observed: Observed, tmp_path: Path) -> None:
-    sys.path.insert(0, str(ROOT / "scripts"))
     import dev_runner
 
     stack = observed.stack
