@@ -51,11 +51,6 @@ class Endpoints:
         return [a.strip().rpartition(":")[0] for a in self.kafka.split(",") if a.strip()]
 
     @property
-    def kafka_hostport(self) -> tuple[str, int]:
-        host, _, port = self.kafka.split(",")[0].strip().rpartition(":")
-        return host.strip("[]"), int(port)
-
-    @property
     def on_loopback(self) -> bool:
         return all(is_loopback(h) for h in [*self.kafka_hosts, self.ch_host])
 

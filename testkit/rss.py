@@ -92,10 +92,6 @@ class PeakRss:
         self._sampler = RssSampler(interval)
         self._sampler.track("process", pid)
 
-    @property
-    def peak_kib(self) -> int:
-        return self._sampler.peaks.get("process", 0) // 1024
-
     def start(self) -> PeakRss:
         return self
 

@@ -203,10 +203,6 @@ def service_spec(name: str, s: Settings) -> Service:
     )
 
 
-def service_table(s: Settings, workers: int) -> list[Service]:
-    return [service_spec(name, s) for name in service_names(workers)]
-
-
 def build_env(service: Service, base: Mapping[str, str]) -> dict[str, str]:
     """The environment a service runs with: defaults < the caller's environment < forced."""
     return {**dict(service.env_defaults), **base, **dict(service.env_forced)}
