@@ -12,12 +12,12 @@ ClickHouse and of Kafka during the run are taken from /proc where their pids are
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 from clickhouse_driver import Client
 from dev_runner.processes import running_pid
 from dev_runner.services import service_spec
@@ -48,13 +48,12 @@ class SyncOptions:
 
 
 def cpu_seconds(pid: int) -> float | None:
-    """utime + stime of a process, seconds (None when unknown)."""
+    """User + system CPU time of a process, seconds (None when it is gone)."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
+        times = psutil.Process(pid).cpu_times()
+    except psutil.Error:
         return None
-    ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks
+    return float(times.user + times.system)
 
 
 def server_pid(name: str) -> int | None:

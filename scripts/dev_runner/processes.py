@@ -1,5 +1,5 @@
 """Processes on this machine: launching one in its own session with its output in a log, pid
-files, liveness, listening ports (from /proc), and stopping whole process groups."""
+files, liveness and listening ports (psutil), and stopping whole process groups."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import psutil
+
 from dev_runner.services import Service, build_env
 from dev_runner.settings import RunnerError, Settings
 
@@ -22,6 +24,8 @@ STOP_GRACE_SECONDS = 30.0
 KILL_WAIT_SECONDS = 5.0
 LOG_ROTATE_BYTES = 20 * 1024 * 1024
 
+
+_GONE = (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
 
 # Processes this Python process started (the API is used from pytest, which must reap them).
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
@@ -44,10 +48,9 @@ def _write_pid(path: Path, pid: int) -> None:
 
 def _cmdline(pid: int) -> str:
     try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
+        return " ".join(psutil.Process(pid).cmdline())
+    except psutil.Error:
         return ""
-    return raw.rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "replace")
 
 
 def pid_alive(pid: int) -> bool:
@@ -56,43 +59,25 @@ def pid_alive(pid: int) -> bool:
     if child is not None and child.poll() is not None:
         return False
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() not in _GONE
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
+    except psutil.AccessDenied:
         return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[:1] not in (["Z"], ["X"])
 
 
 def _group_alive(pgid: int) -> bool:
+    """True while a live process is in the process group (an unreaped zombie leader whose
+    group is otherwise empty does not count)."""
     child = _CHILDREN.get(pgid)
     if child is not None:
-        child.poll()  # reaps the leader if it exited, so a zombie does not count
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
+        child.poll()  # reaps the leader if it exited
+    if pid_alive(pgid):
         return True
-    # A group whose only member is an unreaped zombie leader is gone for our purposes.
-    return pid_alive(pgid) or _group_has_live_member(pgid)
-
-
-def _group_has_live_member(pgid: int) -> bool:
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == pgid:
-            continue
-        try:
-            fields = (entry / "stat").read_text().rpartition(")")[2].split()
-        except OSError:
-            continue
-        # fields: state ppid pgrp ...
-        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
-            return True
+    for proc in psutil.process_iter(["status"]):
+        with contextlib.suppress(OSError, psutil.Error):
+            if os.getpgid(proc.pid) == pgid and proc.info["status"] not in _GONE:
+                return True
     return False
 
 
@@ -115,37 +100,10 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
 
 
 def listening_pids(port: int) -> set[int]:
-    """Pids with a TCP socket listening on `port` (any address), from /proc."""
-    inodes: set[str] = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if len(fields) < 10 or fields[3] != "0A":  # 0A = LISTEN
-                continue
-            if int(fields[1].rpartition(":")[2], 16) == port:
-                inodes.add(f"socket:[{fields[9]}]")
-    pids: set[int] = set()
-    if not inodes:
-        return pids
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fds = list((entry / "fd").iterdir())
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                if os.readlink(fd) in inodes:
-                    pids.add(int(entry.name))
-                    break
-            except OSError:
-                continue
-    return pids
+    """Pids with a TCP socket listening on `port` (any address)."""
+    return {c.pid for c in psutil.net_connections(kind="tcp")
+            if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
+            and c.pid is not None}
 
 
 def _describe(pid: int) -> str:
@@ -257,13 +215,12 @@ def orphans(service: Service, s: Settings) -> list[int]:
                 continue
             try:
                 own_session = os.getsid(pid) == pid
-                cwd = os.readlink(f"/proc/{pid}/cwd")
-            except OSError:
+                cwd = psutil.Process(pid).cwd()
+            except (OSError, psutil.Error):
                 continue
             if own_session and (str(s.state) in command or cwd == str(s.root)):
                 found.append(pid)
     return sorted(set(found))
-
 
 
 def say(message: str) -> None:

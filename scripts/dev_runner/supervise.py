@@ -50,7 +50,6 @@ POLL_SECONDS = 0.25
 _lock_depth = 0
 
 
-
 @contextlib.contextmanager
 def _runner_lock(s: Settings) -> Iterator[None]:
     """Serialises runners that change state (up, down, start, stop) across processes."""

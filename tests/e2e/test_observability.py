@@ -29,6 +29,7 @@ from chute.registry import load_definitions
 from clickhouse_driver import Client
 from control_plane.status import StatusSettings, StatusSource
 
+from testkit import offsets
 from tests.e2e.stack import Stack, event
 from tests.support import (
     CH_HOST,
@@ -149,15 +150,7 @@ class Observed:
 
 
 def end_offsets(topic: str) -> dict[int, int]:
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(bootstrap_servers=KAFKA)
-    try:
-        parts = consumer.partitions_for_topic(topic) or set()
-        ends = consumer.end_offsets([TopicPartition(topic, p) for p in parts])
-        return {tp.partition: offset for tp, offset in ends.items()}
-    finally:
-        consumer.close()
+    return offsets.end_offsets(KAFKA, topic)
 
 
 def json_log(service: ServiceProcess) -> list[dict[str, Any]]:
@@ -169,8 +162,7 @@ def json_log(service: ServiceProcess) -> list[dict[str, Any]]:
 
 
 def batch_entries(stack: Stack) -> list[dict[str, Any]]:
-    return [e for w in stack.workers for e in json_log(w)
-            if e.get("event") == "batch inserted" and e.get("table") == stack.name]
+    return stack.batch_logs()
 
 
 def scraped(metrics_text: str, name: str, **labels: str) -> float | None:
