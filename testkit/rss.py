@@ -32,10 +32,13 @@ class _Track:
 
 class RssSampler:
     """Samples the RSS of tracked processes every `interval` s in a daemon thread; a label's
-    figure is the largest sample or VmHWM (the kernel's own peak) seen while tracked."""
+    figure is the largest sample seen while tracked, and with `kernel_peak` also VmHWM (the
+    kernel's own peak since the process started: right for a process started for the
+    measurement, wrong for growth within a window of a process that ran before)."""
 
-    def __init__(self, interval: float = 0.2) -> None:
+    def __init__(self, interval: float = 0.2, kernel_peak: bool = True) -> None:
         self.interval = interval
+        self.kernel_peak = kernel_peak
         self._tracks: dict[str, _Track] = {}
         self.peaks: dict[str, int] = {}
         self.baselines: dict[str, int] = {}
@@ -71,7 +74,13 @@ class RssSampler:
                 rss, hwm = memory
                 if track.first is None:
                     track.first = rss
-                track.peak = max(track.peak, rss, hwm)
+                track.peak = max(track.peak, rss, hwm if self.kernel_peak else 0)
+
+    def peak(self, label: str) -> int:
+        """The largest figure so far of a tracked label, bytes (0 before any sample)."""
+        with self._lock:
+            track = self._tracks.get(label)
+            return track.peak if track is not None else self.peaks.get(label, 0)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -85,12 +94,17 @@ class RssSampler:
 
 
 class PeakRss:
-    """The peak RSS of one process, for a test that watches a single service:
-    `PeakRss(pid).start()` ... `.stop()` returns the peak in MiB."""
+    """The peak RSS of one process within a window, for a test that watches a running service:
+    `PeakRss(pid).start()` ... `.stop()` returns the largest sample in MiB."""
 
     def __init__(self, pid: int, interval: float = 0.2) -> None:
-        self._sampler = RssSampler(interval)
+        self._sampler = RssSampler(interval, kernel_peak=False)
         self._sampler.track("process", pid)
+
+    @property
+    def peak_kib(self) -> int:
+        """The largest sample so far, KiB."""
+        return self._sampler.peak("process") // 1024
 
     def start(self) -> PeakRss:
         return self

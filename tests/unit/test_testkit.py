@@ -36,3 +36,23 @@ def test_percentile_of_nothing_is_none_and_q_is_checked() -> None:
     ("kafka", False)])
 def test_loopback_hosts(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback
+
+
+def test_peak_rss_of_a_window_is_sampled_not_the_kernel_peak_since_start() -> None:
+    import os
+
+    from testkit.rss import PeakRss, RssSampler, read_memory
+
+    block = bytearray(200 * 2**20)  # raises this process's VmHWM by 200 MiB ...
+    del block  # ... and gives the memory back (a large block is unmapped at once)
+    memory = read_memory(os.getpid())
+    assert memory is not None
+    rss, hwm = memory
+    assert hwm - rss > 150 * 2**20
+    window = PeakRss(os.getpid()).start()
+    assert 0 < window.peak_kib * 1024 < hwm - 150 * 2**20
+    assert window.stop() * 2**20 < hwm - 150 * 2**20
+    lifetime = RssSampler()  # kernel_peak: the process's whole life
+    lifetime.track("me", os.getpid())
+    assert lifetime.untrack("me") >= hwm
+    lifetime.close()
