@@ -1,4 +1,4 @@
-"""`chute` console command: plan, apply, serve, status."""
+"""`chute` console command: plan, apply, serve, status, keys."""
 
 from __future__ import annotations
 
@@ -35,7 +35,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="also show each partition's end offset, committed offset and lag")
     status.add_argument("--group", help="the sync workers' consumer group "
                                         "(default: CHUTE_SYNC_GROUP or chute-sync)")
+    keys = sub.add_parser("keys", help="make API keys for the ingest API")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    keys_sub.add_parser("new", help="print a fresh random key and the digest to configure")
+    keys_sub.add_parser("digest", help="print the digest of a key read from standard input")
     args = parser.parse_args(argv)
+    if args.command == "keys":  # needs no settings, no servers
+        return _keys(args.keys_command)
 
     settings_type = StatusSettings if args.command == "status" else ControlPlaneSettings
     settings = load_settings(settings_type)
@@ -72,6 +78,25 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _keys(command: str) -> int:
+    from ingest_api.keys import digest, new_key
+
+    if command == "new":
+        key = new_key()
+        print(f"key:    {key}\n"
+              f"digest: {digest(key)}\n"
+              "Give the key to the client (header 'Authorization: Bearer <key>'); it is shown "
+              "only here.\nAdd the digest to CHUTE_INGEST_API_KEYS (comma-separated; append "
+              "':<requests per second>' for a rate limit).")
+        return 0
+    key = sys.stdin.readline().strip()
+    if not key:
+        print("chute keys digest: no key on standard input", file=sys.stderr)
+        return 2
+    print(digest(key))
+    return 0
+
+
 def _positive_seconds(text: str) -> float:
     try:
         value = float(text)
@@ -99,8 +124,9 @@ def _serve(settings: ControlPlaneSettings, defs: object) -> int:
     state = ControlState()
     threading.Thread(target=apply_with_retry, args=(settings, defs, state), daemon=True).start()
     app = create_app(settings, defs, state)
+    # log_config=None: uvicorn's lines go through chute's logging set-up, in its format.
     uvicorn.run(app, host=settings.control_host, port=settings.control_port,
-                log_level="warning", access_log=False)
+                log_level="warning", access_log=False, log_config=None)
     return 0
 
 

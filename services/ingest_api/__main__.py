@@ -16,6 +16,7 @@ from chute.settings import load_settings
 from kafka import KafkaProducer
 
 from ingest_api.app import create_app
+from ingest_api.server import bounded_headers_protocol
 from ingest_api.settings import IngestSettings
 
 log = structlog.get_logger()
@@ -81,11 +82,14 @@ def main() -> int:
     app = create_app(settings, definitions, producer, on_shutdown=close_producer)
     log.info("ingest API listening", host=settings.ingest_host, port=settings.ingest_port,
              pipelines=sorted(definitions.ingest_apis), kafka=settings.kafka_bootstrap,
-             auth=bool(settings.ingest_api_keys))
+             auth=bool(settings.ingest_api_keys), public_docs=settings.docs_public)
     # uvicorn stops on SIGTERM/SIGINT: no new connections, in-flight requests finish (each is
-    # bounded by the ack timeout), then the lifespan shutdown closes the producer.
+    # bounded by the ack timeout), then the lifespan shutdown closes the producer. Its log
+    # lines go through chute's logging set-up (log_config=None).
+    protocol = bounded_headers_protocol(settings.ingest_header_timeout_seconds,
+                                        settings.ingest_max_header_bytes)
     uvicorn.run(app, host=settings.ingest_host, port=settings.ingest_port, access_log=False,
-                log_config=None,
+                log_config=None, log_level=settings.log_level, http=protocol,
                 timeout_graceful_shutdown=int(settings.ingest_ack_timeout_seconds) + 2)
     return 0
 

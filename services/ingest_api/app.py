@@ -3,14 +3,25 @@
 A request is answered 200 only after Kafka acknowledged every one of its records. Everything
 else is a JSON error `{"error": "...", ...}`:
 
-    400 malformed JSON (line, column, position) or an empty body
+    400 malformed JSON (line, column, position), an empty body, or a body that is not valid
+        data of its Content-Encoding
     401 API keys are configured and `Authorization: Bearer <key>` is missing or wrong
     404 unknown pipeline (lists the known ones)
-    413 body over ingest_max_body_bytes (from Content-Length, or while reading the stream), or a
-        record Kafka refuses as too large
+    408 the body arrived too slowly (see ingest_api.receive)
+    413 body over ingest_max_body_bytes as sent or as decompressed, or a record Kafka refuses
+        as too large
+    415 a Content-Encoding other than gzip, zstd or identity
     422 schema violations: {index, path, message} for each; nothing is produced
+    429 + Retry-After: the key's rate limit is used up
     503 + Retry-After: Kafka did not acknowledge within ingest_ack_timeout_seconds or the
-        producer failed; or too many requests/bytes in flight (overload, never queued)
+        producer failed; or too many requests/bytes in flight or bodies arriving (overload,
+        never queued)
+
+A request refused before its body was read (401, 404, 413, 415, 429) has its body read and
+thrown away first, up to ingest_max_drain_bytes, so that clients which write the whole body
+before reading still read the answer; an answer sent with a body left unread closes the
+connection. A client that goes away before its body arrived is logged at info level and
+counted (chute_ingest_client_faults_total{kind="disconnected"}, code 499), not an error.
 
 The body is read and decoded by this module, not by FastAPI: a thread pool decodes, validates
 and hands the records to the producer (which may block for metadata or buffer space); the event
@@ -20,8 +31,6 @@ loop only waits for the acknowledgements, collectively, through producer callbac
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -32,10 +41,13 @@ from typing import Any
 import orjson
 import structlog
 from chute.metrics import (
+    INGEST_CLIENT_FAULTS,
     INGEST_IN_FLIGHT,
+    INGEST_RECEIVING,
     INGEST_RECORDS,
     INGEST_REQUEST_SECONDS,
     INGEST_REQUESTS,
+    init_ingest_client_faults,
     init_ingest_pipeline,
 )
 from chute.registry import Definitions
@@ -47,12 +59,25 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ingest_api.body import BodyError, EncodedBatch, RecordCodec, SchemaError
+from ingest_api.decompress import CorruptBodyError, UnsupportedEncodingError, encoding_of
+from ingest_api.keys import UNKNOWN_KEY, KeyRing
 from ingest_api.produce import AckWaiter, KafkaSink, Producer
+from ingest_api.receive import (
+    BodyReceiver,
+    BodyTooLargeError,
+    BodyTooSlowError,
+    BytesOverloadedError,
+    ClientDisconnectedError,
+    ReceiveLimits,
+    Reservation,
+    TooManyReceivingError,
+)
 from ingest_api.settings import IngestSettings
 
 log = structlog.get_logger()
 
 UNKNOWN_PIPELINE = "_unknown"  # metric label for requests to names that are not pipelines
+CLIENT_GONE = "499"  # code label of requests whose client went away before its body arrived
 _TOO_LARGE_FOR_KAFKA = (MessageSizeTooLargeError, RecordListTooLargeError)
 
 
@@ -70,28 +95,25 @@ class Pipeline:
 
 
 class Rejected(Exception):
-    """Ends a request with an error answer; `records` and `result` feed the records metric."""
+    """Ends a request with an error answer; `records` and `result` feed the records metric.
+    `close`: part of the body is still unread, so the connection must close after the answer.
+    """
 
     def __init__(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None,
-                 records: int = 0, result: str = "rejected") -> None:
+                 records: int = 0, result: str = "rejected", close: bool = False) -> None:
         super().__init__(body.get("error"))
         self.status = status
         self.body = body
         self.headers = headers
         self.records = records
         self.result = result
+        self.close = close
 
     def response(self) -> Response:
-        return json_response(self.status, self.body, self.headers)
-
-
-class _Reservation:
-    """Bytes of one request counted against the in-flight byte budget."""
-
-    __slots__ = ("size",)
-
-    def __init__(self) -> None:
-        self.size = 0
+        headers = self.headers
+        if self.close:
+            headers = {**(headers or {}), "Connection": "close"}
+        return json_response(self.status, self.body, headers)
 
 
 class IngestService:
@@ -114,30 +136,41 @@ class IngestService:
         self.executor = ThreadPoolExecutor(settings.ingest_worker_threads,
                                            thread_name_prefix="ingest")
         self.metadata_executor = ThreadPoolExecutor(4, thread_name_prefix="ingest-metadata")
-        self._digests = settings.api_key_digests
+        self.keys = KeyRing.from_entries(settings.api_key_entries, time.monotonic)
         self._retry_after = {"Retry-After": str(settings.ingest_retry_after_seconds)}
+        self.receiver = BodyReceiver(ReceiveLimits(
+            max_body_bytes=settings.ingest_max_body_bytes,
+            max_drain_bytes=settings.ingest_max_drain_bytes,
+            grace_seconds=settings.ingest_body_grace_seconds,
+            min_rate_bytes=settings.ingest_body_min_rate_bytes,
+            max_receiving=settings.ingest_max_receiving_requests,
+            max_in_flight_bytes=settings.ingest_max_in_flight_bytes))
+        self.receiver.on_too_slow = INGEST_CLIENT_FAULTS.labels("body_too_slow").inc
+        self.receiver.on_receiving = INGEST_RECEIVING.set
+        init_ingest_client_faults()
         # Mutated on the event loop only: no locks.
         self.in_flight = 0
-        self.in_flight_bytes = 0
+
+    @property
+    def in_flight_bytes(self) -> int:
+        return self.receiver.in_flight_bytes
 
     # --- checks ------------------------------------------------------------------------------
 
-    def authorized(self, request: Request) -> bool:
-        if not self._digests:
-            return True
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            return False
-        digest = hashlib.sha256(token.encode()).digest()
-        match = False
-        for expected in self._digests:  # compare with every digest: no early exit
-            match |= hmac.compare_digest(digest, expected)
-        return match
+    def _check_key(self, request: Request) -> Rejected | None:
+        verdict = self.keys.check(request.headers.get("authorization", ""))
+        if verdict.allowed:
+            return None
+        if verdict is UNKNOWN_KEY:
+            return Rejected(401, {"error": "missing or invalid API key: send "
+                                           "'Authorization: Bearer <key>'"},
+                            {"WWW-Authenticate": 'Bearer realm="chute"'})
+        return Rejected(429, {"error": "rate limit of this API key exceeded, retry later"},
+                        {"Retry-After": str(verdict.retry_after)})
 
-    def _overloaded(self, what: str) -> Rejected:
-        return Rejected(503, {"error": f"overloaded: too many {what} in flight, retry later"},
-                        self._retry_after)
+    def _overloaded(self, what: str, close: bool = False) -> Rejected:
+        return Rejected(503, {"error": f"overloaded: too many {what}, retry later"},
+                        self._retry_after, close=close)
 
     def _unavailable(self, message: str, records: int) -> Rejected:
         return Rejected(503, {"error": message}, self._retry_after, records, "failed")
@@ -160,6 +193,11 @@ class IngestService:
             if rejected.records:
                 INGEST_RECORDS.labels(label, rejected.result).inc(rejected.records)
             return rejected.response()
+        except ClientDisconnectedError:
+            status = int(CLIENT_GONE)
+            INGEST_CLIENT_FAULTS.labels("disconnected").inc()
+            log.info("client disconnected before its body arrived", pipeline=label)
+            return json_response(400, {"error": "client disconnected"})  # nobody reads it
         except Exception:
             log.exception("ingest request failed", pipeline=label)
             return json_response(500, {"error": "internal error"})
@@ -168,69 +206,96 @@ class IngestService:
             INGEST_REQUEST_SECONDS.labels(label).observe(time.perf_counter() - started)
 
     async def _ingest(self, request: Request, pipeline: Pipeline | None, name: str) -> int:
-        if not self.authorized(request):
-            raise Rejected(401, {"error": "missing or invalid API key: send "
-                                          "'Authorization: Bearer <key>'"},
-                           {"WWW-Authenticate": 'Bearer realm="chute"'})
-        if pipeline is None:
-            raise Rejected(404, {"error": f"unknown pipeline {name!r}",
-                                 "pipelines": list(self.pipelines)})
-        if self.in_flight >= self.settings.ingest_max_in_flight_requests:
-            raise self._overloaded("requests")
-        declared = self._declared_length(request)
-        self.in_flight += 1
-        INGEST_IN_FLIGHT.inc()
-        reservation = _Reservation()
+        refused = self._check_key(request) if self.keys else None
+        if refused is None and pipeline is None:
+            refused = Rejected(404, {"error": f"unknown pipeline {name!r}",
+                                     "pipelines": list(self.pipelines)})
+        headers = request.headers
+        encoding = None
+        if refused is None:
+            try:
+                encoding = encoding_of(headers.get("content-encoding"))
+                declared = self._declared_length(headers.get("content-length"))
+            except Rejected as exc:
+                refused = exc
+            except UnsupportedEncodingError as exc:
+                refused = Rejected(415, {"error": str(exc)})
+            else:
+                if declared is not None and declared > self.settings.ingest_max_body_bytes:
+                    refused = self._too_large()
+        if refused is not None:
+            raise await self._unread(request, refused)
+        assert pipeline is not None
+        reservation = Reservation()
         try:
-            if declared is not None:
-                self._reserve(reservation, declared)
-            body = await self._read_body(request, reservation)
-            return await self._produce(pipeline, body, request.headers.get("content-type"))
+            body = await self._read_body(request, encoding, reservation)
+            if self.in_flight >= self.settings.ingest_max_in_flight_requests:
+                raise self._overloaded("requests in flight")
+            self.in_flight += 1
+            INGEST_IN_FLIGHT.inc()
+            try:
+                return await self._produce(pipeline, body, headers.get("content-type"))
+            finally:
+                self.in_flight -= 1
+                INGEST_IN_FLIGHT.dec()
         finally:
-            self.in_flight -= 1
-            self.in_flight_bytes -= reservation.size
-            INGEST_IN_FLIGHT.dec()
+            self.receiver.release(reservation)
 
-    def _declared_length(self, request: Request) -> int | None:
+    async def _unread(self, request: Request, refused: Rejected) -> Rejected:
+        """`refused`, after the body was read and thrown away (up to the drain bound), or
+        marked to close the connection where it was not."""
+        if request.headers.get("expect", "").lower() == "100-continue":
+            refused.close = True  # the client waits for 100 Continue: it never sent the body
+            return refused
         header = request.headers.get("content-length")
+        declared = int(header) if header is not None and header.isdigit() else None
+        if declared == 0:
+            return refused
+        if header is not None and declared is None:
+            refused.close = True  # no way to tell where the body ends
+            return refused
+        # Clients without a valid key may hold at most half of the receiving slots while
+        # their bodies are drained: they cannot crowd out the uploads of key holders.
+        half = max(1, self.settings.ingest_max_receiving_requests // 2)
+        slots = half if refused.status == 401 else None
+        try:
+            drained = await self.receiver.refuse(request.receive, declared, slots)
+        except (BodyTooSlowError, TooManyReceivingError):
+            refused.close = True  # the refusal still says best what is wrong
+            return refused
+        refused.close = not drained.complete
+        return refused
+
+    def _declared_length(self, header: str | None) -> int | None:
         if header is None:
             return None
         try:
-            length = int(header)
+            return int(header)
         except ValueError:
-            raise Rejected(400, {"error": f"invalid Content-Length {header!r}"}) from None
-        if length > self.settings.ingest_max_body_bytes:
-            raise self._too_large()
-        return length
+            raise Rejected(400, {"error": f"invalid Content-Length {header!r}"},
+                           close=True) from None
 
-    def _too_large(self) -> Rejected:
+    def _too_large(self, close: bool = False) -> Rejected:
         limit = self.settings.ingest_max_body_bytes
         return Rejected(413, {"error": f"body larger than {limit} bytes; split it into "
-                                       "several requests", "max_body_bytes": limit})
+                                       "several requests", "max_body_bytes": limit},
+                        close=close)
 
-    def _reserve(self, reservation: _Reservation, size: int) -> None:
-        """Count size more bytes of this request against the in-flight byte budget."""
-        if self.in_flight_bytes + size > self.settings.ingest_max_in_flight_bytes:
-            raise self._overloaded("bytes")
-        self.in_flight_bytes += size
-        reservation.size += size
-
-    async def _read_body(self, request: Request, reservation: _Reservation) -> bytes:
-        """The whole body, refused with 413 as soon as it grows past the limit (a chunked
-        body without Content-Length is never buffered beyond it)."""
-        limit = self.settings.ingest_max_body_bytes
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.stream():
-            if not chunk:
-                continue
-            size += len(chunk)
-            if size > limit:
-                raise self._too_large()
-            if size > reservation.size:
-                self._reserve(reservation, size - reservation.size)
-            chunks.append(chunk)
-        return b"".join(chunks)
+    async def _read_body(self, request: Request, encoding: str | None,
+                         reservation: Reservation) -> bytes:
+        try:
+            return await self.receiver.read(request.receive, encoding, reservation)
+        except BodyTooLargeError as exc:
+            raise self._too_large(close=not exc.complete) from None
+        except BodyTooSlowError as exc:
+            log.info("client too slow, refused", reason="body_too_slow")
+            raise Rejected(408, {"error": str(exc)}, close=True) from None
+        except TooManyReceivingError:
+            raise self._overloaded("request bodies still arriving", close=True) from None
+        except BytesOverloadedError as exc:
+            raise self._overloaded("bytes in flight", close=not exc.complete) from None
+        except CorruptBodyError as exc:
+            raise Rejected(400, {"error": str(exc)}, close=True) from None
 
     async def _produce(self, pipeline: Pipeline, body: bytes, content_type: str | None) -> int:
         loop = asyncio.get_running_loop()
@@ -366,8 +431,11 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
               "type": "object", "properties": {"accepted": {"type": "integer"}}}}}},
     400: {"description": "Malformed JSON (with line, column, position) or empty body", **_ERROR},
     401: {"description": "Missing or invalid API key", **_ERROR},
-    413: {"description": "Body or record too large", **_ERROR},
+    408: {"description": "Body arrived too slowly", **_ERROR},
+    413: {"description": "Body (as sent or decompressed) or record too large", **_ERROR},
+    415: {"description": "Content-Encoding other than gzip, zstd or identity", **_ERROR},
     422: {"description": "Schema violations: errors[] of {index, path, message}", **_ERROR},
+    429: {"description": "The API key's rate limit is used up; see Retry-After", **_ERROR},
     503: {"description": "Kafka unavailable or overloaded; see Retry-After", **_ERROR},
 }
 
@@ -386,7 +454,15 @@ def create_app(settings: IngestSettings, definitions: Definitions, producer: Pro
         if on_shutdown is not None:
             await asyncio.to_thread(on_shutdown)
 
-    app = FastAPI(title="chute ingest API", version="0.1.0", lifespan=lifespan)
+    # Docs and schema only where settings.docs_public says so (not by default when API keys
+    # are configured: they list every pipeline and its fields). No redirects: POST
+    # /ingest/<name>/ is served like /ingest/<name> instead of a 307 that drops the body.
+    public = settings.docs_public
+    app = FastAPI(title="chute ingest API", version="0.1.0", lifespan=lifespan,
+                  openapi_url="/openapi.json" if public else None,
+                  docs_url="/docs" if public else None,
+                  redoc_url="/redoc" if public else None,
+                  redirect_slashes=False)
     app.state.service = service
 
     @app.exception_handler(StarletteHTTPException)
@@ -405,11 +481,14 @@ def create_app(settings: IngestSettings, definitions: Definitions, producer: Pro
         app.add_api_route(
             f"/ingest/{name}", endpoint(name), methods=["POST"], name=f"ingest_{name}",
             summary=f"Ingest records into pipeline {name}", tags=["ingest"],
+            description="Body: JSON or NDJSON, as it is or with Content-Encoding gzip or "
+                        "zstd. See the README's request contract for limits and timeouts.",
             openapi_extra={"requestBody": _request_body(components[name])},
             responses=_RESPONSES)
 
     @app.post("/ingest/{name}", include_in_schema=False)
-    async def ingest_unknown(request: Request, name: str) -> Response:
+    @app.post("/ingest/{name}/", include_in_schema=False)
+    async def ingest_by_name(request: Request, name: str) -> Response:
         return await service.handle(request, name)
 
     @app.get("/health")

@@ -126,10 +126,29 @@ def _first_byte(body: bytes) -> int | None:
     return stripped[0] if stripped else None
 
 
-def _malformed(exc: orjson.JSONDecodeError, line_offset: int = 0,
+def _malformed(exc: orjson.JSONDecodeError, text: bytes, line_offset: int = 0,
                char_offset: int = 0) -> MalformedJSONError:
-    return MalformedJSONError(exc.msg, exc.lineno + line_offset, exc.colno,
-                              exc.pos + char_offset)
+    """The error for text (which orjson refused), placed at the first byte that is not UTF-8
+    where that is the reason (orjson then reports position 0)."""
+    bad = _invalid_utf8_at(text) if "UTF-8" in exc.msg else None
+    if bad is None:
+        return MalformedJSONError(exc.msg, exc.lineno + line_offset, exc.colno,
+                                  exc.pos + char_offset)
+    line_start = text.rfind(b"\n", 0, bad) + 1
+    column = len(text[line_start:bad].decode()) + 1
+    position = len(text[:bad].decode())
+    return MalformedJSONError(f"invalid UTF-8 (byte 0x{text[bad]:02x})",
+                              text.count(b"\n", 0, bad) + 1 + line_offset, column,
+                              position + char_offset)
+
+
+def _invalid_utf8_at(text: bytes) -> int | None:
+    """Byte offset of the first byte of text that is not part of valid UTF-8."""
+    try:
+        text.decode()
+    except UnicodeDecodeError as exc:
+        return exc.start
+    return None
 
 
 def _locate_malformed(body: bytes, fallback: str) -> MalformedJSONError:
@@ -137,7 +156,7 @@ def _locate_malformed(body: bytes, fallback: str) -> MalformedJSONError:
     try:
         orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        return _malformed(exc)
+        return _malformed(exc, body)
     # orjson accepts what pydantic's parser refused (rare): report pydantic's message.
     return MalformedJSONError(fallback, None, None, None)
 
@@ -181,7 +200,7 @@ def parse_records(body: bytes, content_type: str | None = None) -> list[Any]:
             value = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
             if not _looks_like_ndjson(body):
-                raise _malformed(exc) from None
+                raise _malformed(exc, body) from None
         else:
             return value if isinstance(value, list) else [value]
     records = []
@@ -190,7 +209,7 @@ def parse_records(body: bytes, content_type: str | None = None) -> list[Any]:
             records.append(orjson.loads(line))
         except orjson.JSONDecodeError as exc:
             chars = len(body[:offset].decode("utf-8", errors="replace"))
-            raise _malformed(exc, line_offset=number, char_offset=chars) from None
+            raise _malformed(exc, line, line_offset=number, char_offset=chars) from None
     return records
 
 
@@ -290,7 +309,7 @@ class RecordCodec:
                         orjson.loads(line)
                     except orjson.JSONDecodeError as jexc:
                         chars = len(body[:offset].decode("utf-8", errors="replace"))
-                        raise _malformed(jexc, line_offset=number,
+                        raise _malformed(jexc, line, line_offset=number,
                                          char_offset=chars) from None
                     raise MalformedJSONError(errors[0]["msg"], number + 1, None,
                                              None) from None

@@ -7,31 +7,54 @@ CHUTE_INGEST_API_KEYS) without clashing with the settings every service shares.
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any
 
-from chute.settings import CommonSettings
+from chute.settings import SECRET, CommonSettings
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode
 
-MIB = 1024 * 1024
+from ingest_api.keys import KeyEntry, parse_entry
 
-_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+KIB = 1024
+MIB = 1024 * KIB
 
 
 class IngestSettings(CommonSettings):
     # Where the HTTP server listens. Containers must set CHUTE_INGEST_HOST=0.0.0.0.
     ingest_host: str = "127.0.0.1"
     ingest_port: int = Field(4000, ge=1, le=65535)
-    # Largest request body accepted; larger ones get 413 before they are buffered.
+    # Largest request body accepted, after decompression; larger ones get 413 before they are
+    # buffered.
     ingest_max_body_bytes: int = Field(10 * MIB, ge=1024)
-    # SHA-256 hex digests of the accepted API keys (comma-separated in the environment); only
-    # digests are stored and compared. Empty: no authentication.
-    ingest_api_keys: Annotated[tuple[str, ...], NoDecode] = ()
+    # A body over the limit is still read (and thrown away) up to this many bytes before the
+    # 413 is sent, so that clients which write the whole body before reading can read it.
+    # Beyond it the 413 is sent at once and the connection closed.
+    ingest_max_drain_bytes: int = Field(32 * MIB, ge=1024)
+    # The request line and headers must arrive within this time (from the connection's
+    # opening or the request's first byte), and be at most ingest_max_header_bytes long.
+    ingest_header_timeout_seconds: float = Field(10.0, gt=0, le=3600)
+    ingest_max_header_bytes: int = Field(64 * KIB, ge=4 * KIB)
+    # A body must arrive at ingest_body_min_rate_bytes per second on average, counted from
+    # ingest_body_grace_seconds after the headers: a client that falls behind gets 408.
+    ingest_body_grace_seconds: float = Field(5.0, gt=0, le=3600)
+    ingest_body_min_rate_bytes: int = Field(32 * KIB, ge=1)
+    # Requests whose body was not complete when first read and is still arriving. Beyond it,
+    # such a request gets 503 at once. Separate from ingest_max_in_flight_requests, which
+    # counts requests whose body is complete.
+    ingest_max_receiving_requests: int = Field(256, ge=1)
+    # Accepted API keys (comma-separated in the environment): each the SHA-256 hex digest of
+    # a key, optionally ':<requests per second>' for a rate limit (429 beyond it). Only
+    # digests are stored and compared; `chute keys new` makes a key and its digest. Empty: no
+    # authentication.
+    ingest_api_keys: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), json_schema_extra=SECRET, repr=False)
+    # /docs, /redoc and /openapi.json served to anyone. Unset: only when no API keys are
+    # configured.
+    ingest_public_docs: bool | None = None
     # Kafka must acknowledge every record of a request within this time, else 503.
     ingest_ack_timeout_seconds: float = Field(10.0, gt=0, le=300)
-    # Requests (and their body bytes) processed at once; beyond either, answer 503 at once
-    # instead of queueing.
+    # Requests with a complete body being processed at once, and body bytes held (received,
+    # decompressed) by all requests; beyond either, answer 503 at once instead of queueing.
     ingest_max_in_flight_requests: int = Field(64, ge=1)
     ingest_max_in_flight_bytes: int = Field(256 * MIB, ge=1024)
     # Retry-After (seconds) sent with 503 answers.
@@ -45,20 +68,13 @@ class IngestSettings(CommonSettings):
 
     @field_validator("ingest_api_keys", mode="before")
     @classmethod
-    def _split_digests(cls, value: Any) -> Any:
+    def _split_entries(cls, value: Any) -> Any:
         if isinstance(value, str):
             value = [part for part in (p.strip() for p in value.split(",")) if part]
         if isinstance(value, list | tuple):
-            digests = []
             for item in value:
-                digest = str(item).strip().lower()
-                if not _SHA256_HEX.match(digest):
-                    raise ValueError(
-                        "each entry must be the SHA-256 hex digest (64 hex characters) of an "
-                        "API key, not the key itself; make one with: "
-                        "printf %s \"$KEY\" | sha256sum")
-                digests.append(digest)
-            return tuple(digests)
+                parse_entry(str(item))  # KeyEntryError never repeats the value
+            return tuple(str(item).strip().lower() for item in value)
         return value
 
     @model_validator(mode="after")
@@ -67,12 +83,19 @@ class IngestSettings(CommonSettings):
             raise ValueError(
                 "ingest_max_in_flight_bytes must be at least ingest_max_body_bytes, "
                 "else a request of the maximum size could never be accepted")
+        if self.ingest_max_drain_bytes < self.ingest_max_body_bytes:
+            raise ValueError("ingest_max_drain_bytes must be at least ingest_max_body_bytes")
         return self
 
     @property
-    def api_key_digests(self) -> tuple[bytes, ...]:
-        """The configured digests as raw bytes, for constant-time comparison."""
-        return tuple(bytes.fromhex(d) for d in self.ingest_api_keys)
+    def api_key_entries(self) -> tuple[KeyEntry, ...]:
+        return tuple(parse_entry(entry) for entry in self.ingest_api_keys)
+
+    @property
+    def docs_public(self) -> bool:
+        if self.ingest_public_docs is None:
+            return not self.ingest_api_keys
+        return self.ingest_public_docs
 
     def producer_overrides(self) -> dict[str, Any]:
         """kafka-python producer settings that keep every wait inside the ack timeout.

@@ -23,6 +23,14 @@ INGEST_REQUEST_SECONDS = Histogram(
     buckets=_LATENCY_BUCKETS)
 # Ingest requests being processed right now (bounded by the in-flight limit).
 INGEST_IN_FLIGHT = Gauge("chute_ingest_in_flight_requests", "Ingest requests in progress")
+# Requests whose body is still arriving and holds a receiving slot (bounded by
+# ingest_max_receiving_requests; bodies that arrive with their headers never take one).
+INGEST_RECEIVING = Gauge(
+    "chute_ingest_receiving_requests", "Ingest requests whose body is still arriving")
+# Clients the API gave up on or that gave up, by kind: disconnected (went away before its
+# body arrived), body_too_slow (408), header_timeout (408), header_too_large (431).
+INGEST_CLIENT_FAULTS = Counter(
+    "chute_ingest_client_faults_total", "Client faults by kind", ["kind"])
 
 # --- sync-worker ----------------------------------------------------------------------------
 # Rows ClickHouse acknowledged, per table. Rows, not messages received.
@@ -71,6 +79,8 @@ CONTROL_TABLE_ROWS = Gauge("chute_table_rows", "Rows in a pipeline table", ["tab
 
 # Label values known in advance.
 INGEST_RESULTS = ("accepted", "rejected", "failed")
+INGEST_CLIENT_FAULT_KINDS = ("disconnected", "body_too_slow", "header_timeout",
+                             "header_too_large")
 SYNC_ERROR_KINDS = ("transient", "data", "decode")
 
 
@@ -80,6 +90,12 @@ def init_ingest_pipeline(pipeline: str) -> None:
     for result in INGEST_RESULTS:
         INGEST_RECORDS.labels(pipeline, result)
     INGEST_REQUEST_SECONDS.labels(pipeline)
+
+
+def init_ingest_client_faults() -> None:
+    """Creates the client-fault series at 0 (see init_ingest_pipeline)."""
+    for kind in INGEST_CLIENT_FAULT_KINDS:
+        INGEST_CLIENT_FAULTS.labels(kind)
 
 
 def init_sync_table(table: str) -> None:

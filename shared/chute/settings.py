@@ -5,8 +5,13 @@ from __future__ import annotations
 import sys
 from typing import Literal, TypeVar
 
-from pydantic import ValidationError
+from pydantic import Field, JsonValue, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Marks a field whose value may hold a secret: its value is never printed, not even when it
+# is invalid (`Field(..., json_schema_extra=SECRET, repr=False)`; repr=False keeps it out of
+# the settings' repr too).
+SECRET: dict[str, JsonValue] = {"secret": True}
 
 
 class CommonSettings(BaseSettings):
@@ -16,7 +21,7 @@ class CommonSettings(BaseSettings):
     clickhouse_host: str = "127.0.0.1"
     clickhouse_port: int = 9000
     clickhouse_user: str = "default"
-    clickhouse_password: str = ""
+    clickhouse_password: str = Field("", json_schema_extra=SECRET, repr=False)
     clickhouse_database: str = "default"
     schemas: str = "schemas"
     log_format: Literal["console", "json"] = "console"
@@ -35,6 +40,16 @@ def load_settings(settings_type: type[S]) -> S:
         lines = [f"invalid configuration for {settings_type.__name__}:"]
         for err in exc.errors():
             field = ".".join(str(p) for p in err["loc"])
-            lines.append(f"  {prefix}{field.upper()}: {err['msg']} (got {err.get('input')!r})")
+            shown = "" if is_secret(settings_type, err["loc"]) else f" (got {err.get('input')!r})"
+            lines.append(f"  {prefix}{field.upper()}: {err['msg']}{shown}")
         print("\n".join(lines), file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def is_secret(settings_type: type[BaseSettings], loc: tuple[int | str, ...]) -> bool:
+    """True when the field at loc is marked SECRET (or unknown: better safe than printed)."""
+    info = settings_type.model_fields.get(str(loc[0])) if loc else None
+    if info is None:
+        return True
+    extra = info.json_schema_extra
+    return isinstance(extra, dict) and extra.get("secret") is True

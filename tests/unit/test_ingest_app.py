@@ -230,29 +230,47 @@ def test_body_over_the_limit_by_content_length(client: TestClient,
     assert producer.sent == []
 
 
-def test_chunked_body_over_the_limit_is_refused_while_reading() -> None:
-    """No Content-Length: the app stops reading at the limit instead of buffering all."""
-    app = make_app(FakeProducer())
-    chunk = b" " * 1024
+def run_asgi(app: FastAPI, chunks: list[bytes],
+             headers: list[tuple[bytes, bytes]]) -> tuple[list[dict[str, Any]], int]:
+    """One POST to URL through the ASGI interface, its body given as chunks: (messages the app
+    sent, chunks it pulled)."""
     pulled = 0
     messages: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
         nonlocal pulled
         pulled += 1
-        return {"type": "http.request", "body": chunk, "more_body": pulled < 10_000}
+        return {"type": "http.request", "body": chunks[pulled - 1],
+                "more_body": pulled < len(chunks)}
 
     async def send(message: MutableMapping[str, Any]) -> None:
         messages.append(dict(message))
 
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
-             "method": "POST", "scheme": "http", "path": URL, "raw_path": URL.encode(),
-             "root_path": "", "query_string": b"", "server": ("test", 80),
-             "client": ("test", 1234),
-             "headers": [(b"host", b"test"), (b"transfer-encoding", b"chunked")]}
-    asyncio.run(app(scope, receive, send))
+    asyncio.run(app(asgi_scope(headers), receive, send))
+    return messages, pulled
+
+
+def asgi_scope(headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
+    """The ASGI scope of a POST to URL with headers."""
+    return {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+            "method": "POST", "scheme": "http", "path": URL, "raw_path": URL.encode(),
+            "root_path": "", "query_string": b"", "server": ("test", 80),
+            "client": ("test", 1234), "headers": [(b"host", b"test"), *headers]}
+
+
+def test_chunked_body_over_the_limit_is_drained_up_to_the_bound() -> None:
+    """No Content-Length: the app stops keeping the body at the limit, reads and throws away
+    the rest up to the drain bound, then answers 413 and closes the connection."""
+    app = make_app(FakeProducer(), ingest_max_drain_bytes=8192)
+    chunked = [(b"transfer-encoding", b"chunked")]
+    messages, pulled = run_asgi(app, [b" " * 1024] * 10_000, chunked)
     assert messages[0]["status"] == 413
-    assert pulled == 5  # 4 KiB limit: the fifth KiB is over it, nothing more is read
+    assert pulled == 9  # 8 KiB drain bound: the ninth KiB is over it, nothing more is read
+    assert (b"connection", b"close") in messages[0]["headers"]
+    # within the bound: the whole body is read, the connection may stay open
+    messages, pulled = run_asgi(app, [b" " * 1024] * 6, chunked)
+    assert messages[0]["status"] == 413 and pulled == 6
+    assert (b"connection", b"close") not in messages[0]["headers"]
 
 
 def test_invalid_content_length(client: TestClient) -> None:
