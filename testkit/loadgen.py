@@ -62,29 +62,29 @@ class LoadStats:
         }
 
 
+@dataclass
 class LoadGenerator:
     """Runs in background threads until stopped, or until `duration`/`total` is reached."""
 
-    def __init__(self, url: str, rate: float, batch: int = 100, concurrency: int = 2,
-                 prefix: str = "r", duration: float | None = None,
-                 total: int | None = None, timeout: float = 30.0) -> None:
-        host = urlparse(url).hostname or ""
+    url: str
+    rate: float  # records per second
+    batch: int = 100  # records per request
+    concurrency: int = 2
+    prefix: str = "r"
+    duration: float | None = None
+    total: int | None = None
+    timeout: float = 30.0
+    stats: LoadStats = field(default_factory=LoadStats, init=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    _next: int = field(default=0, init=False)
+    _stop: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
+    _threads: list[threading.Thread] = field(default_factory=list, init=False, repr=False)
+    _started: float = field(default=0.0, init=False)
+
+    def __post_init__(self) -> None:
+        host = urlparse(self.url).hostname or ""
         if not is_loopback(host):
             raise ValueError(f"loadgen only targets loopback addresses, not {host!r}")
-        self.url = url
-        self.rate = rate
-        self.batch = batch
-        self.concurrency = concurrency
-        self.prefix = prefix
-        self.duration = duration
-        self.total = total
-        self.timeout = timeout
-        self.stats = LoadStats()
-        self._lock = threading.Lock()
-        self._next = 0
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self._started = 0.0
 
     def start(self) -> LoadGenerator:
         self._started = time.monotonic()

@@ -56,3 +56,11 @@ def test_peak_rss_of_a_window_is_sampled_not_the_kernel_peak_since_start() -> No
     lifetime.track("me", os.getpid())
     assert lifetime.untrack("me") >= hwm
     lifetime.close()
+
+
+def test_load_generator_refuses_targets_beyond_loopback() -> None:
+    from testkit.loadgen import LoadGenerator
+
+    with pytest.raises(ValueError, match="loopback"):
+        LoadGenerator("http://localhost.example.com:4000/ingest/events", rate=1)
+    assert LoadGenerator("http://[::1]:4000/ingest/events", rate=1).batch == 100
