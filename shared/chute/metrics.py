@@ -71,7 +71,7 @@ CONTROL_TABLE_ROWS = Gauge("chute_table_rows", "Rows in a pipeline table", ["tab
 
 # Label values known in advance.
 INGEST_RESULTS = ("accepted", "rejected", "failed")
-SYNC_ERROR_KINDS = ("transient", "data", "decode")
+SYNC_ERROR_KINDS = ("transient", "data", "decode", "schema", "unknown")
 
 
 def init_ingest_pipeline(pipeline: str) -> None:
