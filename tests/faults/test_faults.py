@@ -199,9 +199,12 @@ def test_dead_letter_ratio_guard_stops_the_pipeline_and_loses_nothing(
     p.flush()
     p.close()
     url = f"http://127.0.0.1:{worker.port}/health"
-    answer = wait_for(lambda: (r := httpx.get(url, timeout=5)).status_code == 503 and r, 30,
-                      "/health to report the failed pipeline")
-    problems = answer.json()["problems"]
+
+    def unhealthy() -> dict[str, Any] | None:
+        answer = httpx.get(url, timeout=5)
+        return answer.json() if answer.status_code == 503 else None
+
+    problems = wait_for(unhealthy, 30, "/health to report the failed pipeline")["problems"]
     assert any(f"{stack.name}: failed" in p and "dead-letter queue" in p for p in problems)
     assert "dead-letter ratio" in worker.log_text() or "dead-letter queue" in worker.log_text()
     assert worker.proc is not None and worker.proc.poll() is None  # the worker keeps running
