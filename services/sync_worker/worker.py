@@ -30,7 +30,7 @@ from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from sync_worker.buffer import TableBuffer
-from sync_worker.errors import TRANSIENT, classify
+from sync_worker.errors import DATA, UNKNOWN, classify
 from sync_worker.pipeline_state import PipelineState, Status
 from sync_worker.policy import Backoff, BatchLimits, DeadLetterGuard, FlushReason
 from sync_worker.rows import (
@@ -371,11 +371,16 @@ class SyncWorker:
             state = route.state
             if not state.flowing and state.next_attempt is None:
                 continue
-            while route.held is not None or route.buffer.pending:
-                done = self._flush_before_deadline(route, reason)
-                if on_main:
-                    self._commit(done)
-                offsets.update(done)
+            try:
+                while route.held is not None or route.buffer.pending:
+                    done = self._flush_before_deadline(route, reason)
+                    if on_main:
+                        self._commit(done)
+                    offsets.update(done)
+            except FlushAbandoned as exc:
+                # Its rows are re-delivered; the other pipelines still flush and commit.
+                log.warning("flush abandoned; rows will be re-delivered", pipeline=route.name,
+                            reason=reason, error=str(exc))
         return offsets
 
     def _flush_before_deadline(self, route: Route, reason: str) -> dict[TopicPartition, int]:
@@ -520,10 +525,11 @@ class SyncWorker:
 
     def _with_retry(self, action: Callable[[], None], table: str, what: str) -> None:
         """Blocking retry for what all pipelines need (offset commits, watermark reads on
-        assignment): transient errors are retried with backoff, up to the stop deadline
-        once stopping."""
+        assignment): transient and schema errors are retried with backoff, unclassified ones
+        `sync_retry_budget` times; up to the stop deadline once stopping."""
         backoff = Backoff(self.settings.sync_retry_initial_seconds,
                           self.settings.sync_retry_max_seconds)
+        unknown = 0
         while True:
             try:
                 action()
@@ -531,12 +537,14 @@ class SyncWorker:
                     log.info("resumed", what=what, table=table, attempts=backoff.attempt)
                 return
             except Exception as exc:
-                if classify(exc) != TRANSIENT:
+                kind = classify(exc)
+                unknown += kind == UNKNOWN
+                if kind == DATA or unknown > self.settings.sync_retry_budget:
                     raise
                 if not isinstance(exc, KafkaError):
                     # Only ClickHouse errors: the client belongs to the thread that inserts.
                     self.writer.reset()
-                metrics.SYNC_ERRORS.labels(table, "transient").inc()
+                metrics.SYNC_ERRORS.labels(table, kind).inc()
                 delay = backoff.next_delay()
                 if self.stop_deadline is not None and self.clock() + delay > self.stop_deadline:
                     raise FlushAbandoned(f"{what} into {table} failed: {exc}") from exc
@@ -649,6 +657,8 @@ class SyncWorker:
                 if route.table not in marks_by_table:
                     marks_by_table[route.table] = self._read_watermarks(route.table)
                 mark = marks_by_table[route.table].get(tp.partition)
+                if mark is not None and self._watermark_beyond_end(route, tp, mark):
+                    continue
                 if mark is not None:
                     self.watermarks[tp] = mark
                     if target is None or target <= mark:
@@ -664,6 +674,26 @@ class SyncWorker:
         # Rows up to the watermark are in the table: commit that, so lag and the next
         # owner see it even if no new record arrives.
         self._commit(caught_up)
+
+    def _watermark_beyond_end(self, route: Route, tp: TopicPartition, mark: int) -> bool:
+        """The table holds offset `mark` of this partition but the topic ends before it: the
+        topic was deleted and re-created (its offsets start at 0 again), or the table holds
+        another topic's rows. Skipping to the old watermark would drop the new records, and
+        inserting them would mix two topics' offsets: refuse loudly by failing the pipeline."""
+        try:
+            end = self.consumer.end_offsets([tp]).get(tp)
+        except KafkaError as exc:
+            log.warning("cannot check the watermark against the topic's end", table=route.table,
+                        partition=tp.partition, error=str(exc))
+            return False
+        if end is None or mark < end:
+            return False
+        self._stop_pipeline(route, (
+            f"table {route.table} holds offset {mark} of {tp.topic}:{tp.partition} but the "
+            f"topic ends at offset {end}: the topic was re-created (or the table holds another "
+            "topic's rows). Nothing is skipped or inserted: truncate or re-create the table, "
+            "then restart the worker."))
+        return True
 
     def _read_watermarks(self, table: str) -> dict[int, int]:
         result: dict[int, int] = {}

@@ -41,6 +41,8 @@ class FakeConsumer:
         self.paused: set[TopicPartition] = set()
         self.pending: dict[TopicPartition, list[Message]] = {}
         self.commits: dict[TopicPartition, int] = {}
+        self.ends: dict[TopicPartition, int] = {}
+        self.positions: dict[TopicPartition, int] = {}
 
     def feed(self, tp: TopicPartition, messages: list[Message]) -> None:
         self.pending.setdefault(tp, []).extend(messages)
@@ -70,7 +72,13 @@ class FakeConsumer:
         return 0
 
     def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
-        return dict.fromkeys(tps, 0)
+        return {tp: self.ends.get(tp, 0) for tp in tps}
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.positions[tp] = offset
+
+    def seek_to_beginning(self, tp: TopicPartition) -> None:
+        self.positions[tp] = 0
 
 
 class FakeWriter:
@@ -362,3 +370,45 @@ def test_waiting_for_a_retry_never_sleeps_a_negative_time(lag_update_seconds: fl
     end = h.clock() + 0.25
     worker._pause_until(end)
     assert h.clock() >= end
+
+
+def test_a_watermark_beyond_the_topic_end_fails_the_pipeline_instead_of_skipping() -> None:
+    h = make("exactly_once")
+    tp_a, tp_b = TopicPartition("a", 0), TopicPartition("b", 0)
+    # Table b holds offsets up to 499 of an earlier topic "b"; the re-created one ends at 20.
+    h.writer.tables["b"] = [{"_chute_partition": 0, "_chute_offset": 499}]
+    h.writer.tables["a"] = [{"_chute_partition": 0, "_chute_offset": 9}]
+    h.consumer.ends = {tp_a: 30, tp_b: 20}
+    h.worker.on_assigned([tp_a, tp_b])
+    state = h.worker.routes["b"].state
+    assert state.status is Status.FAILED and "re-created" in state.reason
+    assert tp_b not in h.consumer.commits  # not committed up to the old watermark
+    assert h.consumer.positions[tp_a] == 10  # a resumes past its own watermark
+    assert h.consumer.commits[tp_a] == 10
+
+
+def test_shutdown_flushes_the_healthy_pipeline_when_another_cannot() -> None:
+    h = make()
+    h.writer.failures["b"] = [ch_errors.NetworkError("down") for _ in range(100)]
+    h.feed("a", 0, 5)
+    h.feed("b", 0, 5)
+    h.step()
+    h.worker.request_stop()
+    h.worker.flush_all("shutdown")
+    assert h.committed("a") == 5 and len(h.rows("a")) == 5
+    assert h.committed("b") is None  # given up at the deadline: re-delivered later
+    assert h.clock() <= 1000 + h.worker.settings.sync_shutdown_flush_seconds + 1
+
+
+def test_a_commit_failing_with_an_unclassified_error_is_not_retried_for_ever() -> None:
+    h = make(sync_retry_budget=3)
+    calls = []
+
+    def commit(offsets: dict[TopicPartition, Any]) -> None:
+        calls.append(offsets)
+        raise RuntimeError("unexpected")
+
+    h.consumer.commit = commit  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError):
+        h.worker._commit({TopicPartition("a", 0): 1})
+    assert len(calls) == 4
