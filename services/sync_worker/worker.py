@@ -248,6 +248,8 @@ class SyncWorker:
                 row = decode(value)
                 if isinstance(row, DecodeFailure):
                     metrics.SYNC_ERRORS.labels(route.table, "decode").inc()
+                    guard.record(False, good)  # the good ones before it count first
+                    good = 0
                     position = Position(tp.topic, tp.partition, offset, message.timestamp)
                     envelope = self.dead_letter(route, position, value, row.error_type,
                                                 row.error_message)

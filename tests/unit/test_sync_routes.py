@@ -412,3 +412,15 @@ def test_a_commit_failing_with_an_unclassified_error_is_not_retried_for_ever() -
     with pytest.raises(RuntimeError):
         h.worker._commit({TopicPartition("a", 0): 1})
     assert len(calls) == 4
+
+
+def test_the_guard_weighs_the_good_records_before_a_bad_one_in_the_same_poll() -> None:
+    h = make(sync_dlq_ratio_limit=0.7, sync_dlq_ratio_min_records=5)
+    tp = TopicPartition("b", 0)
+    # 9 good records (less than a batch, so no flush counts them) then 6 bad: 40 % bad.
+    h.consumer.feed(tp, [Message(o, record(o)) for o in range(9)]
+                    + [Message(o, b"not json") for o in range(9, 15)])
+    h.step()
+    h.step(2)
+    assert h.worker.routes["b"].state.flowing
+    assert h.committed("b") == 15 and len(h.producer.sent) == 6
