@@ -320,3 +320,51 @@ def test_insert_answers_lost_after_clickhouse_applied_them(make_stack: MakeStack
         # At-least-once resends the cut inserts: duplicates show the cuts came after the
         # inserts were applied (so the exactly-once run above proves something).
         assert outcome.duplicated > 0
+
+
+def test_exactly_once_refuses_a_re_created_topic(make_stack: MakeStack, admin: Any) -> None:
+    """The topic is deleted and created again under the same name: its offsets restart at 0,
+    below the table's watermark. The worker must not skip the new records to the old mark."""
+    from chute.kafka import producer
+
+    from tests.e2e.stack import event
+    from tests.support import KAFKA
+
+    stack = make_stack({"partitions": 1, "max_batch_wait": 0.3, "delivery": "exactly_once"})
+    p = producer(KAFKA)
+    for i in range(50):
+        p.send(stack.name, value=orjson.dumps(event(i)))
+    p.flush()
+    worker = stack.start_worker()
+    stack.wait_count(50)
+    worker.kill()
+    admin.delete_topics([stack.name])
+
+    def recreated() -> bool:
+        try:
+            stack.apply()
+        except AssertionError:
+            return False  # the deletion is still in progress
+        return bool(admin.describe_topics([stack.name]))
+    wait_for(recreated, 60, f"topic {stack.name} to be created again")
+    for i in range(1_000, 1_005):
+        p.send(stack.name, value=orjson.dumps(event(i)))
+    p.flush()
+    p.close()
+    worker = stack.start_worker(wait=False)
+    url = f"http://127.0.0.1:{worker.port}/health"
+
+    def unhealthy() -> dict[str, Any] | None:
+        try:
+            answer = httpx.get(url, timeout=5)
+        except httpx.HTTPError:
+            return None  # not listening yet
+        return answer.json() if answer.status_code == 503 else None
+
+    problems = wait_for(unhealthy, 60, "/health to name the re-created topic")["problems"]
+    assert any(f"{stack.name}: failed" in p and "re-created" in p for p in problems), problems
+    assert stack.count() == 50  # nothing of the new topic inserted, nothing skipped silently
+    assert committed_offsets(stack.group, stack.name)[0] < 5
+    account(stack.ch, stack.name, [f"e{i}" for i in range(50)],
+            "9. topic re-created under an exactly-once table",
+            "pipeline failed with the reason, new records left uncommitted")
