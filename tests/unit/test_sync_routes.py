@@ -91,10 +91,13 @@ class FakeWriter:
         self.apply_then_fail: set[str] = set()
         self.attempts: dict[str, int] = {}
         self.log: list[str] = []
+        self.still_running = 0  # how many more checks report the lost insert as running
+        self.last_query_id = ""
 
     def insert(self, table: str, names: list[str], columns: list[list[Any]],
                query_id: str) -> None:
         self.attempts[table] = self.attempts.get(table, 0) + 1
+        self.last_query_id = query_id
         failures = self.failures.get(table)
         if failures and table not in self.apply_then_fail:
             raise failures.pop(0)
@@ -112,6 +115,10 @@ class FakeWriter:
         return marks
 
     def insert_running(self, query_id: str) -> bool:
+        assert query_id == self.last_query_id  # asks about the insert that was in doubt
+        if self.still_running:
+            self.still_running -= 1
+            return True
         return False
 
     def reset(self) -> None:
@@ -321,6 +328,22 @@ def test_exactly_once_reconciles_an_insert_whose_answer_was_lost() -> None:
     h.step(10)
     assert [r["n"] for r in h.rows("b")] == list(range(10))  # once each
     assert h.committed("b") == 10
+
+
+def test_exactly_once_waits_until_the_lost_insert_has_finished_on_the_server() -> None:
+    h = make("exactly_once")
+    h.writer.apply_then_fail.add("b")
+    h.writer.failures["b"] = [ch_errors.SocketTimeoutError("timed out waiting for the answer")]
+    h.writer.still_running = 2
+    h.feed("b", 0, 10)
+    h.step()
+    for _ in range(2):
+        h.step(10)
+        assert h.committed("b") is None  # outcome unknown yet: nothing resent, nothing committed
+    assert h.writer.attempts["b"] == 1
+    h.step(10)
+    assert [r["n"] for r in h.rows("b")] == list(range(10))
+    assert h.committed("b") == 10 and h.worker.routes["b"].state.flowing
 
 
 def test_at_least_once_resends_an_insert_whose_answer_was_lost() -> None:
