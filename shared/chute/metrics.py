@@ -56,8 +56,8 @@ SYNC_END_TO_END_SECONDS = Histogram(
     buckets=_E2E_BUCKETS)
 # Records held in memory waiting for a flush.
 SYNC_BUFFERED_ROWS = Gauge("chute_sync_buffered_rows", "Rows buffered", ["table"])
-# 1 while fetching is paused (ClickHouse unavailable, retrying).
-SYNC_PAUSED = Gauge("chute_sync_paused", "1 while fetching is paused for retries")
+# 1 while any pipeline is not flowing (its partitions paused: retrying, paused or failed).
+SYNC_PAUSED = Gauge("chute_sync_paused", "1 while any pipeline is not flowing")
 # Offsets committed to Kafka, per topic.
 SYNC_COMMITS = Counter("chute_sync_commits_total", "Offset commits", ["topic"])
 

@@ -8,9 +8,11 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from chute.fingerprint import FINGERPRINT_HEADER
 from chute.kafka import producer
 
 from tests.e2e.stack import EVENT_SCHEMA, Stack, event
+from tests.faults.accounting import committed_offsets
 from tests.support import KAFKA, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -63,3 +65,34 @@ def test_a_pipeline_stuck_on_a_missing_column_does_not_stall_the_other(
     stuck.wait_count(100, timeout=10)
     assert stuck.count() == 100 and flowing.count() == 200
     p.close()
+
+
+def test_records_of_another_model_pause_only_their_pipeline(make_stack: MakeStack) -> None:
+    other = make_stack(FAST)
+    newer = make_stack({"max_batch_wait": 0.3, "partitions": 1})
+    worker = other.start_worker(CHUTE_SCHEMAS=f"{other.schema_dir},{newer.schema_dir}",
+                                CHUTE_SYNC_HEALTH_PAUSED_SECONDS="1")
+    p = producer(KAFKA)
+    for i in range(20):  # validated by this worker's model: no header, or its own
+        p.send(newer.name, value=orjson.dumps(event(i)))
+    # Records an ingest API with a newer model definition validated.
+    for i in range(20, 30):
+        p.send(newer.name, value=orjson.dumps(event(i)),
+               headers=[(FINGERPRINT_HEADER, b"0123456789abcdef")])
+    for i in range(30):
+        p.send(other.name, value=orjson.dumps(event(i)))
+    p.flush()
+    p.close()
+    newer.wait_count(20)
+    other.wait_count(30)
+    url = f"http://127.0.0.1:{worker.port}/health"
+
+    def unhealthy() -> dict[str, Any] | None:
+        answer = httpx.get(url, timeout=5)
+        return answer.json() if answer.status_code == 503 else None
+
+    report = wait_for(unhealthy, 20, f"/health to name {newer.name}")
+    assert "reload the worker" in report["pipelines"][newer.name]["reason"]
+    assert report["pipelines"][other.name]["state"] == "flowing"
+    assert newer.count() == 20  # nothing of the other model inserted
+    assert committed_offsets(other.group, newer.name)[0] == 20  # nor committed past
