@@ -229,7 +229,7 @@ class SyncWorker:
         buf = route.buffer
         decode = route.decoder.decode
         guard = route.guard
-        fingerprint = route.fingerprint
+        fingerprint = route.fingerprint.encode()
         mark = self.watermarks.get(tp, -1) if route.exactly_once else -1
         now = self.clock()
         good = 0
@@ -336,12 +336,13 @@ class SyncWorker:
         self._pause_route(route)
 
     def _hold_for_model(self, route: Route, tp: TopicPartition, offset: int,
-                        fingerprint: str) -> None:
+                        fingerprint: bytes) -> None:
         """A record validated by a model this worker does not have: insert what came before
         it, then pause the pipeline without retrying (the record stays uncommitted)."""
         log.error("pipeline paused", pipeline=route.name, reason=MODEL_MISMATCH,
                   topic=tp.topic, partition=tp.partition, offset=offset,
-                  record_model=fingerprint, worker_model=route.fingerprint)
+                  record_model=fingerprint.decode("ascii", errors="replace"),
+                  worker_model=route.fingerprint)
         if route.held is None and route.buffer.pending:
             self.flush(route, FlushReason.MODEL_CHANGE)
         if route.state.status is not Status.FAILED:
@@ -734,13 +735,14 @@ class SyncWorker:
             metrics.SYNC_CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, end - done))
 
 
-def model_header(message: Any) -> str | None:
-    """The fingerprint of the model that validated the record, if the producer set one."""
+def model_header(message: Any) -> bytes | None:
+    """The fingerprint of the model that validated the record (raw header bytes), if the
+    producer set one. On the hot path: compared as bytes, decoded only to be logged."""
     headers = message.headers
     if headers:
         for key, value in headers:
             if key == FINGERPRINT_HEADER:
-                return bytes(value).decode("ascii", errors="replace")
+                return value  # type: ignore[no-any-return]
     return None
 
 
