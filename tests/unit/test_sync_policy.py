@@ -225,3 +225,23 @@ def test_first_missing_finds_the_unapplied_suffix() -> None:
     assert first_missing(partitions, offsets, 0, 4, {0: 10, 1: 20}) == 2
     assert first_missing(partitions, offsets, 0, 4, {0: 11, 1: 21}) == 4
     assert first_missing(partitions, offsets, 2, 4, {0: 11, 1: 9}) == 3
+
+
+class _LibrdkafkaError:
+    """Stands for confluent_kafka.KafkaError: what a KafkaException carries in args[0]."""
+
+    def __init__(self, retriable: bool) -> None:
+        self._retriable = retriable
+
+    def retriable(self) -> bool:
+        return self._retriable
+
+
+def test_kafka_errors_are_classified_by_their_retriable_flag() -> None:
+    from kafka.errors import KafkaConnectionError, KafkaTimeoutError, TopicAuthorizationFailedError
+
+    assert classify(KafkaConnectionError("refused")) == TRANSIENT
+    assert classify(KafkaTimeoutError("no ack")) == TRANSIENT
+    assert classify(TopicAuthorizationFailedError()) == UNKNOWN
+    assert classify(Exception(_LibrdkafkaError(True))) == TRANSIENT
+    assert classify(Exception(_LibrdkafkaError(False))) == UNKNOWN
