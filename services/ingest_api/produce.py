@@ -8,6 +8,9 @@ Partitions are chosen here, not by kafka-python's partitioner:
 - records without a key are dealt round-robin over the partitions, continuing from request to
   request, so even single-record requests spread evenly.
 
+Every record carries the header `chute-model` (`chute.fingerprint`): the fingerprint of the
+model that validated it, computed once per topic when the sink is made.
+
 Acknowledgements are bridged to asyncio without a thread per request: every record's future
 gets a callback (run on the producer's I/O thread) that counts acknowledgements; the last one,
 or the first failure, resolves an asyncio future through `call_soon_threadsafe`.
@@ -20,8 +23,11 @@ import contextlib
 import itertools
 import threading
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
+
+from chute.fingerprint import FINGERPRINT_HEADER, model_fingerprint
+from pydantic import BaseModel
 
 from ingest_api.body import EncodedBatch
 
@@ -109,8 +115,11 @@ class AckWaiter:
 class KafkaSink:
     """Sends batches to topics; one per app, shared by all pipelines."""
 
-    def __init__(self, producer: Producer) -> None:
+    def __init__(self, producer: Producer, models: Mapping[str, type[BaseModel]]) -> None:
+        """`models`: the model of each topic's records, whose fingerprint goes on each one."""
         self.producer = producer
+        self._headers = {topic: [(FINGERPRINT_HEADER, model_fingerprint(model).encode())]
+                         for topic, model in models.items()}
         self._round_robin = RoundRobin()
         self._known: set[str] = set()  # topics whose metadata the producer has had
 
@@ -146,7 +155,8 @@ class KafkaSink:
         send = self.producer.send
         on_ack = waiter.on_ack
         on_error = waiter.on_error
+        headers = self._headers[topic]
         for value, key, partition in zip(batch.values, keys, chosen, strict=True):
-            future = send(topic, value=value, key=key, partition=partition)
+            future = send(topic, value=value, key=key, partition=partition, headers=headers)
             future.add_callback(on_ack)
             future.add_errback(on_error)

@@ -45,7 +45,9 @@ def test_one_event_is_queryable_within_two_seconds(make_stack: MakeStack) -> Non
 
 
 def test_200k_records_arrive_exactly_in_batches_of_100k(make_stack: MakeStack) -> None:
-    stack = make_stack()
+    # A 5 s wait limit: on a loaded 2-core machine decoding 100,000 rows can take longer than
+    # the default 1 s, and this test is about the row limit, not the timer.
+    stack = make_stack({"max_batch_wait": 5.0})
     stack.start_ingest()
     started = time.monotonic()
     with httpx.Client(timeout=60) as client:
@@ -67,10 +69,10 @@ def test_200k_records_arrive_exactly_in_batches_of_100k(make_stack: MakeStack) -
           f"({200_000 / ingest_s:,.0f} records/s); sync: {sync_s:.1f} s "
           f"({200_000 / sync_s:,.0f} rows/s incl. worker start); batches: {sizes}")
 
-    # A trickle: a few records are flushed by the 1 s timer, not held back.
+    # A trickle: a few records are flushed by the timer, not held back.
     for i in range(3):
         assert stack.post(event(300_000 + i)).status_code == 200
-    stack.wait_count(200_003, timeout=10)
+    stack.wait_count(200_003, timeout=20)
     last = stack.batch_logs()[-1]
     assert last["reason"] == "wait" and last["rows"] <= 3
 
