@@ -13,6 +13,10 @@ from clickhouse_driver import Client
 
 from sync_worker.errors import DATA
 
+# clickhouse-driver sends an INSERT of more rows than its `insert_block_size` (default
+# 1,048,576; chute does not change it) as several blocks, each applied on its own.
+ATOMIC_ROWS = 1_048_576
+
 
 class Writer(Protocol):
     """What the worker needs from ClickHouse; an in-memory fake implements it in tests."""
@@ -80,13 +84,17 @@ class Isolator:
     continues there, so nothing already inserted is sent twice. Without `reconcile`
     (at-least-once) the piece is sent again.
 
+    A data error on a piece larger than one block (`atomic_rows`) is reconciled too before
+    the piece is halved, since the blocks before the bad row may have been applied.
+
     Rejected rows are handed to `report` before the next piece is inserted, so what they
     need (a durable dead letter) is done before an insert moves the exactly-once watermark
     past them. Pieces are contiguous and in order, so each insert extends every Kafka
     partition's inserted rows by a prefix (what the watermark relies on)."""
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, atomic_rows: int = ATOMIC_ROWS) -> None:
         self.n = n
+        self.atomic_rows = atomic_rows
         self.cursor = 0
         self.piece = n
         self.rejected: list[tuple[int, BaseException]] = []
@@ -123,6 +131,11 @@ class Isolator:
                 if classify(exc) != DATA:
                     self.in_doubt = (self.cursor, end)
                     raise
+                if reconcile is not None and end - self.cursor > self.atomic_rows:
+                    # Sent as several blocks: those before the bad one may be in already.
+                    self.in_doubt = (self.cursor, end)
+                    self.cursor = reconcile(self.cursor, end)
+                    self.in_doubt = None
                 if end - self.cursor == 1:
                     self.rejected.append((self.cursor, exc))
                     self.unreported.append((self.cursor, exc))

@@ -245,3 +245,25 @@ def test_kafka_errors_are_classified_by_their_retriable_flag() -> None:
     assert classify(TopicAuthorizationFailedError()) == UNKNOWN
     assert classify(Exception(_LibrdkafkaError(True))) == TRANSIENT
     assert classify(Exception(_LibrdkafkaError(False))) == UNKNOWN
+
+
+def test_isolator_reconciles_a_data_error_in_an_insert_sent_as_several_blocks() -> None:
+    """A piece larger than one block: the blocks before the bad row were applied."""
+    table: list[int] = []
+    bad = 7
+    block = 3
+
+    def insert(lo: int, hi: int) -> None:
+        for start in range(lo, hi, block):  # as the driver sends it: block after block
+            rows = range(start, min(hi, start + block))
+            if bad in rows:
+                raise ch_errors.ServerException("Cannot parse", code=6)
+            table.extend(rows)
+
+    def reconcile(lo: int, hi: int) -> int:
+        return first_missing([0] * 10, list(range(10)), lo, hi, {0: max(table, default=-1)})
+
+    iso = Isolator(10, atomic_rows=block)
+    iso.run(insert, classify, reconcile)
+    assert sorted(table) == [i for i in range(10) if i != bad]  # nothing twice
+    assert [i for i, _ in iso.rejected] == [bad]
