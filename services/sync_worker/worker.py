@@ -154,6 +154,8 @@ class SyncWorker:
         self._assign_request: set[TopicPartition] | None = None
         self.closing = False
         self._inserts_done = 0
+        for route in routes.values():
+            self._observe_state(route)
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -326,6 +328,12 @@ class SyncWorker:
             self.consumer.resume(*partitions)
         metrics.SYNC_PAUSED.set(1 if self.paused else 0)
 
+    def _observe_state(self, route: Route) -> None:
+        current = route.state.status
+        for status in Status:
+            metrics.SYNC_PIPELINE_STATE.labels(route.name, status.value).set(
+                1 if status is current else 0)
+
     def _stop_pipeline(self, route: Route, reason: str) -> None:
         """Failed for good (until a restart): nothing buffered or held is inserted or
         committed, so all of it is delivered again."""
@@ -334,6 +342,7 @@ class SyncWorker:
         route.buffer.clear()
         route.held = None
         self._pause_route(route)
+        self._observe_state(route)
 
     def _hold_for_model(self, route: Route, tp: TopicPartition, offset: int,
                         fingerprint: bytes) -> None:
@@ -348,6 +357,7 @@ class SyncWorker:
         if route.state.status is not Status.FAILED:
             route.state.hold(MODEL_MISMATCH, self.clock())
         self._pause_route(route)
+        self._observe_state(route)
 
     def flush_due(self, now: float) -> None:
         """Flush the routes whose batch is due and retry the routes whose next attempt is."""
@@ -429,6 +439,7 @@ class SyncWorker:
         if route.state.succeeded():
             log.info("resumed", pipeline=route.name, table=route.table)
             self._resume_route(route)
+            self._observe_state(route)
         return offsets
 
     def _attempt_failed(self, route: Route, exc: BaseException) -> None:
@@ -438,6 +449,7 @@ class SyncWorker:
         metrics.SYNC_ERRORS.labels(route.table, kind).inc()
         delay = route.state.failed_attempt(kind, error, self.clock())
         self._pause_route(route)
+        self._observe_state(route)
         if delay is None:
             log.error("pipeline failed", pipeline=route.name, table=route.table,
                       reason=route.state.reason)

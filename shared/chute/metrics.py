@@ -58,6 +58,10 @@ SYNC_END_TO_END_SECONDS = Histogram(
 SYNC_BUFFERED_ROWS = Gauge("chute_sync_buffered_rows", "Rows buffered", ["table"])
 # 1 while any pipeline is not flowing (its partitions paused: retrying, paused or failed).
 SYNC_PAUSED = Gauge("chute_sync_paused", "1 while any pipeline is not flowing")
+# Each pipeline's state in this worker: 1 for the state it is in, 0 for the others
+# (flowing, retrying, paused, failed; see sync_worker.pipeline_state).
+SYNC_PIPELINE_STATE = Gauge(
+    "chute_sync_pipeline_state", "1 for the state a pipeline is in", ["pipeline", "state"])
 # Offsets committed to Kafka, per topic.
 SYNC_COMMITS = Counter("chute_sync_commits_total", "Offset commits", ["topic"])
 

@@ -15,6 +15,7 @@ from chute.registry import Definitions
 from chute.server import OLD_SERVER
 from clickhouse_driver import errors as ch_errors
 from kafka import TopicPartition
+from prometheus_client import REGISTRY
 from pydantic import BaseModel
 from sync_worker.pipeline_state import Status, health
 from sync_worker.settings import SyncSettings
@@ -213,6 +214,12 @@ def test_a_schema_error_pauses_one_pipeline_while_the_other_flows() -> None:
     h.step()
     b = h.worker.routes["b"]
     assert b.state.status is Status.PAUSED and "No such column" in b.state.reason
+    assert REGISTRY.get_sample_value(
+        "chute_sync_pipeline_state", {"pipeline": "b", "state": "paused"}) == 1
+    assert REGISTRY.get_sample_value(
+        "chute_sync_pipeline_state", {"pipeline": "b", "state": "flowing"}) == 0
+    assert REGISTRY.get_sample_value(
+        "chute_sync_pipeline_state", {"pipeline": "a", "state": "flowing"}) == 1
     assert TopicPartition("b", 0) in h.consumer.paused
     assert TopicPartition("a", 0) not in h.consumer.paused
     assert h.committed("a") == 10 and h.committed("b") is None
@@ -234,6 +241,8 @@ def test_a_schema_error_pauses_one_pipeline_while_the_other_flows() -> None:
     for _ in range(5):
         h.step(10)
     assert b.state.flowing
+    assert REGISTRY.get_sample_value(
+        "chute_sync_pipeline_state", {"pipeline": "b", "state": "flowing"}) == 1
     assert TopicPartition("b", 0) not in h.consumer.paused
     assert h.committed("b") == 40
     assert sorted(r["n"] for r in h.rows("b")) == list(range(40))
