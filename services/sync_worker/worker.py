@@ -238,14 +238,15 @@ class SyncWorker:
         try:
             for message in messages:
                 offset = message.offset
+                if offset <= mark:
+                    buf.note_offset(tp, offset, now)
+                    continue  # exactly-once: already in the table; skipped but committed
                 model = model_header(message)
                 if model is not None and model != fingerprint:
                     guard.record(False, good)
                     self._hold_for_model(route, tp, offset, model)
                     return
                 buf.note_offset(tp, offset, now)
-                if offset <= mark:
-                    continue  # exactly-once: already in the table; skipped but committed
                 value = message.value
                 row = decode(value)
                 if isinstance(row, DecodeFailure):
