@@ -335,14 +335,17 @@ class SyncWorker:
             metrics.SYNC_PIPELINE_STATE.labels(route.name, status.value).set(
                 1 if status is current else 0)
 
-    def _stop_pipeline(self, route: Route, reason: str) -> None:
+    def _stop_pipeline(self, route: Route, reason: str, pause_now: bool = True) -> None:
         """Failed for good (until a restart): nothing buffered or held is inserted or
-        committed, so all of it is delivered again."""
+        committed, so all of it is delivered again. Its partitions are paused now, or (while
+        an assignment is being handled) by the next flush_due; its records are dropped by
+        accept meanwhile."""
         log.error("pipeline failed", pipeline=route.name, table=route.table, reason=reason)
         route.state.fail(reason, self.clock())
         route.buffer.clear()
         route.held = None
-        self._pause_route(route)
+        if pause_now:
+            self._pause_route(route)
         self._observe_state(route)
 
     def _hold_for_model(self, route: Route, tp: TopicPartition, offset: int,
@@ -708,7 +711,7 @@ class SyncWorker:
             f"table {route.table} holds offset {mark} of {tp.topic}:{tp.partition} but the "
             f"topic ends at offset {end}: the topic was re-created (or the table holds another "
             "topic's rows). Nothing is skipped or inserted: truncate or re-create the table, "
-            "then restart the worker."))
+            "then restart the worker."), pause_now=False)
         return True
 
     def _read_watermarks(self, table: str) -> dict[int, int]:
