@@ -56,7 +56,12 @@ MODEL_MISMATCH = "records from a newer/other model definition: reload the worker
 
 
 class FlushAbandoned(RuntimeError):
-    """A flush could not finish before shutdown; its offsets stay uncommitted."""
+    """A flush could not finish before shutdown; its offsets stay uncommitted. `done`: the
+    offsets of what other pipelines did flush meanwhile (still to be committed)."""
+
+    def __init__(self, message: str, done: dict[TopicPartition, int] | None = None) -> None:
+        super().__init__(message)
+        self.done = done or {}
 
 
 @dataclass
@@ -381,9 +386,11 @@ class SyncWorker:
     def flush_all(self, reason: str) -> dict[TopicPartition, int]:
         """Insert everything buffered now (retrying until the stop deadline) and return the
         offsets it covers (committed here unless this runs on kafka-python's IO thread, on
-        revocation). Failed and held pipelines insert nothing more."""
+        revocation). Failed and held pipelines insert nothing more. FlushAbandoned, naming
+        the pipelines that could not finish in time, once all the others are done."""
         on_main = threading.current_thread() is threading.main_thread()
         offsets: dict[TopicPartition, int] = {}
+        abandoned: list[str] = []
         for route in self.routes.values():
             state = route.state
             if not state.flowing and state.next_attempt is None:
@@ -395,9 +402,11 @@ class SyncWorker:
                         self._commit(done)
                     offsets.update(done)
             except FlushAbandoned as exc:
-                # Its rows are re-delivered; the other pipelines still flush and commit.
-                log.warning("flush abandoned; rows will be re-delivered", pipeline=route.name,
-                            reason=reason, error=str(exc))
+                # The other pipelines still flush and commit first.
+                abandoned.append(f"{route.name}: {exc}")
+        if abandoned:
+            # The caller drops what is left (nothing of it was committed: re-delivered).
+            raise FlushAbandoned("; ".join(abandoned), offsets)
         return offsets
 
     def _flush_before_deadline(self, route: Route, reason: str) -> dict[TopicPartition, int]:
@@ -649,6 +658,7 @@ class SyncWorker:
             offsets = self.flush_all(FlushReason.REBALANCE)
         except FlushAbandoned as exc:
             log.warning("rebalance flush abandoned; rows will be re-delivered", error=str(exc))
+            offsets = exc.done
         finally:
             self.stop_deadline = None if not self.stopping else self.stop_deadline
         for route in self.routes.values():

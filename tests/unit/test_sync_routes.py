@@ -19,7 +19,7 @@ from prometheus_client import REGISTRY
 from pydantic import BaseModel
 from sync_worker.pipeline_state import Status, health
 from sync_worker.settings import SyncSettings
-from sync_worker.worker import MODEL_MISMATCH, SyncWorker, build_routes
+from sync_worker.worker import MODEL_MISMATCH, FlushAbandoned, SyncWorker, build_routes
 
 
 class Event(BaseModel):
@@ -426,7 +426,9 @@ def test_shutdown_flushes_the_healthy_pipeline_when_another_cannot() -> None:
     h.feed("b", 0, 5)
     h.step()
     h.worker.request_stop()
-    h.worker.flush_all("shutdown")
+    with pytest.raises(FlushAbandoned, match=r"^b: ") as abandoned:
+        h.worker.flush_all("shutdown")
+    assert abandoned.value.done == {TopicPartition("a", 0): 5}
     assert h.committed("a") == 5 and len(h.rows("a")) == 5
     assert h.committed("b") is None  # given up at the deadline: re-delivered later
     assert h.clock() <= 1000 + h.worker.settings.sync_shutdown_flush_seconds + 1
