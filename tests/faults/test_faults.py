@@ -184,9 +184,8 @@ def test_dead_letter_ratio_guard_stops_loudly(make_stack: MakeStack) -> None:
     p = producer(KAFKA)
     for i in range(1_000):
         # Misconfiguration: a producer writing another schema into this topic.
-        p.send(stack.name, value=b'{"order_id": %d, "amount": 3.5}' % i)
-    p.flush()
-    p.close()
+        p.send(stack.name, b'{"order_id": %d, "amount": 3.5}' % i)
+    p.close(timeout=10)
     worker = stack.start_worker(wait=False,
                                 CHUTE_SYNC_DLQ_RATIO_MIN_RECORDS="100")
     code = worker.wait_exit(60)

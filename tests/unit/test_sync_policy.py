@@ -4,8 +4,8 @@ import random
 import struct
 
 import pytest
+from chute.kafka import TopicPartition
 from clickhouse_driver import errors as ch_errors
-from kafka import TopicPartition
 from pydantic import BaseModel
 from sync_worker.buffer import TableBuffer
 from sync_worker.errors import DATA, TRANSIENT, classify
