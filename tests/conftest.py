@@ -49,6 +49,16 @@ def admin(servers: None) -> Iterator[Any]:
 
 
 @pytest.fixture
+def current_ch(tmp_path: Path) -> Iterator[Any]:
+    """A current ClickHouse (26.x) in-process, through chDB; see tests/current_server.py."""
+    from tests.current_server import CurrentServer
+
+    server = CurrentServer.open(tmp_path / "chdb")
+    yield server
+    server.close()
+
+
+@pytest.fixture
 def unique_name() -> str:
     return f"t_{uuid.uuid4().hex[:12]}"
 

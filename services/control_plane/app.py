@@ -14,7 +14,7 @@ from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from control_plane.apply import Connections, apply_plan, compute_plan
+from control_plane.apply import Connections, PlanRefused, apply_plan, compute_plan
 from control_plane.settings import ControlPlaneSettings
 
 log = structlog.get_logger()
@@ -41,6 +41,10 @@ def apply_with_retry(settings: ControlPlaneSettings, defs: Definitions,
                 conn.close()
             state.applied.set()
             log.info("definitions applied", streams=len(defs.streams), tables=len(defs.tables))
+            return
+        except PlanRefused as exc:  # a person must decide: retrying would not help
+            state.failed = str(exc)
+            log.error("plan not applied", error=state.failed)
             return
         except Exception as exc:
             if time.monotonic() > deadline:

@@ -37,14 +37,28 @@ def topic_config(spec: TopicSpec) -> kafka.TopicConfig:
     return kafka.TopicConfig(spec.name, spec.partitions, {"retention.ms": str(spec.retention_ms)})
 
 
-def compute_plan(conn: Connections, defs: Definitions, database: str) -> Plan:
+class PlanRefused(Exception):
+    """A plan that must not be applied as it is (conflicts, or drops without the flag)."""
+
+
+def compute_plan(conn: Connections, defs: Definitions, database: str,
+                 allow_destructive: bool = False) -> Plan:
     return make_plan(
         defs.topics(), conn.admin.topic_partitions(),
-        defs.table_definitions(conn.profile), clickhouse.existing_columns(conn.ch, database),
-        database)
+        defs.table_definitions(conn.profile), clickhouse.existing_tables(conn.ch, database),
+        database, allow_destructive)
 
 
-def apply_plan(conn: Connections, plan: Plan) -> None:
+def apply_plan(conn: Connections, plan: Plan, allow_destructive: bool = False) -> None:
+    """Applies every action, or none when the plan has conflicts. Checked again here, not only
+    when planning, so that no code path drops data without the flag."""
+    if plan.conflicts:
+        raise PlanRefused(f"{len(plan.conflicts)} conflict(s) to resolve first: "
+                          + "; ".join(plan.conflicts))
+    destructive = [a.description for a in plan.actions if a.destructive]
+    if destructive and not allow_destructive:
+        raise PlanRefused("the plan drops data and --allow-destructive was not given: "
+                          + "; ".join(destructive))
     for action in plan.actions:
         if action.kind == "create_topic" and action.topic is not None:
             conn.admin.create_topic(topic_config(action.topic))

@@ -17,8 +17,13 @@ from control_plane.status import StatusSettings, StatusSource, run
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="chute", description="chute control plane")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("plan", help="show what apply would change")
-    sub.add_parser("apply", help="create or update topics and tables")
+    for name, text in (("plan", "show what apply would change (exit 1 on conflicts)"),
+                       ("apply", "create or update topics and tables")):
+        command = sub.add_parser(name, help=text)
+        command.add_argument(
+            "--allow-destructive", action="store_true",
+            help="drop the columns of fields removed from a model, with their data "
+                 "(fully_managed tables only)")
     sub.add_parser("serve", help="apply, then serve /health, /pipelines and /metrics")
     status = sub.add_parser(
         "status", help="per pipeline: partitions, consumer lag, rows/s in and out, rows, "
@@ -51,12 +56,16 @@ def main(argv: list[str] | None = None) -> int:
 
     conn = Connections.open(settings)
     try:
-        plan = compute_plan(conn, defs, settings.clickhouse_database)
+        plan = compute_plan(conn, defs, settings.clickhouse_database, args.allow_destructive)
         print(f"ClickHouse {conn.profile.version_text}, database {settings.clickhouse_database}, "
               f"Kafka {settings.kafka_bootstrap}")
         print(plan.describe())
+        if plan.conflicts:
+            print("Nothing applied: resolve the conflicts (x) first." if args.command == "apply"
+                  else "apply would change nothing until the conflicts (x) are resolved.")
+            return 1
         if args.command == "apply" and not plan.empty:
-            apply_plan(conn, plan)
+            apply_plan(conn, plan, args.allow_destructive)
             print("Applied.")
     finally:
         conn.close()

@@ -1,46 +1,79 @@
-"""Pure planning: desired topics and tables versus what exists -> a list of actions."""
+"""Pure planning: desired topics and tables versus what exists -> actions, conflicts, warnings.
+
+Which type changes are lossless is `chute.type_changes`; what each table's `life_cycle` lets
+chute change is `chute.life_cycle`.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from chute.ddl import TableDefinition, render_column, render_create_table
-from chute.identifiers import quote_identifier
+from chute.clickhouse import ExistingTable, key_column_names
+from chute.ddl import (
+    CHUTE_COLUMN_PREFIX,
+    TableDefinition,
+    render_add_column,
+    render_create_table,
+    render_drop_column,
+    render_modify_column,
+)
+from chute.life_cycle import LifeCycle
 from chute.registry import TopicSpec
+from chute.type_changes import metadata_only_change, same_type, unsafe_change
+from chute.typemap import ColumnSpec
+
+_SYMBOLS = {"drop_column": "-", "modify_column": "~"}
 
 
 @dataclass(frozen=True)
 class Action:
-    kind: str  # create_topic | add_partitions | create_table | add_column
+    kind: str  # create_topic | add_partitions | create_table | add_column | modify_column
+    #            | drop_column
     target: str
     description: str
     sql: str | None = None
     topic: TopicSpec | None = None
+    destructive: bool = False  # loses data: applied only with --allow-destructive
 
 
 @dataclass
 class Plan:
+    """What apply would do (actions), what it refuses to do until a person decides
+    (conflicts: nothing is applied while there is one), and what it leaves as is (warnings)."""
+
     actions: list[Action] = field(default_factory=list)
+    conflicts: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     up_to_date: list[str] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
+        """No action to apply (there may still be conflicts or warnings)."""
         return not self.actions
 
+    def entry_count(self) -> int:
+        return len(self.actions) + len(self.conflicts) + len(self.warnings)
+
     def describe(self) -> str:
-        lines = []
-        for action in self.actions:
-            lines.append(f"  + {action.description}")
-        for warning in self.warnings:
-            lines.append(f"  ! {warning}")
-        for name in self.up_to_date:
-            lines.append(f"  = {name} is up to date")
-        if self.empty:
-            lines.insert(0, "Nothing to change.")
-        else:
-            lines.insert(0, f"{len(self.actions)} change(s) to make:")
+        lines = [self._headline()]
+        lines += [f"  {_SYMBOLS.get(a.kind, '+')} {a.description}" for a in self.actions]
+        lines += [f"  x {conflict}" for conflict in self.conflicts]
+        lines += [f"  ! {warning}" for warning in self.warnings]
+        lines += [f"  = {name} is up to date" for name in self.up_to_date]
         return "\n".join(lines)
+
+    def _headline(self) -> str:
+        attention = ", ".join(
+            f"{n} {word}{'s' if n != 1 else ''}"
+            for n, word in ((len(self.conflicts), "conflict"), (len(self.warnings), "warning"))
+            if n)
+        if not self.actions:
+            return f"No change to make; {attention} to read:" if attention else \
+                "Nothing to change."
+        changes = f"{len(self.actions)} change(s) to make"
+        if self.conflicts:
+            return f"{changes}, none applied until the conflicts are resolved; {attention}:"
+        return f"{changes}; {attention}:" if attention else f"{changes}:"
 
 
 def _human_duration(ms: int) -> str:
@@ -75,48 +108,158 @@ def plan_topics(desired: list[TopicSpec], existing: dict[str, int], plan: Plan) 
             plan.up_to_date.append(f"topic {topic.name}")
 
 
-def _normal(type_text: str) -> str:
-    return type_text.replace(" ", "")
-
-
-def plan_tables(desired: list[TableDefinition], existing: dict[str, dict[str, str]],
-                database: str, plan: Plan) -> None:
+def plan_tables(desired: list[TableDefinition], existing: dict[str, ExistingTable],
+                database: str, plan: Plan, allow_destructive: bool = False) -> None:
     for table in desired:
         have = existing.get(table.name)
         qualified = f"{database}.{table.name}"
-        if have is None:
+        if table.life_cycle is LifeCycle.EXTERNALLY_MANAGED:
+            _check_external_table(table, have, qualified, plan)
+        elif have is None:
             order = ", ".join(table.order_by) or "no key"
             plan.actions.append(Action(
                 "create_table", table.name,
                 f"create table {qualified} ({len(table.columns)} columns, "
                 f"{table.engine}, ORDER BY {order})",
                 sql=render_create_table(table, database)))
-            continue
-        changed = False
-        for column in table.columns:
-            if column.name not in have:
-                changed = True
-                plan.actions.append(Action(
-                    "add_column", table.name,
-                    f"add column {column.name} {column.type} to {qualified}",
-                    sql=f"ALTER TABLE {quote_identifier(database)}.{quote_identifier(table.name)}"
-                        f" ADD COLUMN {render_column(column)}"))
-            elif _normal(have[column.name]) != _normal(column.type):
+        else:
+            entries = plan.entry_count()
+            _plan_columns(table, have, database, plan, allow_destructive)
+            _check_engine_and_order(table, have, qualified, plan)
+            if plan.entry_count() == entries:
+                plan.up_to_date.append(f"table {qualified}")
+
+
+def _plan_columns(table: TableDefinition, have: ExistingTable, database: str, plan: Plan,
+                  allow_destructive: bool) -> None:
+    qualified = f"{database}.{table.name}"
+    for column in table.columns:
+        old_type = have.columns.get(column.name)
+        if old_type is None:
+            plan.actions.append(Action(
+                "add_column", table.name,
+                f"add column {column.name} {column.type} to {qualified}",
+                sql=render_add_column(database, table.name, column)))
+        elif not same_type(old_type, column.type):
+            _plan_type_change(table, column, old_type, have, database, plan)
+    model_columns = {c.name for c in table.columns}
+    for name, type_text in have.columns.items():
+        if name not in model_columns:
+            _plan_removed_column(table, name, type_text, have, database, plan,
+                                 allow_destructive)
+
+
+def _plan_type_change(table: TableDefinition, column: ColumnSpec, old_type: str,
+                      have: ExistingTable, database: str, plan: Plan) -> None:
+    where = f"column {database}.{table.name}.{column.name}"
+    if column.name.startswith(CHUTE_COLUMN_PREFIX):
+        plan.conflicts.append(
+            f"{where} is {old_type}, but chute's exactly-once bookkeeping needs {column.type}; "
+            "chute never modifies its own columns: fix the column by hand")
+        return
+    reason = unsafe_change(old_type, column.type)
+    if (reason is None and column.name in have.key_columns
+            and not metadata_only_change(old_type, column.type)):
+        reason = ("it is part of the table's sorting or partition key, and ClickHouse changes "
+                  "a key column only when no data is rewritten (Enum members appended)")
+    if reason is None:
+        plan.actions.append(Action(
+            "modify_column", table.name,
+            f"modify column {database}.{table.name}.{column.name}: "
+            f"{old_type} -> {column.type} (stored values are kept)",
+            sql=render_modify_column(database, table.name, column)))
+        return
+    plan.conflicts.append(
+        f"{where} is {old_type}, the model says {column.type}: {reason}. chute changes a type "
+        "only when every stored value converts unchanged. Either keep the column's type in the "
+        f'model (e.g. Annotated[..., ClickHouseType("{old_type}")]) or add a field with a new '
+        "name and type, copy the data into it, and remove the old field")
+
+
+def _plan_removed_column(table: TableDefinition, name: str, type_text: str,
+                         have: ExistingTable, database: str, plan: Plan,
+                         allow_destructive: bool) -> None:
+    where = f"column {database}.{table.name}.{name} ({type_text})"
+    if name.startswith(CHUTE_COLUMN_PREFIX):
+        plan.warnings.append(
+            f"{where} is chute's exactly-once bookkeeping, unused since the stream's delivery "
+            "changed; kept: chute never drops its own columns")
+    elif name in have.key_columns:
+        plan.warnings.append(
+            f"{where} is not in the model but is part of the table's key, which ClickHouse "
+            "cannot drop; kept, new rows get its default value")
+    elif not table.life_cycle.may_drop:
+        plan.warnings.append(
+            f"{where} is not in the model; kept: the table is {table.life_cycle.value} "
+            "and chute never drops its columns")
+    elif allow_destructive:
+        plan.actions.append(Action(
+            "drop_column", table.name,
+            f"drop {where} and all its data (not in the model; --allow-destructive)",
+            sql=render_drop_column(database, table.name, name), destructive=True))
+    else:
+        plan.warnings.append(
+            f"{where} is not in the model; kept. `chute apply --allow-destructive` drops it "
+            "and all its data")
+
+
+def _check_engine_and_order(table: TableDefinition, have: ExistingTable, qualified: str,
+                            plan: Plan) -> None:
+    """Drift that ALTER cannot fix: the engine and the sorting key are set at CREATE."""
+    remedy = "chute does not recreate tables: to change it, define a table with a new " \
+             "name and copy the rows into it"
+    if have.engine is not None and have.engine != table.engine:
+        plan.warnings.append(
+            f"drift: table {qualified} is a {have.engine}, the model says {table.engine}; "
+            f"{remedy}")
+    if (have.sorting_key is not None
+            and key_column_names(have.sorting_key) != list(table.order_by)):
+        plan.warnings.append(
+            f"drift: table {qualified} is ordered by ({have.sorting_key}), the model "
+            f"says ({', '.join(table.order_by)}); {remedy}")
+
+
+def _check_external_table(table: TableDefinition, have: ExistingTable | None, qualified: str,
+                          plan: Plan) -> None:
+    """Externally managed: chute changes nothing, it reports what does not fit the model."""
+    if have is None:
+        plan.conflicts.append(
+            f"table {qualified} is externally_managed and does not exist; chute does not "
+            "create it: create it with a column for each field of the model")
+        return
+    entries = plan.entry_count()
+    for column in table.columns:
+        table_type = have.columns.get(column.name)
+        where = f"column {qualified}.{column.name}"
+        if table_type is None:
+            plan.conflicts.append(
+                f"table {qualified} is externally_managed and has no column {column.name} "
+                f"({column.type}) for the model's field; add it, or remove the field")
+        elif not same_type(table_type, column.type):
+            reason = unsafe_change(column.type, table_type)
+            if reason is None:
                 plan.warnings.append(
-                    f"column {qualified}.{column.name} is {have[column.name]} but the model "
-                    f"says {column.type}; chute does not change column types, migrate by hand")
-        for name in have:
-            if name not in {c.name for c in table.columns}:
-                plan.warnings.append(
-                    f"column {qualified}.{name} is not in the model; it is left in place")
-        if not changed:
-            plan.up_to_date.append(f"table {qualified}")
+                    f"drift: {where} is {table_type}, the model says {column.type}; the column "
+                    "holds every value of the model's type (externally managed, left as is)")
+            else:
+                plan.conflicts.append(
+                    f"{where} is {table_type}, the model says {column.type}, and the table is "
+                    f"externally_managed: {reason}; change the column or the model")
+    model_columns = {c.name for c in table.columns}
+    for name, type_text in have.columns.items():
+        if name not in model_columns:
+            plan.warnings.append(
+                f"drift: column {qualified}.{name} ({type_text}) is not in the model; new rows "
+                "get its default value (externally managed, left as is)")
+    _check_engine_and_order(table, have, qualified, plan)
+    if plan.entry_count() == entries:
+        plan.up_to_date.append(f"table {qualified} (externally managed)")
 
 
 def make_plan(topics: list[TopicSpec], existing_topics: dict[str, int],
-              tables: list[TableDefinition], existing_tables: dict[str, dict[str, str]],
-              database: str) -> Plan:
+              tables: list[TableDefinition], existing_tables: dict[str, ExistingTable],
+              database: str, allow_destructive: bool = False) -> Plan:
     plan = Plan()
     plan_topics(topics, existing_topics, plan)
-    plan_tables(tables, existing_tables, database, plan)
+    plan_tables(tables, existing_tables, database, plan, allow_destructive)
     return plan

@@ -17,9 +17,12 @@ from datetime import UTC, datetime
 from typing import Any, Protocol, TextIO
 
 from chute import clickhouse, kafka
+from chute.clickhouse import ExistingTable
+from chute.ddl import TableDefinition
 from chute.kafka import TopicPartition
 from chute.registry import Definitions
 
+from control_plane.plan import Plan, plan_tables
 from control_plane.settings import ControlPlaneSettings
 
 CLEAR_SCREEN = "\x1b[H\x1b[2J"  # cursor home, erase the screen
@@ -182,6 +185,19 @@ def render(current: Snapshot, previous: Snapshot | None = None, *, source: str =
     return "\n".join(lines) + "\n"
 
 
+def schema_note(definition: TableDefinition, have: ExistingTable, database: str) -> str | None:
+    """One line when the table differs from its model (what `chute plan` would list)."""
+    plan = Plan()
+    plan_tables([definition], {definition.name: have}, database, plan)
+    counts = [f"{n} {word}{'s' if n != 1 else ''}" for n, word in (
+        (len(plan.actions), "change to apply"), (len(plan.conflicts), "conflict"),
+        (len(plan.warnings), "warning")) if n]
+    if not counts:
+        return None
+    return (f"table {database}.{definition.name} differs from its model: {', '.join(counts)} "
+            "(chute plan lists them)")
+
+
 # --- I/O: readings from Kafka and ClickHouse -------------------------------------------------
 
 
@@ -265,8 +281,8 @@ class StatusSource:
         try:
             if self._ch is None:
                 self._ch = clickhouse.connect(self.settings)
-            existing = {str(row[0]) for row in self._ch.execute(
-                "SELECT name FROM system.tables WHERE database = %(db)s", {"db": database})}
+            existing = clickhouse.existing_tables(self._ch, database)
+            profile = clickhouse.server_profile(self._ch)
             counts: dict[str, int] = {}
             for stream in self.streams:
                 for table in (stream.destination, stream.dead_letter):
@@ -278,6 +294,11 @@ class StatusSource:
                     else:
                         notes[stream.name].append(f"table {database}.{name} does not exist "
                                                   "(chute apply creates it)")
+                if stream.destination is not None and stream.destination.name in existing:
+                    note = schema_note(stream.destination.definition(profile),
+                                       existing[stream.destination.name], database)
+                    if note:
+                        notes[stream.name].append(note)
         except Exception as exc:
             problems.append(f"ClickHouse {self.settings.clickhouse_host}:"
                             f"{self.settings.clickhouse_port}: {_error(exc)}")

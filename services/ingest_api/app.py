@@ -105,7 +105,7 @@ class IngestService:
         }
         for name in self.pipelines:
             init_ingest_pipeline(name)
-        self.sink = KafkaSink(producer)
+        self.sink = KafkaSink(producer, {p.topic: p.codec.model for p in self.pipelines.values()})
         # Decoding and send() are CPU-bound under the GIL: one thread does it best (more
         # threads contend for the GIL and the accumulator locks). The first send to a topic
         # waits for its metadata; that wait happens in a separate pool so that it never

@@ -8,6 +8,9 @@ Partitions are chosen here, not by kafka-python's partitioner:
 - records without a key are dealt round-robin over the partitions, continuing from request to
   request, so even single-record requests spread evenly.
 
+Every record carries the header `chute-model` (`chute.fingerprint`): the fingerprint of the
+model that validated it, computed once per topic when the sink is made.
+
 Acknowledgements are bridged to asyncio without a thread per request: every record's delivery
 report (on a producer thread) counts acknowledgements; the last one, or the first failure,
 resolves an asyncio future through `call_soon_threadsafe`.
@@ -20,10 +23,12 @@ import contextlib
 import itertools
 import threading
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
+from chute.fingerprint import FINGERPRINT_HEADER, model_fingerprint
 from chute.kafka import DeliveryCallback, Headers, KafkaClientError
+from pydantic import BaseModel
 
 from ingest_api.body import EncodedBatch
 
@@ -108,8 +113,12 @@ class AckWaiter:
 class KafkaSink:
     """Sends batches to topics; one per app, shared by all pipelines."""
 
-    def __init__(self, producer: Producer) -> None:
+    def __init__(self, producer: Producer, models: Mapping[str, type[BaseModel]]) -> None:
+        """`models`: the model of each topic's records, whose fingerprint goes on each one."""
         self.producer = producer
+        self._headers: dict[str, Headers] = {
+            topic: ((FINGERPRINT_HEADER, model_fingerprint(model).encode()),)
+            for topic, model in models.items()}
         self._round_robin = RoundRobin()
         self._known: set[str] = set()  # topics whose metadata the producer has had
 
@@ -125,8 +134,7 @@ class KafkaSink:
         self._known.add(topic)
         return sorted(found)
 
-    def send(self, topic: str, batch: EncodedBatch, waiter: AckWaiter,
-             headers: Headers = ()) -> None:
+    def send(self, topic: str, batch: EncodedBatch, waiter: AckWaiter) -> None:
         """Hand every record to the producer (no flush); waiter learns of each outcome.
 
         May block up to max_block_ms (metadata unknown, buffer full) and raise; records handed
@@ -145,6 +153,7 @@ class KafkaSink:
             keys = [None] * count
         send = self.producer.send
         on_delivery = waiter.on_delivery
+        headers = self._headers[topic]
         for value, key, partition in zip(batch.values, keys, chosen, strict=True):
             send(topic, value, key=key, partition=partition, headers=headers,
                  on_delivery=on_delivery)

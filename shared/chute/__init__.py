@@ -10,6 +10,7 @@ from chute.annotations import (
     Key,
     LowCardinality,
 )
+from chute.life_cycle import LifeCycle
 from chute.pipeline import (
     DeadLetterRecord,
     IngestApi,
@@ -34,6 +35,7 @@ __all__ = [
     "IngestPipeline",
     "IngestPipelineConfig",
     "Key",
+    "LifeCycle",
     "LowCardinality",
     "OlapConfig",
     "OlapTable",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from typing import Any
 
 from clickhouse_driver import Client
@@ -52,6 +54,46 @@ def existing_columns(client: Client, database: str) -> dict[str, dict[str, str]]
     for table, name, type_ in rows:
         tables.setdefault(str(table), {})[str(name)] = str(type_)
     return tables
+
+
+@dataclass(frozen=True)
+class ExistingTable:
+    """A table as the server has it: its columns' types and the columns its keys use."""
+
+    columns: dict[str, str]
+    key_columns: frozenset[str] = frozenset()
+    engine: str | None = None  # 'MergeTree', 'ReplacingMergeTree', ...; None: not read
+    sorting_key: str | None = None  # as system.tables prints it: 'id, ts'; '' for tuple()
+
+
+_KEY_NAME = re.compile(r"`([^`]+)`|([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def key_column_names(key_expression: str) -> list[str]:
+    """The names in a key expression, in order: 'id, `ts`' -> ['id', 'ts'] (function names of
+    an expression such as 'toYYYYMM(ts)' included)."""
+    return [quoted or bare for quoted, bare in _KEY_NAME.findall(key_expression)]
+
+
+def key_columns(key_expressions: list[str], columns: dict[str, str]) -> frozenset[str]:
+    """The columns named in sorting/partition/primary key expressions ('id, toYYYYMM(ts)')."""
+    names = {name for text in key_expressions for name in key_column_names(text)}
+    return frozenset(names & columns.keys())
+
+
+def existing_tables(client: Client, database: str) -> dict[str, ExistingTable]:
+    """Every table in `database` with its columns and key columns."""
+    columns = existing_columns(client, database)
+    rows = client.execute(
+        "SELECT name, engine, sorting_key, partition_key, primary_key FROM system.tables "
+        "WHERE database = %(db)s", {"db": database})
+    tables = {str(name): (str(engine), [str(k) for k in keys]) for name, engine, *keys in rows}
+    result = {}
+    for table, cols in columns.items():
+        engine, keys = tables.get(table, (None, []))
+        result[table] = ExistingTable(cols, key_columns(keys, cols), engine,
+                                      keys[0] if keys else None)
+    return result
 
 
 def row_count(client: Client, database: str, table: str) -> int:

@@ -1,10 +1,11 @@
-"""CREATE statements rendered as plain strings. Pure: applying them lives elsewhere."""
+"""CREATE and ALTER statements rendered as plain strings. Pure: applying them lives elsewhere."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from chute.identifiers import quote_identifier, quote_string, validate_identifier
+from chute.life_cycle import LifeCycle
 from chute.typemap import ColumnSpec
 
 ENGINES_WITH_COLUMN_ARG = {"ReplacingMergeTree", "CollapsingMergeTree", "SummingMergeTree"}
@@ -15,6 +16,8 @@ ENGINES = {"MergeTree", "ReplacingMergeTree", "SummingMergeTree", "AggregatingMe
 # worker reads max(offset) per partition back on assignment (see docs/delivery.md).
 PARTITION_COLUMN = ColumnSpec("_chute_partition", "UInt32")
 OFFSET_COLUMN = ColumnSpec("_chute_offset", "UInt64")
+# Columns with this prefix are chute's own bookkeeping: never dropped or modified by a plan.
+CHUTE_COLUMN_PREFIX = "_chute_"
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,7 @@ class TableDefinition:
     partition_by: str | None = None
     ttl: str | None = None
     settings: dict[str, str | int] = field(default_factory=dict)
+    life_cycle: LifeCycle = LifeCycle.FULLY_MANAGED
 
     def __post_init__(self) -> None:
         validate_identifier(self.name, "table")
@@ -78,3 +82,22 @@ def render_create_table(table: TableDefinition, database: str) -> str:
         )
         lines.append(f"SETTINGS {rendered}")
     return "\n".join(lines)
+
+
+def _qualified(database: str, table: str) -> str:
+    validate_identifier(database, "database")
+    return f"{quote_identifier(database)}.{quote_identifier(table)}"
+
+
+def render_add_column(database: str, table: str, column: ColumnSpec) -> str:
+    return f"ALTER TABLE {_qualified(database, table)} ADD COLUMN {render_column(column)}"
+
+
+def render_modify_column(database: str, table: str, column: ColumnSpec) -> str:
+    """Changes the column's type (and default and codec) to the model's; ClickHouse converts
+    the stored values. Only for changes `chute.type_changes` finds lossless."""
+    return f"ALTER TABLE {_qualified(database, table)} MODIFY COLUMN {render_column(column)}"
+
+
+def render_drop_column(database: str, table: str, column: str) -> str:
+    return f"ALTER TABLE {_qualified(database, table)} DROP COLUMN {quote_identifier(column)}"

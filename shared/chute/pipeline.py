@@ -14,6 +14,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 from chute.annotations import Key
 from chute.ddl import OFFSET_COLUMN, PARTITION_COLUMN, TableDefinition
 from chute.identifiers import validate_identifier
+from chute.life_cycle import LifeCycle
 from chute.server import ServerProfile
 from chute.typemap import columns_for
 
@@ -35,6 +36,7 @@ class OlapConfig(_Config):
     partition_by: str | None = None
     ttl: str | None = None
     settings: dict[str, str | int] = Field(default_factory=dict)
+    life_cycle: LifeCycle = LifeCycle.FULLY_MANAGED  # what chute may change: chute.life_cycle
 
 
 class StreamConfig(_Config):
@@ -133,6 +135,7 @@ class OlapTable(_Typed[M]):
             partition_by=self.config.partition_by,
             ttl=self.config.ttl,
             settings=dict(self.config.settings),
+            life_cycle=self.config.life_cycle,
         )
 
 

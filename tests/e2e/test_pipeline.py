@@ -44,9 +44,9 @@ def test_one_event_is_queryable_within_two_seconds(make_stack: MakeStack) -> Non
 
 
 def test_200k_records_arrive_exactly_in_batches_of_100k(make_stack: MakeStack) -> None:
-    # A 3 s wait: on a loaded machine, 100,000 records may take more than the default 1 s to
-    # be fetched and decoded, and the batch would be flushed by the timer instead.
-    stack = make_stack({"max_batch_wait": 3.0})
+    # A 5 s wait limit: on a loaded 2-core machine decoding 100,000 rows can take longer than
+    # the default 1 s, and this test is about the row limit, not the timer.
+    stack = make_stack({"max_batch_wait": 5.0})
     stack.start_ingest()
     started = time.monotonic()
     with httpx.Client(timeout=60) as client:
@@ -71,7 +71,7 @@ def test_200k_records_arrive_exactly_in_batches_of_100k(make_stack: MakeStack) -
     # A trickle: a few records are flushed by the timer, not held back.
     for i in range(3):
         assert stack.post(event(300_000 + i)).status_code == 200
-    stack.wait_count(200_003, timeout=10)
+    stack.wait_count(200_003, timeout=20)
     last = stack.batch_logs()[-1]
     assert last["reason"] == "wait" and last["rows"] <= 3
 

@@ -18,6 +18,7 @@ import httpx
 import orjson
 import pytest
 from chute import IngestPipeline, StreamConfig, kafka
+from chute.fingerprint import FINGERPRINT_HEADER, model_fingerprint
 from chute.kafka import CLIENTS, TopicConfig
 from chute.registry import Definitions
 from fastapi.testclient import TestClient
@@ -316,3 +317,21 @@ def test_service_refuses_bad_settings(tmp_path: Path) -> None:
                           capture_output=True, timeout=60, check=False)
     assert done.returncode == 2
     assert "CHUTE_INGEST_API_KEYS" in done.stderr.decode()
+
+
+@pytest.mark.parametrize("model", [Event, Reading], ids=["keyed", "unkeyed"])
+def test_every_record_carries_its_model_fingerprint(
+        model: type[BaseModel], topic: str, producer: kafka.Producer, consumer: KafkaConsumer,
+        kafka_bootstrap: str) -> None:
+    records = ([event(i) for i in range(40)] if model is Event
+               else [{"sensor": f"s{i}", "value": i / 4} for i in range(40)])
+    app = create_app(settings_for(kafka_bootstrap), pipeline_defs(topic, model), producer)
+    with TestClient(app) as client:
+        batch = client.post(f"/ingest/{topic}", content=orjson.dumps(records[:39]))
+        single = client.post(f"/ingest/{topic}", content=orjson.dumps(records[39]))
+    assert (batch.status_code, single.status_code) == (200, 200), batch.text
+
+    messages = read_all(consumer, topic, len(records))
+    assert len(messages) == len(records)
+    expected = model_fingerprint(model).encode()
+    assert {tuple(m.headers) for m in messages} == {((FINGERPRINT_HEADER, expected),)}
