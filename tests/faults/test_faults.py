@@ -246,3 +246,67 @@ def test_ingest_overload_answers_503_with_retry_after(make_stack: MakeStack) -> 
                       f"peak ingest RSS {peak_mib:.0f} MiB")
     assert outcome.lost == 0
     assert peak_mib < 500
+
+
+def test_rebalance_while_every_insert_takes_10s(make_stack: MakeStack) -> None:
+    """A worker joins and another leaves while every ClickHouse answer is held back (a loopback
+    proxy between the workers and ClickHouse: an insert takes ~10 s). Revocations flush inside
+    poll() on the main thread while the client keeps heartbeating, so no member is evicted, and
+    the exactly-once stream ends with every acknowledged record exactly once."""
+    from chute import kafka
+
+    from tests.faults.tcp_proxy import TcpProxy
+    from tests.support import CH_PORT, KAFKA
+
+    # Batches gather for 6 s, so a revocation often finds rows to flush (slowly) in poll().
+    stack = make_stack({"max_batch_wait": 6.0, "max_batch_rows": 50_000, "partitions": 6,
+                        "delivery": "exactly_once"})
+    admin = kafka.admin(KAFKA)
+    with TcpProxy(target_port=CH_PORT) as proxy:
+        through_proxy = {"CHUTE_CLICKHOUSE_PORT": str(proxy.port)}
+        stack.start_worker(True, **through_proxy)
+        stack.start_worker(True, **through_proxy)
+        stack.start_ingest()
+        gen = _load(stack, rate=800, duration=75)
+        wait_for(lambda: stack.count() > 500, 30, "rows from two workers")
+        wait_for(lambda: admin.group_members(stack.group) == ["w1", "w2"], 30, "two members")
+        # Three round trips per insert (ping, query, data), each answer 3.5 s late: ~10 s.
+        proxy.delay_replies(3.5)
+        samples: list[list[str]] = []
+
+        def sample(seconds: float) -> None:
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                samples.append(admin.group_members(stack.group))
+                time.sleep(0.5)
+
+        joining = stack.start_worker(wait=False, **through_proxy)
+        sample(25)
+        # The new member is in, and the two busy ones never left.
+        assert admin.group_members(stack.group) == ["w1", "w2", "w3"], samples[-3:]
+        assert all({"w1", "w2"} <= set(members) for members in samples), samples
+        leaving = stack.workers[1]
+        assert leaving.proc is not None
+        leaving.proc.terminate()  # SIGTERM: flush (slowly), commit, leave the group
+        after = len(samples)
+        sample(25)
+        assert all({"w1", "w3"} <= set(members) for members in samples[after:]), samples[after:]
+        assert leaving.proc.poll() == 0, "the leaving worker did not finish its shutdown"
+        assert joining.proc is not None and joining.proc.poll() is None
+        proxy.pass_through()
+        gen.stop()
+        stats = gen.stats
+        assert stats.acked > 0
+        _drain(stack, stats.acked, timeout=120)  # the workers still reach ClickHouse here
+        stack.wait_count(stats.acked, timeout=60)
+    slow = [b for b in stack.batch_logs() if b["duration_ms"] >= 9_000]
+    revoking = [b for b in slow if b["reason"] == "rebalance"]
+    logs = "".join(w.log_text() for w in stack.workers)
+    assert slow, "no insert was slowed down by the proxy"
+    assert '"partitions lost"' not in logs, "a member was evicted"
+    admin.close()
+    outcome = account(stack.ch, stack.name, stats.acked_ids,
+                      "8. rebalance (+1, -1 worker) while inserts take 10 s",
+                      f"{len(slow)} slow inserts, {len(revoking)} on revocation")
+    assert outcome.lost == 0 and outcome.duplicated == 0
+    assert stack.count() == stats.acked  # plain count(), no FINAL

@@ -68,6 +68,7 @@ class Recorder:
     threads: set[int] = field(default_factory=set)
     owned: set[TopicPartition] = field(default_factory=set)
     commit_on_revoke: dict[TopicPartition, int] = field(default_factory=dict)
+    revoke_work_seconds: float = 0.0  # stands for a slow flush inside the callback
     revoke_commit_error: list[BaseException] = field(default_factory=list)
 
     def on_assigned(self, partitions: Sequence[TopicPartition]) -> Mapping[TopicPartition, int]:
@@ -79,6 +80,7 @@ class Recorder:
     def on_revoked(self, partitions: Sequence[TopicPartition]) -> None:
         self.threads.add(threading.get_ident())
         self.events.append(("revoked", list(partitions)))
+        time.sleep(self.revoke_work_seconds)
         offsets = {tp: o for tp, o in self.commit_on_revoke.items() if tp in partitions}
         if offsets and self.consumer is not None:
             try:  # still the owner: the commit must be accepted
@@ -257,6 +259,42 @@ def test_cooperative_rebalance_on_polling_thread(kafka_bootstrap: str, client: s
                 moved.setdefault(tp, []).extend(records)
         for tp in revoked:
             assert [r.offset for r in moved[tp]] == [8, 9]
+    finally:
+        one.close()
+        if two is not None:
+            two.close()
+
+
+def test_slow_revocation_keeps_membership(kafka_bootstrap: str, client: str, topic: str,
+                                          producer: kafka.Producer,
+                                          seam_admin: kafka.Admin) -> None:
+    """on_revoked works longer than the session timeout (9 s > 6 s): the client keeps
+    heartbeating meanwhile, so the member is not evicted (no on_lost) and its commit at the
+    end of the callback is accepted."""
+    produce(producer, topic, 30)
+    group = f"g-{topic}"
+    first = Recorder(revoke_work_seconds=9.0)
+    one = subscribed(kafka_bootstrap, client, topic, group, first, session_timeout_ms=6_000,
+                     heartbeat_interval_ms=1_000)
+    second = Recorder()
+    two: Consumer | None = None
+    try:
+        got = consume(one, 30)
+        first.commit_on_revoke = {tp: len(records) for tp, records in got.items()}
+        two = subscribed(kafka_bootstrap, client, topic, group, second,
+                         session_timeout_ms=6_000, heartbeat_interval_ms=1_000)
+        other = two
+
+        def settled() -> bool:
+            one.poll(0.05)
+            other.poll(0.05)
+            return bool(second.owned) and len(first.owned | second.owned) == PARTITIONS
+
+        wait_for(settled, 90, "the partitions to be split after the slow revocation")
+        assert any(kind == "revoked" for kind, _ in first.events)
+        assert not any(kind == "lost" for kind, _ in first.events), first.events
+        assert first.revoke_commit_error == []
+        assert len(seam_admin.group_members(group)) == 2
     finally:
         one.close()
         if two is not None:
