@@ -354,7 +354,7 @@ class SyncWorker:
                     and threading.current_thread() is threading.main_thread()):
                 self._next_lag_update = self.clock() + 5.0
                 self.update_lag(ask_broker=True)
-            self.sleep(min(0.2, end - self.clock()))
+            self.sleep(max(0.0, min(0.2, end - self.clock())))  # the lag read may overrun
 
     def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         """Commit after the insert. Kafka unreachable: retried with backoff like an insert
