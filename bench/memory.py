@@ -10,10 +10,10 @@ import gc
 import tracemalloc
 from typing import Any
 
+from chute.kafka import TopicPartition
 from chute.pipeline import StreamConfig
 from chute.server import OLD_SERVER, ServerProfile
 from chute.typemap import columns_for
-from kafka import TopicPartition
 from sync_worker.buffer import TableBuffer
 from sync_worker.policy import BatchLimits
 from sync_worker.rows import ColumnBuilder, RowDecoder

@@ -31,6 +31,7 @@ from typing import Any
 
 import orjson
 import structlog
+from chute.kafka import RecordTooLarge
 from chute.metrics import (
     INGEST_IN_FLIGHT,
     INGEST_RECORDS,
@@ -41,7 +42,6 @@ from chute.metrics import (
 from chute.registry import Definitions
 from fastapi import FastAPI, Request, Response
 from fastapi.openapi.utils import get_openapi
-from kafka.errors import MessageSizeTooLargeError, RecordListTooLargeError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -53,7 +53,6 @@ from ingest_api.settings import IngestSettings
 log = structlog.get_logger()
 
 UNKNOWN_PIPELINE = "_unknown"  # metric label for requests to names that are not pipelines
-_TOO_LARGE_FOR_KAFKA = (MessageSizeTooLargeError, RecordListTooLargeError)
 
 
 def json_response(status: int, body: dict[str, Any],
@@ -302,7 +301,7 @@ class IngestService:
         kind = type(exc).__name__
         log.warning("kafka produce failed", pipeline=pipeline.name, topic=pipeline.topic,
                     records=count, error=f"{kind}: {exc}")
-        if isinstance(exc, _TOO_LARGE_FOR_KAFKA):
+        if isinstance(exc, RecordTooLarge):
             return Rejected(413, {"error": f"a record is too large for Kafka ({kind}); send "
                                            "smaller records"}, records=count or 0)
         return self._unavailable(f"Kafka did not accept the records ({kind}: {exc}); "

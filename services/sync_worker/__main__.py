@@ -52,9 +52,13 @@ def main() -> int:
     if not routes:
         log.error("no stream has a destination table; nothing to sync", schemas=settings.schemas)
         return 2
-    consumer = kafka.consumer(settings.kafka_bootstrap, settings.sync_group,
-                              client_id=settings.sync_worker_id, max_poll_interval_ms=900_000)
-    producer = kafka.producer(settings.kafka_bootstrap, linger_ms=20)
+    consumer = kafka.consumer(settings.kafka_bootstrap, kafka.ConsumerOptions(
+        group_id=settings.sync_group, client_id=settings.sync_worker_id,
+        session_timeout_ms=settings.sync_session_timeout_ms,
+        heartbeat_interval_ms=settings.sync_session_timeout_ms // 4,
+        max_poll_interval_ms=settings.sync_max_poll_interval_ms))
+    producer = kafka.producer(settings.kafka_bootstrap, kafka.ProducerOptions(
+        client_id=f"{settings.sync_worker_id}-dlq", linger_ms=20))
     worker = SyncWorker(settings, consumer, producer,
                         ClickHouseWriter(client, settings.clickhouse_database), routes)
 
@@ -71,7 +75,9 @@ def main() -> int:
             "worker": settings.sync_worker_id,
             "paused": worker.paused,
             **details,
-            "assigned": sorted(f"{tp.topic}:{tp.partition}" for tp in consumer.assignment()),
+            # The worker's own record (a copy, atomic): consumer calls from this thread would
+            # wait for the poll in progress on the main thread.
+            "assigned": sorted(f"{tp.topic}:{tp.partition}" for tp in frozenset(worker.assigned)),
             "clickhouse": profile.version_text,
         }
 
@@ -84,7 +90,8 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     log.info("sync worker started", tables=sorted(r.table for r in routes.values()),
-             clickhouse=profile.version_text, port=settings.sync_port)
+             clickhouse=profile.version_text, port=settings.sync_port,
+             kafka_client=settings.kafka_client)
     worker.run()
     return 0
 

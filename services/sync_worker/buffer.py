@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from kafka import TopicPartition
+from chute.kafka import TopicPartition
 from pydantic import BaseModel
 
 from sync_worker.policy import BatchLimits, flush_reason, time_until_due

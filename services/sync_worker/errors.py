@@ -86,8 +86,8 @@ def classify(exc: BaseException) -> str:
     if isinstance(exc, (struct.error, OverflowError, ValueError, TypeError,
                         ch_errors.TypeMismatchError, ch_errors.TooLargeStringSize)):
         return DATA
-    # Kafka clients mark the errors worth retrying (kafka-python `retriable`,
-    # confluent-kafka `KafkaError.retriable()` on the error it carries).
+    # Kafka clients mark the errors worth retrying (the seam's KafkaClientError.retriable;
+    # confluent-kafka's KafkaError.retriable() on the error an exception carries).
     if _kafka_retriable(exc):
         return TRANSIENT
     return UNKNOWN

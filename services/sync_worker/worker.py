@@ -14,20 +14,17 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from chute import metrics
+from chute import kafka, metrics
 from chute.fingerprint import FINGERPRINT_HEADER, model_fingerprint
+from chute.kafka import CommitRebalanced, KafkaClientError, Record, TopicPartition
 from chute.pipeline import Stream
 from chute.registry import Definitions
 from chute.server import ServerProfile
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
-from kafka.errors import CommitFailedError, KafkaError
-from kafka.structs import OffsetAndMetadata
 
 from sync_worker.buffer import TableBuffer
 from sync_worker.errors import DATA, UNKNOWN, classify
@@ -98,11 +95,10 @@ class Route:
         return self.stream.name
 
     def drop_pending(self) -> None:
-        """Forget what is buffered or held (it is re-delivered: nothing of it is committed)."""
+        """Forget what is buffered or held (it is re-delivered: nothing of it is committed).
+        A retrying pipeline stays so; its next attempt finds nothing held and resumes it."""
         self.buffer.clear()
         self.held = None
-        if self.state.next_attempt is not None:
-            self.state.succeeded()  # nothing left to retry; the next batch tries afresh
 
 
 def build_routes(defs: Definitions, profile: ServerProfile,
@@ -135,7 +131,7 @@ def build_routes(defs: Definitions, profile: ServerProfile,
 
 
 class SyncWorker:
-    def __init__(self, settings: SyncSettings, consumer: KafkaConsumer, producer: KafkaProducer,
+    def __init__(self, settings: SyncSettings, consumer: kafka.Consumer, producer: kafka.Producer,
                  writer: Writer, routes: dict[str, Route],
                  clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep) -> None:
@@ -153,10 +149,9 @@ class SyncWorker:
         self.committed: dict[TopicPartition, int] = {}
         self.last_loop = self.clock()
         self._next_lag_update = 0.0
-        # kafka-python runs rebalance listeners on its IO thread, where blocking consumer
-        # calls are not allowed: assignments are posted here and handled after poll().
-        self._group_lock = threading.Lock()
-        self._assign_request: set[TopicPartition] | None = None
+        # Partitions this worker owns, as told by the rebalance callbacks (which the seam runs
+        # inside poll(), on this thread).
+        self.assigned: set[TopicPartition] = set()
         self.closing = False
         self._inserts_done = 0
         for route in routes.values():
@@ -165,7 +160,7 @@ class SyncWorker:
     # --- lifecycle ----------------------------------------------------------------------
 
     def subscribe(self) -> None:
-        self.consumer.subscribe(topics=sorted(self.routes), listener=_Listener(self))
+        self.consumer.subscribe(sorted(self.routes), _Listener(self))
         log.info("subscribed", topics=sorted(self.routes), group=self.settings.sync_group)
 
     def request_stop(self) -> None:
@@ -184,7 +179,7 @@ class SyncWorker:
                 log.warning("flush abandoned on shutdown; rows will be re-delivered",
                             error=str(exc))
                 self.closing = True
-                self.consumer.close(autocommit=False)
+                self.consumer.close()
                 return
         self.shutdown()
 
@@ -194,7 +189,7 @@ class SyncWorker:
         except FlushAbandoned as exc:
             log.warning("shutdown flush abandoned; rows will be re-delivered", error=str(exc))
         self.closing = True
-        self.consumer.close(autocommit=False)
+        self.consumer.close()
         self.producer.flush(timeout=5)
         log.info("left the consumer group")
 
@@ -209,21 +204,19 @@ class SyncWorker:
                 None if route.state.next_attempt is None else route.state.next_attempt - now)
             if due_in is not None:
                 timeout = max(0.0, min(timeout, due_in))
-        self.handle_group_changes()
-        records = self.consumer.poll(timeout_ms=max(1, int(timeout * 1000)))
-        if self.handle_group_changes():
-            # The assignment changed while these were fetched: positions were reset to what
-            # is committed (or the exactly-once watermark), so they will be fetched again.
-            records = {}
+        # Rebalance callbacks run inside poll(): revoked partitions are flushed (or dropped)
+        # and new ones positioned before any of their records is returned.
+        records = self.consumer.poll(max(0.001, timeout))
         for tp, messages in records.items():
-            self.accept(self.routes[tp.topic], tp, messages)
+            if tp in self.assigned:  # else fetched before a revocation: the owner re-reads
+                self.accept(self.routes[tp.topic], tp, messages)
         now = self.clock()
         self.flush_due(now)
         if now >= self._next_lag_update:
             self._next_lag_update = now + 5.0
             self.update_lag()
 
-    def accept(self, route: Route, tp: TopicPartition, messages: list[Any]) -> None:
+    def accept(self, route: Route, tp: TopicPartition, messages: list[Record]) -> None:
         """Decode one partition's messages into the route's buffer; flush whenever it is
         full, so batches are exactly max_batch_rows. The hot loop of the worker.
 
@@ -258,13 +251,13 @@ class SyncWorker:
                     metrics.SYNC_ERRORS.labels(route.table, "decode").inc()
                     guard.record(False, good)  # the good ones before it count first
                     good = 0
-                    position = Position(tp.topic, tp.partition, offset, message.timestamp)
+                    position = Position(tp.topic, tp.partition, offset, message.timestamp_ms)
                     envelope = self.dead_letter(route, position, value, row.error_type,
                                                 row.error_message)
                     if envelope is not None:
                         buf.add_dead_letter(envelope, tp, offset, now)
                     continue
-                buf.add(row, value, tp.partition, offset, message.timestamp, now)
+                buf.add(row, value, tp.partition, offset, message.timestamp_ms, now)
                 good += 1
                 if buf.full and route.held is None:
                     guard.record(False, good)
@@ -320,18 +313,18 @@ class SyncWorker:
 
     def _route_partitions(self, route: Route) -> list[TopicPartition]:
         topic = route.stream.topic
-        return [tp for tp in self.consumer.assignment() if tp.topic == topic]
+        return [tp for tp in self.assigned if tp.topic == topic]
 
     def _pause_route(self, route: Route) -> None:
         partitions = self._route_partitions(route)
         if partitions:
-            self.consumer.pause(*partitions)
+            self.consumer.pause(partitions)
         metrics.SYNC_PAUSED.set(1)
 
     def _resume_route(self, route: Route) -> None:
         partitions = self._route_partitions(route)
         if partitions:
-            self.consumer.resume(*partitions)
+            self.consumer.resume(partitions)
         metrics.SYNC_PAUSED.set(1 if self.paused else 0)
 
     def _observe_state(self, route: Route) -> None:
@@ -434,21 +427,21 @@ class SyncWorker:
     def _attempt(self, route: Route, reason: str) -> dict[TopicPartition, int] | None:
         """One attempt at the held batch (detaching the buffer if none is held). Returns the
         offsets to commit, or None when it failed (the route's state says what next)."""
-        if route.held is None:
-            if not route.buffer.pending:
-                return {}
+        if route.held is None and route.buffer.pending:
             batch = route.buffer.detach()
             route.held = HeldBatch(batch, reason, Isolator(len(batch.rows)))
         held = route.held
-        try:
-            offsets = self._write(route, held)
-        except DeadLetterRatioExceeded as exc:
-            self._stop_pipeline(route, str(exc))
-            return None
-        except Exception as exc:
-            self._attempt_failed(route, exc)
-            return None
-        route.held = None
+        offsets: dict[TopicPartition, int] = {}
+        if held is not None:  # else the held batch was dropped (rebalance): nothing to retry
+            try:
+                offsets = self._write(route, held)
+            except DeadLetterRatioExceeded as exc:
+                self._stop_pipeline(route, str(exc))
+                return None
+            except Exception as exc:
+                self._attempt_failed(route, exc)
+                return None
+            route.held = None
         if route.state.succeeded():
             log.info("resumed", pipeline=route.name, table=route.table)
             self._resume_route(route)
@@ -547,9 +540,7 @@ class SyncWorker:
         if not envelopes or route.dead_letter_topic is None:
             return
         topic = route.dead_letter_topic
-        futures = [self.producer.send(topic, value=e) for e in envelopes]
-        for future in futures:
-            future.get(timeout=30)
+        self.producer.deliver(topic, envelopes, timeout=30)
 
     def _with_retry(self, action: Callable[[], None], table: str, what: str) -> None:
         """Blocking retry for what all pipelines need (offset commits, watermark reads on
@@ -569,7 +560,7 @@ class SyncWorker:
                 unknown += kind == UNKNOWN
                 if kind == DATA or unknown > self.settings.sync_retry_budget:
                     raise
-                if not isinstance(exc, KafkaError):
+                if not isinstance(exc, KafkaClientError):
                     # Only ClickHouse errors: the client belongs to the thread that inserts.
                     self.writer.reset()
                 metrics.SYNC_ERRORS.labels(table, kind).inc()
@@ -603,13 +594,12 @@ class SyncWorker:
         worker: logged, nothing to retry (the new owner re-reads from the last commit)."""
         if not offsets:
             return
-        rebalanced: list[CommitFailedError] = []
+        rebalanced: list[CommitRebalanced] = []
 
         def commit() -> None:
             try:
-                self.consumer.commit(
-                    {tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()})
-            except CommitFailedError as exc:
+                self.consumer.commit(offsets)
+            except CommitRebalanced as exc:
                 rebalanced.append(exc)
 
         self._with_retry(commit, ",".join(sorted({tp.topic for tp in offsets})),
@@ -633,54 +623,77 @@ class SyncWorker:
             histogram.observe(max(0.0, (now_ms - timestamp) / 1000))
 
     # --- rebalancing and exactly-once ---------------------------------------------------
+    # The seam calls these inside consumer.poll(), on this thread, never on a client's
+    # network thread: heartbeats go on while they insert, and during on_revoked the
+    # partitions are still ours, so their offsets can be committed.
 
-    def note_assignment(self, assigned: set[TopicPartition]) -> None:
-        with self._group_lock:
-            self._assign_request = set(assigned)
-
-    def handle_group_changes(self) -> bool:
-        """Position newly assigned partitions (main thread). True if there were any."""
-        with self._group_lock:
-            assigned, self._assign_request = self._assign_request, None
-        if assigned is not None:
-            self.on_assigned(sorted(assigned))
-        return assigned is not None
-
-    def flush_for_revocation(self, revoked: set[TopicPartition]) -> dict[TopicPartition, int]:
-        """Insert what is buffered before the partitions go to another worker, so the next
-        owner (and its exactly-once watermark) starts after our last insert. Runs on
-        kafka-python's IO thread while the main thread is blocked in poll(); returns the
-        offsets to commit, which the listener commits without blocking the IO loop."""
+    def flush_for_revocation(self, revoked: Sequence[TopicPartition]) -> None:
+        """Insert and commit what is buffered before the partitions go to another worker, so
+        the next owner (and its exactly-once watermark) starts after our last insert. Retries
+        stop after sync_rebalance_flush_seconds (an insert under way finishes first); then the
+        buffered rows are dropped: nothing was committed for them, the next owner re-reads."""
         log.info("partitions revoked", partitions=_names(revoked))
-        offsets: dict[TopicPartition, int] = {}
-        self.stop_deadline = self.clock() + self.settings.sync_shutdown_flush_seconds
+        kept = self.assigned - set(revoked)
+        previous = self.stop_deadline
+        deadline = self.clock() + self.settings.sync_rebalance_flush_seconds
+        self.stop_deadline = deadline if previous is None else min(previous, deadline)
         try:
-            offsets = self.flush_all(FlushReason.REBALANCE)
+            self.flush_all(FlushReason.REBALANCE)
         except FlushAbandoned as exc:
             log.warning("rebalance flush abandoned; rows will be re-delivered", error=str(exc))
-            offsets = exc.done
+            self.stop_deadline = previous
+            self._drop_buffered(kept)
         finally:
-            self.stop_deadline = None if not self.stopping else self.stop_deadline
+            self.stop_deadline = previous
+        self._forget(revoked)
+
+    def on_lost(self, lost: Sequence[TopicPartition]) -> None:
+        """This worker was evicted: the partitions may already belong to another worker, so
+        their buffered rows must never be inserted (nor their offsets committed)."""
+        log.warning("partitions lost; their buffered rows are dropped", partitions=_names(lost))
+        self._drop_buffered(self.assigned - set(lost))
+        self._forget(lost)
+
+    def _drop_buffered(self, kept: set[TopicPartition]) -> None:
+        """Empty every buffer and rewind the partitions still owned to where the table and
+        the commits say they are, so the dropped rows of those partitions are read again."""
         for route in self.routes.values():
             route.drop_pending()
-        for tp in revoked:
+            metrics.SYNC_BUFFERED_ROWS.labels(route.table).set(0)
+        if kept:
+            for tp, offset in self._start_offsets(sorted(kept)).items():
+                self.consumer.seek(tp, offset)
+
+    def _forget(self, partitions: Sequence[TopicPartition]) -> None:
+        for tp in partitions:
+            self.assigned.discard(tp)
             self.watermarks.pop(tp, None)
             self.committed.pop(tp, None)
             with contextlib.suppress(KeyError):
                 metrics.SYNC_CONSUMER_LAG.remove(tp.topic, str(tp.partition))
-        return offsets
 
-    def on_assigned(self, assigned: list[TopicPartition]) -> None:
-        """Start each partition at its committed offset, or past the exactly-once watermark
-        when the table already holds later rows."""
+    def on_assigned(self, assigned: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        """Where each new partition starts: its committed offset, or past the exactly-once
+        watermark when the table already holds later rows (returned to the seam, which starts
+        fetching there). Partitions without either start at the earliest offset."""
         log.info("partitions assigned", partitions=_names(assigned))
-        for route in self.routes.values():
-            route.drop_pending()
+        self.assigned.update(assigned)
+        return self._start_offsets(assigned)
+
+    def _start_offsets(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        found: dict[TopicPartition, int | None] = {}
+
+        def read_committed() -> None:
+            found.update(self.consumer.committed(partitions))
+
+        self._with_retry(read_committed, ",".join(sorted({tp.topic for tp in partitions})),
+                         "committed offsets read")
         marks_by_table: dict[str, dict[int, int]] = {}
         caught_up: dict[TopicPartition, int] = {}
-        for tp in assigned:
+        starts: dict[TopicPartition, int] = {}
+        for tp in partitions:
             route = self.routes[tp.topic]
-            committed = self.consumer.committed(tp)
+            committed = found.get(tp)
             target = committed
             if route.exactly_once:
                 if route.table not in marks_by_table:
@@ -695,14 +708,13 @@ class SyncWorker:
                         caught_up[tp] = target
                     log.info("exactly-once watermark", table=route.table,
                              partition=tp.partition, offset=mark, committed=committed)
-            if target is None:
-                self.consumer.seek_to_beginning(tp)
-            else:
-                self.consumer.seek(tp, target)
+            if target is not None:
+                starts[tp] = target
                 self.committed[tp] = committed if committed is not None else 0
         # Rows up to the watermark are in the table: commit that, so lag and the next
         # owner see it even if no new record arrives.
         self._commit(caught_up)
+        return starts
 
     def _watermark_beyond_end(self, route: Route, tp: TopicPartition, mark: int) -> bool:
         """The table holds offset `mark` of this partition but the topic ends before it: the
@@ -711,7 +723,7 @@ class SyncWorker:
         inserting them would mix two topics' offsets: refuse loudly by failing the pipeline."""
         try:
             end = self.consumer.end_offsets([tp]).get(tp)
-        except KafkaError as exc:
+        except KafkaClientError as exc:
             log.warning("cannot check the watermark against the topic's end", table=route.table,
                         partition=tp.partition, error=str(exc))
             return False
@@ -737,38 +749,36 @@ class SyncWorker:
         """Lag = end offset - committed offset, per owned partition. The end offsets come from
         the last fetch responses (no request, so the poll loop is not held up); while fetching
         is paused they are asked from the broker, so lag keeps growing during an outage."""
-        assignment = list(self.consumer.assignment())
+        assignment = sorted(self.assigned)
         if not assignment:
             return
         ends: dict[TopicPartition, int | None] = {}
         if not ask_broker:
             ends = {tp: self.consumer.highwater(tp) for tp in assignment}
-        if ask_broker or any(end is None for end in ends.values()):
-            try:
-                ends = dict(self.consumer.end_offsets(assignment))
-            except KafkaError:
-                return
+        try:
+            if ask_broker or any(end is None for end in ends.values()):
+                ends = dict(self.consumer.end_offsets(assignment, timeout=2.0))
+            missing = [tp for tp in assignment if tp not in self.committed]
+            if missing:
+                for tp, done in self.consumer.committed(missing, timeout=2.0).items():
+                    self.committed[tp] = done or 0
+        except KafkaClientError:
+            return
         for tp, end in ends.items():
-            if end is None:
-                continue
             done = self.committed.get(tp)
-            if done is None:
-                try:
-                    done = self.consumer.committed(tp) or 0
-                except KafkaError:
-                    return
-                self.committed[tp] = done
+            if end is None or done is None:
+                continue
             metrics.SYNC_CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, end - done))
 
 
-def model_header(message: Any) -> bytes | None:
+def model_header(message: Record) -> bytes | None:
     """The fingerprint of the model that validated the record (raw header bytes), if the
     producer set one. On the hot path: compared as bytes, decoded only to be logged."""
     headers = message.headers
     if headers:
         for key, value in headers:
             if key == FINGERPRINT_HEADER:
-                return value  # type: ignore[no-any-return]
+                return value
     return None
 
 
@@ -776,28 +786,19 @@ def _names(tps: Iterable[TopicPartition]) -> str:
     return ",".join(f"{tp.topic}:{tp.partition}" for tp in sorted(tps))
 
 
-class _Listener(AsyncConsumerRebalanceListener):  # type: ignore[misc]
-    """Called on kafka-python's IO thread during poll()."""
+class _Listener:
+    """The worker's side of the seam's rebalance callbacks (run inside poll())."""
 
     def __init__(self, worker: SyncWorker) -> None:
         self.worker = worker
 
-    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        worker = self.worker
-        if worker.closing or not revoked:
-            return
-        offsets = worker.flush_for_revocation(set(revoked))
-        if not offsets:
-            return
-        try:
-            # The blocking commit() is refused on the IO thread; await its coroutine.
-            coordinator = worker.consumer._coordinator
-            await coordinator._commit_offsets_sync_async(
-                {tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()}, 10_000)
-            worker.committed.update(offsets)
-        except Exception as exc:
-            log.warning("commit on revocation failed; rows may be delivered again",
-                        error=f"{type(exc).__name__}: {exc}")
+    def on_assigned(self, partitions: Sequence[TopicPartition]
+                    ) -> Mapping[TopicPartition, int]:
+        return self.worker.on_assigned(partitions)
 
-    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        self.worker.note_assignment(set(assigned))
+    def on_revoked(self, partitions: Sequence[TopicPartition]) -> None:
+        if not self.worker.closing:
+            self.worker.flush_for_revocation(partitions)
+
+    def on_lost(self, partitions: Sequence[TopicPartition]) -> None:
+        self.worker.on_lost(partitions)

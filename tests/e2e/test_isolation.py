@@ -35,8 +35,8 @@ def test_a_pipeline_stuck_on_a_missing_column_does_not_stall_the_other(
 
     def send(stack: Stack, first: int, count: int) -> None:
         for i in range(first, first + count):
-            p.send(stack.name, key=f"k{i}".encode(), value=orjson.dumps(event(i)))
-        p.flush()
+            p.send(stack.name, orjson.dumps(event(i)), key=f"k{i}".encode())
+        p.flush(timeout=10)
 
     send(stuck, 0, 50)
     send(flowing, 0, 50)
@@ -64,7 +64,7 @@ def test_a_pipeline_stuck_on_a_missing_column_does_not_stall_the_other(
     send(stuck, 50, 50)
     stuck.wait_count(100, timeout=10)
     assert stuck.count() == 100 and flowing.count() == 200
-    p.close()
+    p.close(timeout=10)
 
 
 def test_records_of_another_model_pause_only_their_pipeline(make_stack: MakeStack) -> None:
@@ -74,15 +74,14 @@ def test_records_of_another_model_pause_only_their_pipeline(make_stack: MakeStac
                                 CHUTE_SYNC_HEALTH_PAUSED_SECONDS="1")
     p = producer(KAFKA)
     for i in range(20):  # validated by this worker's model: no header, or its own
-        p.send(newer.name, value=orjson.dumps(event(i)))
+        p.send(newer.name, orjson.dumps(event(i)))
     # Records an ingest API with a newer model definition validated.
     for i in range(20, 30):
-        p.send(newer.name, value=orjson.dumps(event(i)),
-               headers=[(FINGERPRINT_HEADER, b"0123456789abcdef")])
+        p.send(newer.name, orjson.dumps(event(i)),
+               headers=((FINGERPRINT_HEADER, b"0123456789abcdef"),))
     for i in range(30):
-        p.send(other.name, value=orjson.dumps(event(i)))
-    p.flush()
-    p.close()
+        p.send(other.name, orjson.dumps(event(i)))
+    p.close(timeout=10)
     newer.wait_count(20)
     other.wait_count(30)
     url = f"http://127.0.0.1:{worker.port}/health"

@@ -9,7 +9,8 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from chute.kafka import producer
+from chute import kafka
+from chute.kafka import TopicPartition
 
 from tests.e2e.stack import Stack, elapsed_since, event
 from tests.support import KAFKA, wait_for
@@ -20,15 +21,13 @@ MakeStack = Callable[..., Stack]
 
 
 def _end_offsets(topic: str) -> dict[int, int]:
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(bootstrap_servers=KAFKA)
+    admin = kafka.admin(KAFKA)
     try:
-        parts = consumer.partitions_for_topic(topic) or set()
-        ends = consumer.end_offsets([TopicPartition(topic, p) for p in parts])
+        count = admin.topic_partitions().get(topic, 0)
+        ends = admin.end_offsets([TopicPartition(topic, p) for p in range(count)])
         return {tp.partition: off for tp, off in ends.items()}
     finally:
-        consumer.close()
+        admin.close()
 
 
 def test_one_event_is_queryable_within_two_seconds(make_stack: MakeStack) -> None:
@@ -138,18 +137,15 @@ def test_api_keys_are_required_when_configured(make_stack: MakeStack) -> None:
 def test_garbage_and_rejected_rows_go_to_the_dead_letter_table(make_stack: MakeStack) -> None:
     stack = make_stack(extra_fields='    small: Annotated[int, ClickHouseType("UInt8")] = 0')
     stack.start_worker()
-    p = producer(KAFKA)
-    p.send(stack.name, value=b"\x00\x01 this is not json").get(10)
-    p.send(stack.name, value=orjson.dumps({"id": "only-id"})).get(10)
+    p = kafka.producer(KAFKA)
+    p.deliver(stack.name, [b"\x00\x01 this is not json", orjson.dumps({"id": "only-id"})], 10)
     # One record ClickHouse rejects (300 does not fit UInt8) inside a batch of good ones,
     # spelled unlike pydantic would re-serialise it: its dead letter must carry these bytes.
     bad = (b'{"id": "e25",  "user_id": "u25", "timestamp": "2024-05-01T12:00:00+00:00", '
            b'"event_type": "click", "small": 300}')
     for i in range(50):
-        p.send(stack.name, key=b"k",
-               value=bad if i == 25 else orjson.dumps(event(i, small=7)))
-    p.flush()
-    p.close()
+        p.send(stack.name, bad if i == 25 else orjson.dumps(event(i, small=7)), key=b"k")
+    p.close(timeout=10)
     stack.wait_count(49)
     dlq = f"{stack.name}_dlq"
     stack.wait_count(3, table=dlq)

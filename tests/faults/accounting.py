@@ -77,21 +77,18 @@ class RssSampler:
 
 
 def committed_offsets(group: str, topic: str) -> dict[int, int]:
-    from kafka import KafkaConsumer, TopicPartition
+    from chute import kafka
+    from chute.kafka import TopicPartition
 
     from tests.support import KAFKA
 
-    consumer = KafkaConsumer(bootstrap_servers=KAFKA, group_id=group,
-                             enable_auto_commit=False)
+    admin = kafka.admin(KAFKA)
     try:
-        parts = consumer.partitions_for_topic(topic) or set()
-        result = {}
-        for p in sorted(parts):
-            off = consumer.committed(TopicPartition(topic, p))
-            result[p] = off if off is not None else -1
-        return result
+        count = admin.topic_partitions().get(topic, 0)
+        found = admin.group_offsets(group, [TopicPartition(topic, p) for p in range(count)])
+        return {tp.partition: -1 if off is None else off for tp, off in sorted(found.items())}
     finally:
-        consumer.close(autocommit=False)
+        admin.close()
 
 
 def pid_of(service: Any) -> int:

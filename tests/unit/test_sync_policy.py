@@ -4,8 +4,8 @@ import random
 import struct
 
 import pytest
+from chute.kafka import TopicPartition
 from clickhouse_driver import errors as ch_errors
-from kafka import TopicPartition
 from pydantic import BaseModel
 from sync_worker.buffer import TableBuffer
 from sync_worker.errors import DATA, SCHEMA, TRANSIENT, UNKNOWN, classify
@@ -238,32 +238,12 @@ class _LibrdkafkaError:
 
 
 def test_kafka_errors_are_classified_by_their_retriable_flag() -> None:
-    from kafka.errors import KafkaConnectionError, KafkaTimeoutError, TopicAuthorizationFailedError
+    from chute.kafka import CommitRebalanced, KafkaClientError, KafkaTimeout
 
-    assert classify(KafkaConnectionError("refused")) == TRANSIENT
-    assert classify(KafkaTimeoutError("no ack")) == TRANSIENT
-    assert classify(TopicAuthorizationFailedError()) == UNKNOWN
+    assert classify(KafkaClientError("broker down")) == TRANSIENT
+    assert classify(KafkaTimeout("no ack in time")) == TRANSIENT
+    assert classify(KafkaClientError("not authorised", retriable=False)) == UNKNOWN
+    assert classify(CommitRebalanced("group rebalanced")) == UNKNOWN
+    # A client exception that carries librdkafka's error object, not wrapped by the seam.
     assert classify(Exception(_LibrdkafkaError(True))) == TRANSIENT
     assert classify(Exception(_LibrdkafkaError(False))) == UNKNOWN
-
-
-def test_isolator_reconciles_a_data_error_in_an_insert_sent_as_several_blocks() -> None:
-    """A piece larger than one block: the blocks before the bad row were applied."""
-    table: list[int] = []
-    bad = 7
-    block = 3
-
-    def insert(lo: int, hi: int) -> None:
-        for start in range(lo, hi, block):  # as the driver sends it: block after block
-            rows = range(start, min(hi, start + block))
-            if bad in rows:
-                raise ch_errors.ServerException("Cannot parse", code=6)
-            table.extend(rows)
-
-    def reconcile(lo: int, hi: int) -> int:
-        return first_missing([0] * 10, list(range(10)), lo, hi, {0: max(table, default=-1)})
-
-    iso = Isolator(10, atomic_rows=block)
-    iso.run(insert, classify, reconcile)
-    assert sorted(table) == [i for i in range(10) if i != bad]  # nothing twice
-    assert [i for i, _ in iso.rejected] == [bad]

@@ -3,7 +3,8 @@ consumer, producer and table and an injected clock: no servers, no sleeping."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -11,10 +12,10 @@ import orjson
 import pytest
 from chute import IngestPipeline, Key
 from chute.fingerprint import FINGERPRINT_HEADER, model_fingerprint
+from chute.kafka import Record, TopicPartition
 from chute.registry import Definitions
 from chute.server import OLD_SERVER
 from clickhouse_driver import errors as ch_errors
-from kafka import TopicPartition
 from prometheus_client import REGISTRY
 from pydantic import BaseModel
 from sync_worker.pipeline_state import Status, health
@@ -28,27 +29,26 @@ class Event(BaseModel):
     timestamp: datetime
 
 
-@dataclass
-class Message:
-    offset: int
-    value: bytes
-    timestamp: int = 1_714_564_800_000
-    headers: list[tuple[str, bytes]] = field(default_factory=list)
+def Message(offset: int, value: bytes, topic: str = "b", partition: int = 0,
+            headers: tuple[tuple[str, bytes], ...] = ()) -> Record:
+    return Record(topic, partition, offset, 1_714_564_800_000, None, value, headers)
 
 
 class FakeConsumer:
+    """The seam's consumer in memory: what poll returns is fed by the test."""
+
     def __init__(self, partitions: list[TopicPartition]) -> None:
         self.partitions = set(partitions)
         self.paused: set[TopicPartition] = set()
-        self.pending: dict[TopicPartition, list[Message]] = {}
+        self.pending: dict[TopicPartition, list[Record]] = {}
         self.commits: dict[TopicPartition, int] = {}
         self.ends: dict[TopicPartition, int] = {}
-        self.positions: dict[TopicPartition, int] = {}
 
-    def feed(self, tp: TopicPartition, messages: list[Message]) -> None:
+    def feed(self, tp: TopicPartition, messages: list[Record]) -> None:
         self.pending.setdefault(tp, []).extend(messages)
 
-    def poll(self, timeout_ms: int) -> dict[TopicPartition, list[Message]]:
+    def poll(self, timeout: float, max_records: int | None = None
+             ) -> dict[TopicPartition, list[Record]]:
         out = {tp: msgs for tp, msgs in self.pending.items() if msgs and tp not in self.paused}
         for tp in out:
             self.pending[tp] = []
@@ -57,29 +57,25 @@ class FakeConsumer:
     def assignment(self) -> set[TopicPartition]:
         return set(self.partitions)
 
-    def pause(self, *tps: TopicPartition) -> None:
-        self.paused.update(tps)
+    def pause(self, partitions: Iterable[TopicPartition]) -> None:
+        self.paused.update(partitions)
 
-    def resume(self, *tps: TopicPartition) -> None:
-        self.paused.difference_update(tps)
+    def resume(self, partitions: Iterable[TopicPartition]) -> None:
+        self.paused.difference_update(partitions)
 
-    def commit(self, offsets: dict[TopicPartition, Any]) -> None:
-        self.commits.update({tp: meta.offset for tp, meta in offsets.items()})
+    def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        self.commits.update(offsets)
 
-    def committed(self, tp: TopicPartition) -> int | None:
-        return self.commits.get(tp)
+    def committed(self, partitions: Iterable[TopicPartition], timeout: float = 10.0
+                  ) -> dict[TopicPartition, int | None]:
+        return {tp: self.commits.get(tp) for tp in partitions}
 
     def highwater(self, tp: TopicPartition) -> int:
         return 0
 
-    def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
-        return {tp: self.ends.get(tp, 0) for tp in tps}
-
-    def seek(self, tp: TopicPartition, offset: int) -> None:
-        self.positions[tp] = offset
-
-    def seek_to_beginning(self, tp: TopicPartition) -> None:
-        self.positions[tp] = 0
+    def end_offsets(self, partitions: Iterable[TopicPartition], timeout: float = 10.0
+                    ) -> dict[TopicPartition, int]:
+        return {tp: self.ends.get(tp, 0) for tp in partitions}
 
 
 class FakeWriter:
@@ -126,20 +122,15 @@ class FakeWriter:
         pass
 
 
-class FakeFuture:
-    def get(self, timeout: float) -> None:
-        return None
-
-
 class FakeProducer:
     def __init__(self, log: list[str]) -> None:
         self.sent: list[tuple[str, dict[str, Any]]] = []
         self.log = log
 
-    def send(self, topic: str, value: bytes) -> FakeFuture:
-        self.sent.append((topic, orjson.loads(value)))
-        self.log.append(f"dead letter {topic}")
-        return FakeFuture()
+    def deliver(self, topic: str, values: Sequence[bytes], timeout: float) -> None:
+        for value in values:
+            self.sent.append((topic, orjson.loads(value)))
+            self.log.append(f"dead letter {topic}")
 
 
 class Clock:
@@ -165,7 +156,7 @@ class Harness:
     def feed(self, topic: str, first: int, count: int, partition: int = 0,
              headers: dict[str, bytes] | None = None) -> None:
         self.consumer.feed(TopicPartition(topic, partition), [
-            Message(o, record(o), headers=list((headers or {}).items()))
+            Message(o, record(o), topic, partition, tuple((headers or {}).items()))
             for o in range(first, first + count)])
 
     def step(self, seconds: float = 0.0) -> None:
@@ -183,7 +174,7 @@ def record(i: int) -> bytes:
     return orjson.dumps({"id": f"e{i}", "n": i, "timestamp": "2024-05-01T12:00:00Z"})
 
 
-def make(delivery: str = "at_least_once", **settings: Any) -> Harness:
+def make(delivery: str = "at_least_once", assign: bool = True, **settings: Any) -> Harness:
     pipelines = [IngestPipeline[Event](name, {"stream": {
         "max_batch_rows": 10, "max_batch_wait": 1.0, "delivery": delivery}})
         for name in ("a", "b")]
@@ -197,8 +188,11 @@ def make(delivery: str = "at_least_once", **settings: Any) -> Harness:
     consumer = FakeConsumer([TopicPartition(t, 0) for t in ("a", "b")])
     writer = FakeWriter()
     producer = FakeProducer(writer.log)
-    worker = SyncWorker(cfg, consumer, producer, writer, routes,
+    # The fakes implement what the worker calls, not the whole seam.
+    worker = SyncWorker(cfg, consumer, producer, writer, routes,  # type: ignore[arg-type]
                         clock=clock, sleep=clock.sleep)
+    if assign:
+        worker.on_assigned(sorted(consumer.partitions))
     return Harness(worker, consumer, writer, producer, clock)
 
 
@@ -405,17 +399,17 @@ def test_waiting_for_a_retry_never_sleeps_a_negative_time(lag_update_seconds: fl
 
 
 def test_a_watermark_beyond_the_topic_end_fails_the_pipeline_instead_of_skipping() -> None:
-    h = make("exactly_once")
+    h = make("exactly_once", assign=False)
     tp_a, tp_b = TopicPartition("a", 0), TopicPartition("b", 0)
     # Table b holds offsets up to 499 of an earlier topic "b"; the re-created one ends at 20.
     h.writer.tables["b"] = [{"_chute_partition": 0, "_chute_offset": 499}]
     h.writer.tables["a"] = [{"_chute_partition": 0, "_chute_offset": 9}]
     h.consumer.ends = {tp_a: 30, tp_b: 20}
-    h.worker.on_assigned([tp_a, tp_b])
+    starts = h.worker.on_assigned([tp_a, tp_b])
     state = h.worker.routes["b"].state
     assert state.status is Status.FAILED and "re-created" in state.reason
     assert tp_b not in h.consumer.commits  # not committed up to the old watermark
-    assert h.consumer.positions[tp_a] == 10  # a resumes past its own watermark
+    assert starts == {tp_a: 10}  # a resumes past its own watermark; b is not started
     assert h.consumer.commits[tp_a] == 10
 
 
@@ -436,9 +430,9 @@ def test_shutdown_flushes_the_healthy_pipeline_when_another_cannot() -> None:
 
 def test_a_commit_failing_with_an_unclassified_error_is_not_retried_for_ever() -> None:
     h = make(sync_retry_budget=3)
-    calls = []
+    calls: list[Mapping[TopicPartition, int]] = []
 
-    def commit(offsets: dict[TopicPartition, Any]) -> None:
+    def commit(offsets: Mapping[TopicPartition, int]) -> None:
         calls.append(offsets)
         raise RuntimeError("unexpected")
 
