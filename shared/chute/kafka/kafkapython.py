@@ -223,6 +223,11 @@ class KafkaPythonConsumer:
 
     def subscribe(self, topics: Sequence[str], listener: RebalanceListener) -> None:
         self._listener = listener
+        # The group leader assigns only partitions its metadata knows; a first join before
+        # the client fetched the topics' metadata assigns nothing until the next refresh
+        # (minutes). Fetch it now.
+        with contextlib.suppress(kerrors.KafkaError):
+            self._consumer.topics()
         self._consumer.subscribe(topics=list(topics), listener=_Relay(self))
 
     def _poll_forever(self) -> None:
