@@ -13,6 +13,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
+from chute.kafka import KafkaClientError, ProducerOptions, client_from_env
 from chute.kafka import producer as kafka_producer
 
 from bench.context import Context, Pipeline
@@ -117,29 +118,32 @@ def run_kafka_python(ctx: Context, pipeline: Pipeline, records: int) -> dict[str
     """The ingest API's own send path without HTTP and validation: KafkaProducer.send per
     record (key, crc32 partition, acks=all, linger 5 ms) with a callback, then flush."""
     pairs = [(k.encode(), v.encode()) for k, v in keyed_records(records, "p")]
-    client = kafka_producer(ctx.endpoints.kafka, linger_ms=5, client_id="chute-bench")
+    client = kafka_producer(ctx.endpoints.kafka,
+                            ProducerOptions(linger_ms=5, client_id="chute-bench"))
     try:
         partitions = sorted(client.partitions_for(pipeline.topic))
         n = len(partitions)
         acked = [0]
 
-        def on_ack(_metadata: Any) -> None:
-            acked[0] += 1
+        def on_ack(error: KafkaClientError | None) -> None:
+            if error is None:
+                acked[0] += 1
 
         ctx.progress.status(f"kafka-python: {records:,} records")
         started = time.monotonic()
         send = client.send
         topic = pipeline.topic
         for key, value in pairs:
-            send(topic, value=value, key=key,
-                 partition=partitions[zlib.crc32(key) % n]).add_callback(on_ack)
+            send(topic, value, key=key, partition=partitions[zlib.crc32(key) % n],
+                 on_delivery=on_ack)
         client.flush(timeout=300)
         seconds = time.monotonic() - started
     finally:
         client.close(timeout=10)
     if acked[0] != records:
         raise BenchError(f"kafka-python: {acked[0]} of {records} records acknowledged")
-    result = {"label": "kafka-python KafkaProducer, acks=all (in-process, no HTTP)",
+    result = {"label": f"{client_from_env()} producer via chute.kafka, acks=all "
+                       "(in-process, no HTTP)",
               "records": records, "seconds": round(seconds, 3),
               "records_per_s": round(records / seconds)}
     ctx.progress.step(f"ingest: {result['label']}: {result['records_per_s']:,} records/s")

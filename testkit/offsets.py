@@ -1,44 +1,38 @@
 """Offsets as the tests and the bench read them: the end of each partition of a topic, and
-what a consumer group committed. Both go through chute's Kafka adapter (`chute.kafka`)."""
+what a consumer group committed. Both go through chute's Kafka seam (`chute.kafka`)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 from chute import kafka
-from kafka import TopicPartition
-
-# A consumer that never subscribes joins no group; the id only scopes `committed`.
-_READER_GROUP = "chute-offset-reader"
+from chute.kafka import Admin, TopicPartition
 
 
 @contextmanager
-def _reader(bootstrap: str, group: str) -> Iterator[Any]:
-    consumer = kafka.consumer(bootstrap, group, client_id="chute-offset-reader")
+def _admin(bootstrap: str) -> Iterator[Admin]:
+    admin = kafka.admin(bootstrap)
     try:
-        yield consumer
+        yield admin
     finally:
-        consumer.close(autocommit=False)
+        admin.close()
 
 
-def _partitions(consumer: Any, topic: str) -> list[TopicPartition]:
-    return [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+def _partitions(admin: Admin, topic: str) -> list[TopicPartition]:
+    count = admin.topic_partitions().get(topic, 0)
+    return [TopicPartition(topic, p) for p in range(count)]
 
 
 def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
     """{partition: offset of the next record} of every partition of `topic`."""
-    with _reader(bootstrap, _READER_GROUP) as consumer:
-        ends = consumer.end_offsets(_partitions(consumer, topic))
-        return {tp.partition: int(offset) for tp, offset in ends.items()}
+    with _admin(bootstrap) as admin:
+        ends = admin.end_offsets(_partitions(admin, topic))
+        return {tp.partition: int(offset) for tp, offset in sorted(ends.items())}
 
 
 def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
     """{partition: committed offset} of `group` on `topic`, -1 where it committed nothing."""
-    with _reader(bootstrap, group) as consumer:
-        result = {}
-        for tp in _partitions(consumer, topic):
-            offset = consumer.committed(tp)
-            result[tp.partition] = int(offset) if offset is not None else -1
-        return result
+    with _admin(bootstrap) as admin:
+        found = admin.group_offsets(group, _partitions(admin, topic))
+        return {tp.partition: -1 if off is None else int(off) for tp, off in sorted(found.items())}

@@ -38,9 +38,9 @@ def ch(servers: None) -> Iterator[Any]:
 
 @pytest.fixture
 def admin(servers: None) -> Iterator[Any]:
-    from chute.kafka import admin_client
+    from chute import kafka
 
-    client = admin_client(KAFKA)
+    client = kafka.admin(KAFKA)
     yield client
     client.close()
 

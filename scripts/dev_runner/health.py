@@ -30,22 +30,18 @@ _kafka_logging_quiet = False
 def _kafka_lists_topics(bootstrap: str) -> bool:
     global _kafka_logging_quiet
     if not _kafka_logging_quiet:
-        # Without a handler, Python would print kafka-python's errors while the broker boots.
-        logging.getLogger("kafka").addHandler(logging.NullHandler())
+        # Without a handler, Python would print the client's errors while the broker boots.
+        for name in ("kafka", "chute.kafka"):
+            logging.getLogger(name).addHandler(logging.NullHandler())
         _kafka_logging_quiet = True
-    from kafka import KafkaAdminClient
+    from chute import kafka
 
     try:
-        admin = KafkaAdminClient(
-            bootstrap_servers=bootstrap,
-            client_id="chute-dev-runner",
-            request_timeout_ms=5000,
-            bootstrap_timeout_ms=5000,
-        )
+        admin = kafka.admin(bootstrap, timeout=5.0)
     except Exception:
         return False
     try:
-        admin.list_topics()
+        admin.topic_partitions()
     except Exception:
         return False
     finally:

@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 import structlog
-from chute import clickhouse, kafka
+from chute import clickhouse
 from chute.metrics import CONTROL_TABLE_ROWS
 from chute.registry import Definitions
 from fastapi import FastAPI, Response
@@ -59,7 +59,7 @@ def apply_with_retry(settings: ControlPlaneSettings, defs: Definitions,
 def pipeline_status(settings: ControlPlaneSettings, defs: Definitions) -> list[dict[str, Any]]:
     conn = Connections.open(settings)
     try:
-        partitions = kafka.topic_partitions(conn.admin)
+        partitions = conn.admin.topic_partitions()
         result = []
         for stream in defs.streams.values():
             entry: dict[str, Any] = {

@@ -7,11 +7,10 @@ from dataclasses import dataclass
 import structlog
 from chute import clickhouse, kafka
 from chute.metrics import CONTROL_ACTIONS
-from chute.registry import Definitions
+from chute.registry import Definitions, TopicSpec
 from chute.server import ServerProfile
 from chute.settings import CommonSettings
 from clickhouse_driver import Client
-from kafka import KafkaAdminClient
 
 from control_plane.plan import Plan, make_plan
 
@@ -20,18 +19,22 @@ log = structlog.get_logger()
 
 @dataclass
 class Connections:
-    admin: KafkaAdminClient
+    admin: kafka.Admin
     ch: Client
     profile: ServerProfile
 
     @classmethod
     def open(cls, settings: CommonSettings) -> Connections:
         ch, profile = clickhouse.connect_with_profile(settings)
-        return cls(kafka.admin_client(settings.kafka_bootstrap), ch, profile)
+        return cls(kafka.admin(settings.kafka_bootstrap), ch, profile)
 
     def close(self) -> None:
         self.admin.close()
         self.ch.disconnect()
+
+
+def topic_config(spec: TopicSpec) -> kafka.TopicConfig:
+    return kafka.TopicConfig(spec.name, spec.partitions, {"retention.ms": str(spec.retention_ms)})
 
 
 class PlanRefused(Exception):
@@ -41,7 +44,7 @@ class PlanRefused(Exception):
 def compute_plan(conn: Connections, defs: Definitions, database: str,
                  allow_destructive: bool = False) -> Plan:
     return make_plan(
-        defs.topics(), kafka.topic_partitions(conn.admin),
+        defs.topics(), conn.admin.topic_partitions(),
         defs.table_definitions(conn.profile), clickhouse.existing_tables(conn.ch, database),
         database, allow_destructive)
 
@@ -58,9 +61,9 @@ def apply_plan(conn: Connections, plan: Plan, allow_destructive: bool = False) -
                           + "; ".join(destructive))
     for action in plan.actions:
         if action.kind == "create_topic" and action.topic is not None:
-            kafka.create_topic(conn.admin, action.topic)
+            conn.admin.create_topic(topic_config(action.topic))
         elif action.kind == "add_partitions" and action.topic is not None:
-            kafka.add_partitions(conn.admin, action.topic.name, action.topic.partitions)
+            conn.admin.add_partitions(action.topic.name, action.topic.partitions)
         elif action.sql is not None:
             conn.ch.execute(action.sql)
         CONTROL_ACTIONS.labels(action.kind).inc()

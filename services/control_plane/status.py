@@ -19,10 +19,8 @@ from typing import Any, Protocol, TextIO
 from chute import clickhouse, kafka
 from chute.clickhouse import ExistingTable
 from chute.ddl import TableDefinition
+from chute.kafka import TopicPartition
 from chute.registry import Definitions
-from kafka import KafkaAdminClient
-from kafka.admin import OffsetSpec
-from kafka.structs import TopicPartition
 
 from control_plane.plan import Plan, plan_tables
 from control_plane.settings import ControlPlaneSettings
@@ -251,11 +249,9 @@ class StatusSource:
                     notes: dict[str, list[str]]) -> dict[str, tuple[PartitionState, ...]] | None:
         try:
             if self._admin is None:
-                self._admin = KafkaAdminClient(
-                    bootstrap_servers=self.settings.kafka_bootstrap, client_id="chute-status",
-                    request_timeout_ms=5_000, bootstrap_timeout_ms=5_000)
+                self._admin = kafka.admin(self.settings.kafka_bootstrap, timeout=5.0)
             admin = self._admin
-            counts = kafka.topic_partitions(admin)
+            counts = admin.topic_partitions()
             tps = []
             for stream in self.streams:
                 if stream.topic not in counts:
@@ -266,19 +262,17 @@ class StatusSource:
             if not tps:
                 return {}
             group = self.settings.sync_group
-            committed = admin.list_group_offsets({group: tps}).get(group, {})
-            starts = admin.list_partition_offsets({tp: OffsetSpec.EARLIEST for tp in tps})
-            ends = admin.list_partition_offsets({tp: OffsetSpec.LATEST for tp in tps})
+            committed = admin.group_offsets(group, tps)
+            starts = admin.start_offsets(tps)
+            ends = admin.end_offsets(tps)
         except Exception as exc:
             problems.append(f"Kafka {self.settings.kafka_bootstrap}: {_error(exc)}")
             self._close_admin()
             return None
         result: dict[str, list[PartitionState]] = {}
         for tp in tps:
-            mark = committed.get(tp)
-            offset = mark.offset if mark is not None and mark.offset >= 0 else None
             result.setdefault(tp.topic, []).append(
-                PartitionState(tp.partition, starts[tp].offset, ends[tp].offset, offset))
+                PartitionState(tp.partition, starts[tp], ends[tp], committed.get(tp)))
         return {topic: tuple(parts) for topic, parts in result.items()}
 
     def _read_clickhouse(self, problems: list[str],

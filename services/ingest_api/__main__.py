@@ -15,7 +15,6 @@ from chute.runtime import tune_garbage_collector
 from chute.server import ServerProfile, parse_version
 from chute.settings import load_settings
 from chute.typemap import UnsupportedTypeError
-from kafka import KafkaProducer
 
 from ingest_api.app import create_app
 from ingest_api.server import bounded_headers_protocol
@@ -24,7 +23,7 @@ from ingest_api.settings import IngestSettings
 log = structlog.get_logger()
 
 
-def connect_producer(settings: IngestSettings) -> KafkaProducer:
+def connect_producer(settings: IngestSettings) -> kafka.Producer:
     """A producer connected to Kafka, retried with backoff for a bounded time.
 
     Kafka may start after this service; keep trying for ingest_startup_timeout_seconds, then
@@ -37,10 +36,9 @@ def connect_producer(settings: IngestSettings) -> KafkaProducer:
         attempt += 1
         remaining = deadline - time.monotonic()
         try:
-            return kafka.producer(
-                settings.kafka_bootstrap, **settings.producer_overrides(),
-                bootstrap_timeout_ms=int(max(1.0, min(10.0, remaining)) * 1000))
-        except Exception as exc:  # NoBrokersAvailable, KafkaTimeoutError, DNS errors...
+            return kafka.producer(settings.kafka_bootstrap, settings.producer_options(
+                bootstrap_timeout_ms=int(max(1.0, min(10.0, remaining)) * 1000)))
+        except Exception as exc:  # broker unreachable (kafka-python checks at start), DNS...
             remaining = deadline - time.monotonic()
             error = f"{type(exc).__name__}: {exc}"
             if remaining <= 0:
@@ -101,7 +99,7 @@ def main() -> int:
     if not definitions.ingest_apis:
         log.warning("no ingest pipelines defined", schemas=settings.schemas)
     tune_garbage_collector()
-    if importlib.util.find_spec("crc32c") is None:
+    if kafka.client_from_env() == "kafka-python" and importlib.util.find_spec("crc32c") is None:
         log.warning("package crc32c is not installed: kafka-python computes the CRC32C of "
                     "every record batch in pure Python (~13 ms per 128 KiB: half the ingest "
                     "throughput); install kafka-python[crc32c]")

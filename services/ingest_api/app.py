@@ -40,6 +40,7 @@ from typing import Any
 
 import orjson
 import structlog
+from chute.kafka import RecordTooLarge
 from chute.metrics import (
     INGEST_CLIENT_FAULTS,
     INGEST_IN_FLIGHT,
@@ -54,7 +55,6 @@ from chute.registry import Definitions
 from chute.server import OLD_SERVER, ServerProfile
 from fastapi import FastAPI, Request, Response
 from fastapi.openapi.utils import get_openapi
-from kafka.errors import MessageSizeTooLargeError, RecordListTooLargeError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -79,7 +79,6 @@ log = structlog.get_logger()
 
 UNKNOWN_PIPELINE = "_unknown"  # metric label for requests to names that are not pipelines
 CLIENT_GONE = "499"  # code label of requests whose client went away before its body arrived
-_TOO_LARGE_FOR_KAFKA = (MessageSizeTooLargeError, RecordListTooLargeError)
 
 
 def json_response(status: int, body: dict[str, Any],
@@ -369,7 +368,7 @@ class IngestService:
         kind = type(exc).__name__
         log.warning("kafka produce failed", pipeline=pipeline.name, topic=pipeline.topic,
                     records=count, error=f"{kind}: {exc}")
-        if isinstance(exc, _TOO_LARGE_FOR_KAFKA):
+        if isinstance(exc, RecordTooLarge):
             return Rejected(413, {"error": f"a record is too large for Kafka ({kind}); send "
                                            "smaller records"}, records=count or 0)
         return self._unavailable(f"Kafka did not accept the records ({kind}: {exc}); "

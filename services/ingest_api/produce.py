@@ -11,9 +11,9 @@ Partitions are chosen here, not by kafka-python's partitioner:
 Every record carries the header `chute-model` (`chute.fingerprint`): the fingerprint of the
 model that validated it, computed once per topic when the sink is made.
 
-Acknowledgements are bridged to asyncio without a thread per request: every record's future
-gets a callback (run on the producer's I/O thread) that counts acknowledgements; the last one,
-or the first failure, resolves an asyncio future through `call_soon_threadsafe`.
+Acknowledgements are bridged to asyncio without a thread per request: every record's delivery
+report (on a producer thread) counts acknowledgements; the last one, or the first failure,
+resolves an asyncio future through `call_soon_threadsafe`.
 """
 
 from __future__ import annotations
@@ -24,29 +24,23 @@ import itertools
 import threading
 import zlib
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
 from chute.fingerprint import FINGERPRINT_HEADER, model_fingerprint
+from chute.kafka import DeliveryCallback, Headers, KafkaClientError
 from pydantic import BaseModel
 
 from ingest_api.body import EncodedBatch
 
 
-class RecordFuture(Protocol):
-    """What `KafkaProducer.send` returns (kafka.producer.future.FutureRecordMetadata)."""
-
-    def add_callback(self, f: Any, *args: Any, **kwargs: Any) -> Any: ...
-
-    def add_errback(self, f: Any, *args: Any, **kwargs: Any) -> Any: ...
-
-
 class Producer(Protocol):
-    """The part of kafka-python's KafkaProducer that the ingest API uses."""
+    """The part of the Kafka seam's producer (chute.kafka.Producer) that the ingest API uses."""
 
-    def send(self, topic: str, value: Any = None, key: Any = None, headers: Any = None,
-             partition: Any = None, timestamp_ms: Any = None) -> Any: ...
+    def send(self, topic: str, value: bytes, *, key: bytes | None = None,
+             partition: int | None = None, headers: Headers = (),
+             on_delivery: DeliveryCallback | None = None) -> None: ...
 
-    def partitions_for(self, topic: str) -> Any: ...
+    def partitions_for(self, topic: str) -> list[int]: ...
 
 
 def key_partitions(keys: Sequence[bytes], partitions: Sequence[int]) -> list[int]:
@@ -74,7 +68,7 @@ class RoundRobin:
 class AckWaiter:
     """Resolves `future` once `expect(n)` acknowledgements arrived, or with the first error.
 
-    Created on the event loop; `on_ack`/`on_error` may be called from any thread.
+    Created on the event loop; `on_delivery`/`on_error` may be called from any thread.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -90,9 +84,13 @@ class AckWaiter:
         if count == 0:
             self._post(None)
 
-    def on_ack(self, _metadata: Any) -> None:
-        if next(self._acks) == self._expected:
-            self._post(None)
+    def on_delivery(self, error: KafkaClientError | None) -> None:
+        """The producer's report for one record."""
+        if error is None:
+            if next(self._acks) == self._expected:
+                self._post(None)
+        else:
+            self.on_error(error)
 
     def on_error(self, exc: BaseException) -> None:
         if not self._failed:
@@ -118,8 +116,9 @@ class KafkaSink:
     def __init__(self, producer: Producer, models: Mapping[str, type[BaseModel]]) -> None:
         """`models`: the model of each topic's records, whose fingerprint goes on each one."""
         self.producer = producer
-        self._headers = {topic: [(FINGERPRINT_HEADER, model_fingerprint(model).encode())]
-                         for topic, model in models.items()}
+        self._headers: dict[str, Headers] = {
+            topic: ((FINGERPRINT_HEADER, model_fingerprint(model).encode()),)
+            for topic, model in models.items()}
         self._round_robin = RoundRobin()
         self._known: set[str] = set()  # topics whose metadata the producer has had
 
@@ -153,10 +152,8 @@ class KafkaSink:
             chosen = self._round_robin.take(topic, count, partitions)
             keys = [None] * count
         send = self.producer.send
-        on_ack = waiter.on_ack
-        on_error = waiter.on_error
+        on_delivery = waiter.on_delivery
         headers = self._headers[topic]
         for value, key, partition in zip(batch.values, keys, chosen, strict=True):
-            future = send(topic, value=value, key=key, partition=partition, headers=headers)
-            future.add_callback(on_ack)
-            future.add_errback(on_error)
+            send(topic, value, key=key, partition=partition, headers=headers,
+                 on_delivery=on_delivery)

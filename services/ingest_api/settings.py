@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+from chute.kafka import ProducerOptions
 from chute.settings import SECRET, CommonSettings
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode
@@ -97,8 +98,8 @@ class IngestSettings(CommonSettings):
             return not self.ingest_api_keys
         return self.ingest_public_docs
 
-    def producer_overrides(self) -> dict[str, Any]:
-        """kafka-python producer settings that keep every wait inside the ack timeout.
+    def producer_options(self, bootstrap_timeout_ms: int = 10_000) -> ProducerOptions:
+        """Producer settings that keep every wait inside the ack timeout.
 
         send() blocks at most max_block_ms (metadata, buffer space); a record is failed by the
         producer itself once delivery_timeout_ms passed, so records of a request answered 503
@@ -107,10 +108,11 @@ class IngestSettings(CommonSettings):
         ack_ms = int(self.ingest_ack_timeout_seconds * 1000)
         linger_ms = 0  # a request's records are sent together anyway; no wait for more
         request_timeout_ms = max(1000, min(10_000, ack_ms))
-        return {
-            "linger_ms": linger_ms,
-            "request_timeout_ms": request_timeout_ms,
-            "delivery_timeout_ms": max(ack_ms, request_timeout_ms + linger_ms),
-            "max_block_ms": max(500, min(5_000, ack_ms // 2)),
-            "client_id": "chute-ingest",
-        }
+        return ProducerOptions(
+            client_id="chute-ingest",
+            linger_ms=linger_ms,
+            request_timeout_ms=request_timeout_ms,
+            delivery_timeout_ms=max(ack_ms, request_timeout_ms + linger_ms),
+            max_block_ms=max(500, min(5_000, ack_ms // 2)),
+            bootstrap_timeout_ms=bootstrap_timeout_ms,
+        )

@@ -16,13 +16,12 @@ from chute.settings import load_settings
 from chute.typemap import UnsupportedTypeError
 
 from sync_worker.http import serve
+from sync_worker.pipeline_state import health as pipelines_health
 from sync_worker.settings import SyncSettings
-from sync_worker.worker import DeadLetterRatioExceeded, SyncWorker, build_routes
+from sync_worker.worker import SyncWorker, build_routes
 from sync_worker.writer import ClickHouseWriter
 
 log = structlog.get_logger()
-
-EXIT_DLQ_RATIO = 3
 
 
 def _connect_clickhouse(settings: SyncSettings, deadline: float) -> Any:
@@ -50,7 +49,7 @@ def main() -> int:
     deadline = time.monotonic() + 120
     client, profile = _connect_clickhouse(settings, deadline)
     try:
-        routes = build_routes(defs, profile)
+        routes = build_routes(defs, profile, settings)
     except UnsupportedTypeError as exc:
         log.error("a model cannot be stored on this ClickHouse", error=str(exc),
                   clickhouse=profile.version_text)
@@ -59,19 +58,32 @@ def main() -> int:
     if not routes:
         log.error("no stream has a destination table; nothing to sync", schemas=settings.schemas)
         return 2
-    consumer = kafka.consumer(settings.kafka_bootstrap, settings.sync_group,
-                              client_id=settings.sync_worker_id, max_poll_interval_ms=900_000)
-    producer = kafka.producer(settings.kafka_bootstrap, linger_ms=20)
+    consumer = kafka.consumer(settings.kafka_bootstrap, kafka.ConsumerOptions(
+        group_id=settings.sync_group, client_id=settings.sync_worker_id,
+        session_timeout_ms=settings.sync_session_timeout_ms,
+        heartbeat_interval_ms=settings.sync_session_timeout_ms // 4,
+        max_poll_interval_ms=settings.sync_max_poll_interval_ms))
+    producer = kafka.producer(settings.kafka_bootstrap, kafka.ProducerOptions(
+        client_id=f"{settings.sync_worker_id}-dlq", linger_ms=20))
     worker = SyncWorker(settings, consumer, producer,
                         ClickHouseWriter(client, settings.clickhouse_database), routes)
 
     def health() -> tuple[bool, dict[str, Any]]:
-        alive = time.monotonic() - worker.last_loop < 60
-        return alive, {
-            "status": "ok" if alive else "stuck",
+        now = time.monotonic()
+        alive = now - worker.last_loop < 60
+        flowing, details = pipelines_health(worker.pipeline_states(), worker.clock(),
+                                            settings.sync_health_paused_seconds)
+        if not alive:
+            details["problems"].insert(0, "the sync loop has not run for 60 s")
+        ok = alive and flowing
+        return ok, {
+            "status": "ok" if ok else ("stuck" if not alive else "degraded"),
             "worker": settings.sync_worker_id,
             "paused": worker.paused,
-            "assigned": sorted(f"{tp.topic}:{tp.partition}" for tp in consumer.assignment()),
+            **details,
+            # The worker's own record (a copy, atomic): consumer calls from this thread would
+            # wait for the poll in progress on the main thread.
+            "assigned": sorted(f"{tp.topic}:{tp.partition}" for tp in frozenset(worker.assigned)),
             "clickhouse": profile.version_text,
         }
 
@@ -84,13 +96,9 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     log.info("sync worker started", tables=sorted(r.table for r in routes.values()),
-             clickhouse=profile.version_text, port=settings.sync_port)
-    try:
-        worker.run()
-    except DeadLetterRatioExceeded as exc:
-        log.error("dead-letter ratio limit exceeded; stopping", error=str(exc))
-        consumer.close(autocommit=False)
-        return EXIT_DLQ_RATIO
+             clickhouse=profile.version_text, port=settings.sync_port,
+             kafka_client=settings.kafka_client)
+    worker.run()
     return 0
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import socket
 
 from chute.settings import CommonSettings
-from pydantic import Field
+from pydantic import Field, model_validator
 
 
 class SyncSettings(CommonSettings):
@@ -11,17 +11,47 @@ class SyncSettings(CommonSettings):
     sync_port: int = 4100
     sync_group: str = "chute-sync"
     sync_worker_id: str = Field(default_factory=socket.gethostname)
-    # Dead-letter ratio guard: stop when more than this share of the last `window` records
-    # went to the dead-letter queue (a misconfiguration, not a few bad records).
+    # Dead-letter ratio guard, per pipeline: stop that pipeline when more than this share of
+    # its last `window` records went to the dead-letter queue (a misconfiguration, not a few
+    # bad records).
     sync_dlq_ratio_limit: float = Field(0.5, gt=0, le=1)
     sync_dlq_ratio_window: int = Field(1000, ge=10)
     sync_dlq_ratio_min_records: int = Field(200, ge=1)
-    # Transient-error retries: capped exponential backoff with jitter, without end.
+    # Retries of a pipeline's failed insert: capped exponential backoff with jitter. Transient
+    # and schema errors are retried without end; an unclassified error this many times, then
+    # the pipeline is failed (until a restart).
     sync_retry_initial_seconds: float = Field(0.5, gt=0)
     sync_retry_max_seconds: float = Field(10.0, gt=0)
-    # On rebalance/shutdown, how long a last flush may take before its rows are dropped
+    sync_retry_budget: int = Field(5, ge=0)
+    # /health answers 503 when a pipeline failed or has not flowed for this many seconds.
+    sync_health_paused_seconds: float = Field(30.0, gt=0)
+    # On shutdown, how long a last flush may take before its rows are dropped
     # (they are re-delivered, since their offsets are not committed).
     sync_shutdown_flush_seconds: float = Field(20.0, gt=0)
+    # On revocation, how long the flush of the buffered rows may keep retrying before they
+    # are dropped (the next owner re-reads them). An insert under way finishes first. The
+    # rebalance waits for it, inside poll(), while the client keeps heartbeating.
+    sync_rebalance_flush_seconds: float = Field(5.0, gt=0)
+    # Consumer group timing. The session bounds how long a killed worker's partitions stay
+    # unread; the poll interval bounds a poll loop that hangs (and is the time the other
+    # members wait at most for this one to finish a revocation).
+    sync_session_timeout_ms: int = Field(6_000, ge=6_000)
+    sync_max_poll_interval_ms: int = Field(900_000, ge=10_000)
     # Fault injection for the fault suite: SIGKILL this process right after its N-th insert,
     # before the offsets are committed (the worst moment for duplicates). 0 = off.
     sync_fault_kill_after_inserts: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _rebalance_budget_fits(self) -> SyncSettings:
+        # The revocation flush runs inside poll(): with its retries and one insert that was
+        # under way (up to the retry cap), it must end well before the poll interval does,
+        # or the member is removed while it still inserts.
+        needed = (self.sync_rebalance_flush_seconds + self.sync_retry_max_seconds) * 1000
+        if needed * 4 > self.sync_max_poll_interval_ms:
+            raise ValueError(
+                "sync_rebalance_flush_seconds + sync_retry_max_seconds must stay below a "
+                f"quarter of sync_max_poll_interval_ms ({self.sync_max_poll_interval_ms} ms)")
+        if self.sync_session_timeout_ms * 1.5 > self.sync_max_poll_interval_ms:
+            raise ValueError("sync_max_poll_interval_ms must be well above "
+                             "sync_session_timeout_ms")
+        return self

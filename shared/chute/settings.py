@@ -18,6 +18,8 @@ class CommonSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CHUTE_", extra="ignore")
 
     kafka_bootstrap: str = "127.0.0.1:9092"
+    # CHUTE_KAFKA_CLIENT: the Kafka client library behind chute.kafka's seam.
+    kafka_client: Literal["confluent-kafka", "kafka-python"] = "confluent-kafka"
     clickhouse_host: str = "127.0.0.1"
     clickhouse_port: int = 9000
     clickhouse_user: str = "default"

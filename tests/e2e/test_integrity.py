@@ -156,8 +156,7 @@ def test_records_straight_to_the_topic_meet_the_same_rules(make_stack: MakeStack
         sent[f"r{1000 + i}"] = (field, text, expected)
     for value in bad:
         p.send(stack.name, key=b"k", value=value)
-    p.flush()
-    p.close()
+    p.close(timeout=10)
     assert_stored_exactly(stack, sent)
     letters = wait_dead_letters(stack, len(bad))
     assert len(letters) == len(bad)
@@ -196,8 +195,7 @@ def test_extra_reject_refuses_unknown_fields_and_duplicate_keys(make_stack: Make
     p = producer(KAFKA)
     for value in (unknown, twice, good + b"}"):
         p.send(stack.name, key=b"k", value=value)
-    p.flush()
-    p.close()
+    p.close(timeout=10)
     stack.wait_count(1)
     letters = wait_dead_letters(stack, 2)
     assert [row[3] for row in letters] == [unknown.decode(), twice.decode()]

@@ -226,9 +226,9 @@ def observed(servers: None, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         # to the dead-letter queue and from there into <name>_dlq.
         kafka_producer = producer(KAFKA)
         try:
-            kafka_producer.send(name, value=b"{not json", key=b"k").get(timeout=10)
+            kafka_producer.deliver(name, [b"{not json"], timeout=10)
         finally:
-            kafka_producer.close()
+            kafka_producer.close(timeout=5)
         stack.wait_count(1, timeout=30, table=f"{name}_dlq")
         yield Observed(stack, control, prometheus, baseline_batches, baseline_ends)
     finally:

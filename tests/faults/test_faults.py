@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from tests.e2e.stack import Stack
@@ -175,29 +176,58 @@ def test_sigterm_flushes_and_commits(make_stack: MakeStack) -> None:
     assert outcome.lost == 0 and outcome.duplicated == 0
 
 
-def test_dead_letter_ratio_guard_stops_loudly(make_stack: MakeStack) -> None:
+def test_dead_letter_ratio_guard_stops_the_pipeline_and_loses_nothing(
+        make_stack: MakeStack) -> None:
     from chute.kafka import producer
 
+    from tests.e2e.stack import event
     from tests.support import KAFKA
 
-    stack = make_stack({"partitions": 1})
+    stack = make_stack({"partitions": 1, "max_batch_wait": 0.3})
     p = producer(KAFKA)
-    for i in range(1_000):
+    good, bad = 300, 1_000
+    p.deliver(stack.name, [orjson.dumps(event(i)) for i in range(good)], 10)
+    worker = stack.start_worker(CHUTE_SYNC_DLQ_RATIO_MIN_RECORDS="100")
+    stack.wait_count(good)
+    wait_for(lambda: committed_offsets(stack.group, stack.name)[0] == good, 20,
+             "the good records to be committed")
+    for i in range(bad):
         # Misconfiguration: a producer writing another schema into this topic.
-        p.send(stack.name, value=b'{"order_id": %d, "amount": 3.5}' % i)
-    p.flush()
-    p.close()
-    worker = stack.start_worker(wait=False,
-                                CHUTE_SYNC_DLQ_RATIO_MIN_RECORDS="100")
-    code = worker.wait_exit(60)
-    assert code == 3
-    log = worker.log_text()
-    assert "dead-letter ratio limit exceeded" in log
-    committed = committed_offsets(stack.group, stack.name)
-    assert committed[0] < 1_000, "the topic was drained into the dead-letter queue"
-    dead = stack.ch.execute(f"SELECT count() FROM `{stack.name}_dlq`")[0][0]
-    account(stack.ch, stack.name, [], "6. misconfigured topic trips the DLQ guard",
-            f"exit 3, committed {committed[0]}/1000, {dead} dead letters")
+        p.send(stack.name, b'{"order_id": %d, "amount": 3.5}' % i)
+    p.close(timeout=10)
+    url = f"http://127.0.0.1:{worker.port}/health"
+
+    def unhealthy() -> dict[str, Any] | None:
+        answer = httpx.get(url, timeout=5)
+        return answer.json() if answer.status_code == 503 else None
+
+    problems = wait_for(unhealthy, 30, "/health to report the failed pipeline")["problems"]
+    assert any(f"{stack.name}: failed" in p and "dead-letter queue" in p for p in problems)
+    assert "dead-letter ratio" in worker.log_text() or "dead-letter queue" in worker.log_text()
+    assert worker.proc is not None and worker.proc.poll() is None  # the worker keeps running
+    committed = committed_offsets(stack.group, stack.name)[0]
+    assert committed < good + bad, "the topic was drained into the dead-letter queue"
+
+    def dead_offsets() -> set[int]:
+        rows = stack.ch.execute(f"SELECT DISTINCT offset FROM `{stack.name}_dlq`")
+        return {int(r[0]) for r in rows}
+
+    # Nothing committed that is not stored: every offset below the commit is a row of the
+    # table or a dead letter; the record that tripped the guard is above it.
+    wait_for(lambda: dead_offsets() >= set(range(good, committed)), 20,
+             "the committed dead letters in the dead-letter table")
+    assert stack.count() == good
+    tripped_dead = len(dead_offsets())
+    # Restarted with a looser limit, the records from the tripping one on come again.
+    worker.kill()
+    stack.start_worker(CHUTE_SYNC_DLQ_RATIO_LIMIT="1")
+    wait_for(lambda: dead_offsets() == set(range(good, good + bad)), 60,
+             "every bad record in the dead-letter table")
+    assert stack.count() == good
+    account(stack.ch, stack.name, [f"e{i}" for i in range(good)],
+            "6. misconfigured topic trips the DLQ guard",
+            f"pipeline failed, committed {committed}/{good + bad}, {tripped_dead} dead "
+            f"letters, all {bad} after restart")
 
 
 @pytest.mark.parametrize("delivery", ["at_least_once", "exactly_once"])
@@ -247,3 +277,151 @@ def test_ingest_overload_answers_503_with_retry_after(make_stack: MakeStack) -> 
                       f"peak ingest RSS {peak_mib:.0f} MiB")
     assert outcome.lost == 0
     assert peak_mib < 500
+
+
+def test_rebalance_while_every_insert_takes_10s(make_stack: MakeStack) -> None:
+    """A worker joins and another leaves while every ClickHouse answer is held back (a loopback
+    proxy between the workers and ClickHouse: an insert takes ~10 s). Revocations flush inside
+    poll() on the main thread while the client keeps heartbeating, so no member is evicted, and
+    the exactly-once stream ends with every acknowledged record exactly once."""
+    from chute import kafka
+
+    from tests.faults.tcp_proxy import TcpProxy
+    from tests.support import CH_PORT, KAFKA
+
+    # Batches gather for 6 s, so a revocation often finds rows to flush (slowly) in poll().
+    stack = make_stack({"max_batch_wait": 6.0, "max_batch_rows": 50_000, "partitions": 6,
+                        "delivery": "exactly_once"})
+    admin = kafka.admin(KAFKA)
+    with TcpProxy(target_port=CH_PORT) as proxy:
+        through_proxy = {"CHUTE_CLICKHOUSE_PORT": str(proxy.port)}
+        stack.start_worker(True, **through_proxy)
+        stack.start_worker(True, **through_proxy)
+        stack.start_ingest()
+        gen = _load(stack, rate=800, duration=75)
+        wait_for(lambda: stack.count() > 500, 30, "rows from two workers")
+        wait_for(lambda: admin.group_members(stack.group) == ["w1", "w2"], 30, "two members")
+        # Three round trips per insert (ping, query, data), each answer 3.5 s late: ~10 s.
+        proxy.delay_replies(3.5)
+        samples: list[list[str]] = []
+
+        def sample(seconds: float) -> None:
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                samples.append(admin.group_members(stack.group))
+                time.sleep(0.5)
+
+        joining = stack.start_worker(wait=False, **through_proxy)
+        sample(25)
+        # The new member is in, and the two busy ones never left.
+        assert admin.group_members(stack.group) == ["w1", "w2", "w3"], samples[-3:]
+        assert all({"w1", "w2"} <= set(members) for members in samples), samples
+        leaving = stack.workers[1]
+        assert leaving.proc is not None
+        leaving.proc.terminate()  # SIGTERM: flush (slowly), commit, leave the group
+        after = len(samples)
+        sample(25)
+        assert all({"w1", "w3"} <= set(members) for members in samples[after:]), samples[after:]
+        assert leaving.proc.poll() == 0, "the leaving worker did not finish its shutdown"
+        assert joining.proc is not None and joining.proc.poll() is None
+        proxy.pass_through()
+        gen.stop()
+        stats = gen.stats
+        assert stats.acked > 0
+        _drain(stack, stats.acked, timeout=120)  # the workers still reach ClickHouse here
+        stack.wait_count(stats.acked, timeout=60)
+    slow = [b for b in stack.batch_logs() if b["duration_ms"] >= 9_000]
+    revoking = [b for b in slow if b["reason"] == "rebalance"]
+    logs = "".join(w.log_text() for w in stack.workers)
+    assert slow, "no insert was slowed down by the proxy"
+    assert '"partitions lost"' not in logs, "a member was evicted"
+    admin.close()
+    outcome = account(stack.ch, stack.name, stats.acked_ids,
+                      "8. rebalance (+1, -1 worker) while inserts take 10 s",
+                      f"{len(slow)} slow inserts, {len(revoking)} on revocation")
+    assert outcome.lost == 0 and outcome.duplicated == 0
+    assert stack.count() == stats.acked  # plain count(), no FINAL
+
+
+@pytest.mark.parametrize("delivery", ["at_least_once", "exactly_once"])
+def test_insert_answers_lost_after_clickhouse_applied_them(make_stack: MakeStack,
+                                                          delivery: str) -> None:
+    """A proxy between the worker and ClickHouse forwards inserts, lets ClickHouse answer,
+    then cuts the connection without passing the answer on: the outcome is ambiguous."""
+    from tests.faults.tcp_proxy import TcpProxy
+    from tests.support import CH_PORT
+
+    stack = make_stack({**FAST, "partitions": 2, "delivery": delivery})
+    stack.start_ingest()
+    with TcpProxy(CH_PORT) as proxy:
+        worker = stack.start_worker(CHUTE_CLICKHOUSE_PORT=str(proxy.port),
+                                    CHUTE_SYNC_RETRY_INITIAL_SECONDS="0.2")
+        gen = LoadGenerator(stack.url, rate=3_000, batch=100, prefix=stack.name,
+                            total=30_000).start()
+        wait_for(lambda: stack.count() > 0, 20, "rows before the first cut")
+        cuts = 3
+        proxy.cut_after_insert_reply(times=cuts)
+        assert proxy.wait_for_cuts(cuts, timeout=60), f"only {proxy.cuts} cuts happened"
+        stats = gen.wait()
+        assert stats.acked == 30_000, stats.summary()
+        _wait_all_committed(stack, timeout=90)
+    outcome = account(stack.ch, stack.name, stats.acked_ids,
+                      f"9. insert answer lost x{cuts} ({delivery})",
+                      "proxy cut the link after ClickHouse answered")
+    assert outcome.lost == 0
+    log = worker.log_text()
+    if delivery == "exactly_once":
+        assert outcome.duplicated == 0
+        assert stack.count() == stats.acked  # plain count(), no FINAL
+        reconciled = [orjson.loads(line) for line in log.splitlines()
+                      if '"insert outcome reconciled"' in line]
+        assert len(reconciled) >= cuts
+        assert sum(r["rows_already_in"] for r in reconciled) > 0  # the cuts hit applied inserts
+    else:
+        # At-least-once resends the cut inserts: duplicates show the cuts came after the
+        # inserts were applied (so the exactly-once run above proves something).
+        assert outcome.duplicated > 0
+
+
+def test_exactly_once_refuses_a_re_created_topic(make_stack: MakeStack, admin: Any) -> None:
+    """The topic is deleted and created again under the same name: its offsets restart at 0,
+    below the table's watermark. The worker must not skip the new records to the old mark."""
+    from chute.kafka import producer
+
+    from tests.e2e.stack import event
+    from tests.support import KAFKA
+
+    stack = make_stack({"partitions": 1, "max_batch_wait": 0.3, "delivery": "exactly_once"})
+    p = producer(KAFKA)
+    p.deliver(stack.name, [orjson.dumps(event(i)) for i in range(50)], 10)
+    worker = stack.start_worker()
+    stack.wait_count(50)
+    worker.kill()
+    admin.delete_topic(stack.name)
+
+    def recreated() -> bool:
+        try:
+            stack.apply()
+        except AssertionError:
+            return False  # the deletion is still in progress
+        return stack.name in admin.topic_partitions()
+    wait_for(recreated, 60, f"topic {stack.name} to be created again")
+    p.deliver(stack.name, [orjson.dumps(event(i)) for i in range(1_000, 1_005)], 10)
+    p.close(timeout=10)
+    worker = stack.start_worker(wait=False)
+    url = f"http://127.0.0.1:{worker.port}/health"
+
+    def unhealthy() -> dict[str, Any] | None:
+        try:
+            answer = httpx.get(url, timeout=5)
+        except httpx.HTTPError:
+            return None  # not listening yet
+        return answer.json() if answer.status_code == 503 else None
+
+    problems = wait_for(unhealthy, 60, "/health to name the re-created topic")["problems"]
+    assert any(f"{stack.name}: failed" in p and "re-created" in p for p in problems), problems
+    assert stack.count() == 50  # nothing of the new topic inserted, nothing skipped silently
+    assert committed_offsets(stack.group, stack.name)[0] < 5
+    account(stack.ch, stack.name, [f"e{i}" for i in range(50)],
+            "10. topic re-created under an exactly-once table",
+            "pipeline failed with the reason, new records left uncommitted")

@@ -19,11 +19,12 @@ import orjson
 import pytest
 from chute import IngestPipeline, StreamConfig, kafka
 from chute.fingerprint import FINGERPRINT_HEADER, model_fingerprint
-from chute.registry import Definitions, TopicSpec
+from chute.kafka import CLIENTS, TopicConfig
+from chute.registry import Definitions
 from fastapi.testclient import TestClient
 from ingest_api.app import create_app
 from ingest_api.settings import IngestSettings
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaConsumer, TopicPartition
 from pydantic import BaseModel, TypeAdapter
 
 from schemas.events import Event
@@ -62,15 +63,21 @@ def settings_for(bootstrap: str, **overrides: Any) -> IngestSettings:
 
 @pytest.fixture
 def topic(admin: Any, unique_name: str) -> Iterator[str]:
-    kafka.create_topic(admin, TopicSpec(unique_name, PARTITIONS, 3_600_000))
+    admin.create_topic(TopicConfig(unique_name, PARTITIONS, {"retention.ms": "3600000"}))
     yield unique_name
-    admin.delete_topics([unique_name])
+    admin.delete_topic(unique_name)
+
+
+@pytest.fixture(params=CLIENTS)
+def client_name(request: pytest.FixtureRequest) -> str:
+    """The Kafka client behind the ingest API's producer (CHUTE_KAFKA_CLIENT)."""
+    return str(request.param)
 
 
 @pytest.fixture
-def producer(kafka_bootstrap: str) -> Iterator[KafkaProducer]:
+def producer(kafka_bootstrap: str, client_name: str) -> Iterator[kafka.Producer]:
     settings = settings_for(kafka_bootstrap)
-    p = kafka.producer(kafka_bootstrap, **settings.producer_overrides())
+    p = kafka.producer(kafka_bootstrap, settings.producer_options(), client=client_name)
     yield p
     p.close(timeout=5)
 
@@ -106,7 +113,7 @@ def read_all(consumer: KafkaConsumer, topic: str, expected: int,
 
 
 def test_acknowledged_records_are_in_the_topic_exactly(
-        topic: str, producer: KafkaProducer, consumer: KafkaConsumer,
+        topic: str, producer: kafka.Producer, consumer: KafkaConsumer,
         kafka_bootstrap: str) -> None:
     app = create_app(settings_for(kafka_bootstrap), pipeline_defs(topic), producer)
     array = [event(i) for i in range(300)]
@@ -141,7 +148,7 @@ def test_acknowledged_records_are_in_the_topic_exactly(
         assert ids == sorted(ids)
 
 
-def test_same_key_same_partition(topic: str, producer: KafkaProducer,
+def test_same_key_same_partition(topic: str, producer: kafka.Producer,
                                  consumer: KafkaConsumer, kafka_bootstrap: str) -> None:
     app = create_app(settings_for(kafka_bootstrap), pipeline_defs(topic), producer)
     with TestClient(app) as client:
@@ -157,7 +164,7 @@ def test_same_key_same_partition(topic: str, producer: KafkaProducer,
 
 
 def test_records_without_key_spread_over_partitions(
-        topic: str, producer: KafkaProducer, consumer: KafkaConsumer,
+        topic: str, producer: kafka.Producer, consumer: KafkaConsumer,
         kafka_bootstrap: str) -> None:
     app = create_app(settings_for(kafka_bootstrap), pipeline_defs(topic, Reading), producer)
     with TestClient(app) as client:
@@ -171,7 +178,7 @@ def test_records_without_key_spread_over_partitions(
     assert counts == {p: 2 for p in range(PARTITIONS)}
 
 
-def test_invalid_request_writes_nothing(topic: str, producer: KafkaProducer,
+def test_invalid_request_writes_nothing(topic: str, producer: kafka.Producer,
                                         consumer: KafkaConsumer, kafka_bootstrap: str) -> None:
     app = create_app(settings_for(kafka_bootstrap), pipeline_defs(topic), producer)
     with TestClient(app) as client:
@@ -191,15 +198,19 @@ def test_invalid_request_writes_nothing(topic: str, producer: KafkaProducer,
     assert after == before
 
 
-def test_unreachable_broker_is_503_within_the_ack_timeout(unique_name: str) -> None:
+def test_unreachable_broker_is_503_within_the_ack_timeout(unique_name: str,
+                                                        client_name: str) -> None:
     """A real producer whose broker cannot be reached (nothing listens on 127.0.0.1:1).
 
-    The producer is built with api_version given, so that it does not need the broker to
-    exist; sends then wait for metadata and the API must answer 503 in bounded time.
+    kafka-python's producer is built with api_version given, so that it does not need the
+    broker to exist (librdkafka's never does); sends then wait for metadata and the API must
+    answer 503 in bounded time.
     """
     settings = settings_for("127.0.0.1:1", ingest_ack_timeout_seconds=2)
-    producer = kafka.producer("127.0.0.1:1", **settings.producer_overrides(),
-                              api_version=(3, 9), reconnect_backoff_max_ms=200)
+    extra = ({"api_version": (3, 9), "reconnect_backoff_max_ms": 200}
+             if client_name == "kafka-python" else None)
+    producer = kafka.producer("127.0.0.1:1", settings.producer_options(bootstrap_timeout_ms=0),
+                              client=client_name, extra=extra)
     try:
         app = create_app(settings, pipeline_defs(unique_name), producer)
         with TestClient(app) as client:
@@ -218,7 +229,7 @@ def test_unreachable_broker_is_503_within_the_ack_timeout(unique_name: str) -> N
 
 
 def test_broker_without_the_topic_is_503_in_bounded_time(
-        producer: KafkaProducer, kafka_bootstrap: str, unique_name: str) -> None:
+        producer: kafka.Producer, kafka_bootstrap: str, unique_name: str) -> None:
     """Kafka is up but the pipeline's topic was never created (control plane not run)."""
     settings = settings_for(kafka_bootstrap, ingest_ack_timeout_seconds=2)
     app = create_app(settings, pipeline_defs(f"{unique_name}_missing"), producer)
@@ -307,7 +318,7 @@ def test_service_refuses_bad_settings(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("model", [Event, Reading], ids=["keyed", "unkeyed"])
 def test_every_record_carries_its_model_fingerprint(
-        model: type[BaseModel], topic: str, producer: KafkaProducer, consumer: KafkaConsumer,
+        model: type[BaseModel], topic: str, producer: kafka.Producer, consumer: KafkaConsumer,
         kafka_bootstrap: str) -> None:
     records = ([event(i) for i in range(40)] if model is Event
                else [{"sensor": f"s{i}", "value": i / 4} for i in range(40)])

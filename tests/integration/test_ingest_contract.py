@@ -20,7 +20,7 @@ import httpx
 import orjson
 import pytest
 from chute import kafka
-from chute.registry import TopicSpec
+from chute.kafka import TopicConfig
 from ingest_api.decompress import zstd
 from kafka import KafkaConsumer
 
@@ -43,8 +43,8 @@ def service(tmp_path_factory: pytest.TempPathFactory, servers: None) -> Iterator
     import uuid
 
     name = f"t_{uuid.uuid4().hex[:12]}"
-    admin = kafka.admin_client(KAFKA)
-    kafka.create_topic(admin, TopicSpec(name, PARTITIONS, 3_600_000))
+    admin = kafka.admin(KAFKA)
+    admin.create_topic(TopicConfig(name, PARTITIONS, {"retention.ms": "3600000"}))
     schema_dir = tmp_path_factory.mktemp("schemas")
     _write_schema(schema_dir, name)
     port = free_port()
@@ -58,7 +58,7 @@ def service(tmp_path_factory: pytest.TempPathFactory, servers: None) -> Iterator
         yield process, name
     finally:
         process.kill()
-        admin.delete_topics([name])
+        admin.delete_topic(name)
         admin.close()
 
 
@@ -192,7 +192,7 @@ def _keys_new() -> tuple[str, str]:
 
 def test_keys_rate_limits_docs_and_no_secret_in_any_output(
         schema_dir: Path, unique_name: str, tmp_path: Path, admin: Any) -> None:
-    kafka.create_topic(admin, TopicSpec(unique_name, PARTITIONS, 3_600_000))
+    admin.create_topic(TopicConfig(unique_name, PARTITIONS, {"retention.ms": "3600000"}))
     _write_schema(schema_dir, unique_name)
     key, digest = _keys_new()
     limited_key, limited_digest = _keys_new()
@@ -238,7 +238,7 @@ def test_keys_rate_limits_docs_and_no_secret_in_any_output(
         output = process.log_text()
     finally:
         process.kill()
-        admin.delete_topics([unique_name])
+        admin.delete_topic(unique_name)
     assert "ingest API listening" in output
     for secret in (key, limited_key, digest, limited_digest, password):
         assert secret not in output

@@ -19,14 +19,13 @@ from typing import Any, cast
 import orjson
 import pytest
 from chute import IngestPipeline, Key
+from chute.kafka import DeliveryCallback, Headers, KafkaClientError, KafkaTimeout
 from chute.registry import Definitions
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from ingest_api.app import create_app
 from ingest_api.produce import RoundRobin, key_partitions
 from ingest_api.settings import IngestSettings
-from kafka.errors import KafkaTimeoutError, NotEnoughReplicasError
-from kafka.future import Future
 from pydantic import BaseModel
 
 from schemas.events import Event
@@ -55,31 +54,32 @@ class FakeProducer:
         self.acked = 0
         self.lock = threading.Lock()
 
-    def partitions_for(self, topic: str) -> set[int]:
+    def partitions_for(self, topic: str) -> list[int]:
         if topic in self.missing_topics:
             time.sleep(self.delay)
-            raise KafkaTimeoutError(f"Failed to update metadata after {self.delay} secs.")
-        return set(range(self.partitions))
+            raise KafkaTimeout(f"Failed to update metadata after {self.delay} secs.")
+        return list(range(self.partitions))
 
-    def send(self, topic: str, value: Any = None, key: Any = None, headers: Any = None,
-             partition: Any = None, timestamp_ms: Any = None) -> Future:
+    def send(self, topic: str, value: bytes, *, key: bytes | None = None,
+             partition: int | None = None, headers: Headers = (),
+             on_delivery: DeliveryCallback | None = None) -> None:
         if self.mode == "raise":
-            raise KafkaTimeoutError("Failed to update metadata after 5.0 secs.")
+            raise KafkaTimeout("Failed to update metadata after 5.0 secs.")
+        assert partition is not None and on_delivery is not None
         with self.lock:
             self.sent.append((topic, value, key, partition))
-        future = Future()
         if self.mode == "ack":
-            self._ack(future)
+            self._ack(on_delivery)
         elif self.mode == "fail":
-            future.failure(NotEnoughReplicasError("not enough in-sync replicas"))
+            on_delivery(KafkaClientError("NotEnoughReplicas: not enough in-sync replicas",
+                                         code="NOT_ENOUGH_REPLICAS"))
         elif self.mode == "delayed":
-            threading.Timer(self.delay, self._ack, (future,)).start()
-        return future
+            threading.Timer(self.delay, self._ack, (on_delivery,)).start()
 
-    def _ack(self, future: Future) -> None:
+    def _ack(self, on_delivery: DeliveryCallback) -> None:
         with self.lock:
             self.acked += 1
-        future.success(object())
+        on_delivery(None)
 
 
 def make_settings(**overrides: Any) -> IngestSettings:
@@ -351,7 +351,7 @@ def test_send_raising_is_503() -> None:
     with TestClient(make_app(FakeProducer("raise"))) as client:
         response = client.post(URL, content=orjson.dumps(event()))
     assert response.status_code == 503
-    assert "KafkaTimeoutError" in response.json()["error"]
+    assert "KafkaTimeout" in response.json()["error"]
     assert response.headers["retry-after"]
 
 
@@ -372,7 +372,7 @@ def test_missing_topic_metadata_holds_up_only_its_pipeline() -> None:
         assert client.post(URL, content=b"[{").status_code == 400
         thread.join()
     assert first["r"].status_code == 503
-    assert "KafkaTimeoutError" in first["r"].json()["error"]
+    assert "KafkaTimeout" in first["r"].json()["error"]
 
 
 def test_over_max_in_flight_is_503_at_once() -> None:

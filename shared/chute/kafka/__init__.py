@@ -1,0 +1,82 @@
+"""chute's Kafka seam: plain values, three interfaces, two backends.
+
+`CHUTE_KAFKA_CLIENT` chooses the backend: `confluent-kafka` (librdkafka, the default) or
+`kafka-python` (pure Python, for platforms without librdkafka wheels). The factories below
+are the only place that picks one; the backend modules are imported only when chosen.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any, Literal, get_args
+
+from chute.kafka.seam import (
+    Admin,
+    CommitRebalanced,
+    Consumer,
+    ConsumerOptions,
+    DeliveryCallback,
+    Headers,
+    KafkaClientError,
+    KafkaTimeout,
+    Producer,
+    ProducerOptions,
+    RebalanceListener,
+    Record,
+    RecordTooLarge,
+    TopicConfig,
+    TopicExists,
+    TopicPartition,
+)
+
+KafkaClient = Literal["confluent-kafka", "kafka-python"]
+CLIENTS: tuple[str, ...] = get_args(KafkaClient)
+DEFAULT_CLIENT: KafkaClient = "confluent-kafka"
+
+__all__ = [
+    "CLIENTS", "DEFAULT_CLIENT", "Admin", "CommitRebalanced", "Consumer", "ConsumerOptions",
+    "DeliveryCallback", "Headers", "KafkaClient", "KafkaClientError", "KafkaTimeout",
+    "Producer", "ProducerOptions", "RebalanceListener", "Record", "RecordTooLarge",
+    "TopicConfig", "TopicExists", "TopicPartition", "admin", "client_from_env", "consumer",
+    "producer",
+]
+
+
+def client_from_env() -> KafkaClient:
+    """The backend named by CHUTE_KAFKA_CLIENT (default confluent-kafka)."""
+    name = os.environ.get("CHUTE_KAFKA_CLIENT", DEFAULT_CLIENT).strip() or DEFAULT_CLIENT
+    if name not in CLIENTS:
+        raise ValueError(f"CHUTE_KAFKA_CLIENT={name!r}: choose one of {', '.join(CLIENTS)}")
+    return name  # type: ignore[return-value]
+
+
+def producer(bootstrap: str, options: ProducerOptions | None = None, *,
+             client: str | None = None, extra: Mapping[str, Any] | None = None) -> Producer:
+    """A producer that reports success only once every in-sync replica has the record.
+    `extra`: settings in the backend's own vocabulary (tests, special deployments)."""
+    options = options or ProducerOptions()
+    if (client or client_from_env()) == "kafka-python":
+        from chute.kafka.kafkapython import KafkaPythonProducer
+        return KafkaPythonProducer(bootstrap, options, extra)
+    from chute.kafka.confluent import ConfluentProducer
+    return ConfluentProducer(bootstrap, options, extra)
+
+
+def consumer(bootstrap: str, options: ConsumerOptions, *, client: str | None = None,
+             extra: Mapping[str, Any] | None = None) -> Consumer:
+    """A group consumer with manual commits, starting at the earliest offset of partitions
+    that have no commit."""
+    if (client or client_from_env()) == "kafka-python":
+        from chute.kafka.kafkapython import KafkaPythonConsumer
+        return KafkaPythonConsumer(bootstrap, options, extra)
+    from chute.kafka.confluent import ConfluentConsumer
+    return ConfluentConsumer(bootstrap, options, extra)
+
+
+def admin(bootstrap: str, timeout: float = 10.0, *, client: str | None = None) -> Admin:
+    if (client or client_from_env()) == "kafka-python":
+        from chute.kafka.kafkapython import KafkaPythonAdmin
+        return KafkaPythonAdmin(bootstrap, timeout)
+    from chute.kafka.confluent import ConfluentAdmin
+    return ConfluentAdmin(bootstrap, timeout)

@@ -1,0 +1,260 @@
+"""The Kafka seam: the values and interfaces chute's services use, whatever the client library.
+
+Two backends implement it (`chute.kafka.confluent` on librdkafka, `chute.kafka.kafkapython`
+in pure Python); `tests/integration/test_kafka_seam.py` holds both to the same contract on a
+real broker. Nothing outside `chute.kafka` imports a client library.
+
+Contract points the services rely on:
+- Rebalance callbacks (`RebalanceListener`) run inside `Consumer.poll()`, on the thread that
+  called it, never on a client's network thread; while a callback runs the consumer still owns
+  the revoked partitions (commits are accepted) and keeps its group membership.
+- `Consumer.commit` is synchronous; a commit refused because the group moved on raises
+  `CommitRebalanced` (nothing to retry: the new owner re-reads from the last commit).
+- `Producer.send` waits at most the producer's `max_block_ms` (metadata, buffer space) and
+  reports each record's outcome once, through `on_delivery`, on some other thread.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol
+
+Headers = tuple[tuple[str, bytes], ...]
+
+
+class TopicPartition(NamedTuple):
+    topic: str
+    partition: int
+
+
+class Record(NamedTuple):
+    """One consumed record, as plain values."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes
+    headers: Headers
+
+
+class KafkaClientError(Exception):
+    """Any failure reported by the Kafka client. `retriable`: the client says a retry may
+    succeed (broker unreachable, leader moving, timeout)."""
+
+    def __init__(self, message: str, *, retriable: bool = True, code: str = "") -> None:
+        super().__init__(message)
+        self.retriable = retriable
+        self.code = code
+
+
+class KafkaTimeout(KafkaClientError):
+    """The client did not get an answer within the time it was given."""
+
+
+class CommitRebalanced(KafkaClientError):
+    """The group rebalanced: this member may no longer commit these partitions."""
+
+    def __init__(self, message: str, code: str = "") -> None:
+        super().__init__(message, retriable=False, code=code)
+
+
+class RecordTooLarge(KafkaClientError):
+    """The broker or the client refuses a record (or batch) over its size limit."""
+
+    def __init__(self, message: str, code: str = "") -> None:
+        super().__init__(message, retriable=False, code=code)
+
+
+class TopicExists(KafkaClientError):
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retriable=False, code="TOPIC_ALREADY_EXISTS")
+
+
+DeliveryCallback = Callable[[KafkaClientError | None], None]
+
+
+@dataclass(frozen=True)
+class ProducerOptions:
+    """What chute tunes on a producer; every producer waits for acks from all in-sync
+    replicas (acks=all)."""
+
+    client_id: str = "chute"
+    linger_ms: int = 5
+    request_timeout_ms: int = 10_000
+    # A record not acknowledged within this time is failed by the client (its callback
+    # reports the error), so nothing lingers in the producer's buffer indefinitely.
+    delivery_timeout_ms: int = 30_000
+    # send() blocks at most this long for metadata or buffer space.
+    max_block_ms: int = 5_000
+    max_request_bytes: int = 16 * 1024 * 1024
+    # How long the constructor waits for a broker to answer before it raises
+    # KafkaClientError; 0: do not wait (librdkafka only; kafka-python always checks).
+    bootstrap_timeout_ms: int = 10_000
+
+
+@dataclass(frozen=True)
+class ConsumerOptions:
+    group_id: str
+    client_id: str = "chute-sync"
+    # A killed worker's partitions move after this (the broker's minimum is 6 s).
+    session_timeout_ms: int = 6_000
+    heartbeat_interval_ms: int = 1_500
+    # Longest time between two polls (a revocation callback counts as inside poll) before
+    # the member is removed; also the rebalance timeout the other members wait at most.
+    max_poll_interval_ms: int = 300_000
+    fetch_max_wait_ms: int = 100  # a fetch waiting for data must not delay a due flush
+    # Fetched-but-unpolled data is held by the client too: keep it to a few batches.
+    fetch_max_bytes: int = 32 * 1024 * 1024
+    max_partition_fetch_bytes: int = 8 * 1024 * 1024
+    max_poll_records: int = 20_000
+
+
+class RebalanceListener(Protocol):
+    """Group changes, called inside `Consumer.poll()` on the polling thread."""
+
+    def on_assigned(self, partitions: Sequence[TopicPartition]
+                    ) -> Mapping[TopicPartition, int]:
+        """Newly assigned partitions; returns start offsets for those that should not start
+        at their committed offset (partitions without a commit start at the earliest)."""
+        ...
+
+    def on_revoked(self, partitions: Sequence[TopicPartition]) -> None:
+        """Partitions about to move to another member; still ours (commits work)."""
+        ...
+
+    def on_lost(self, partitions: Sequence[TopicPartition]) -> None:
+        """Partitions this member lost without a revocation (evicted from the group): they
+        may already belong to another member; committing them fails."""
+        ...
+
+
+class Consumer(Protocol):
+    """A group consumer with manual commits, positioned by the listener."""
+
+    @property
+    def cooperative(self) -> bool:
+        """True when rebalances are incremental (only moved partitions are revoked)."""
+        ...
+
+    def subscribe(self, topics: Sequence[str], listener: RebalanceListener) -> None: ...
+
+    def poll(self, timeout: float, max_records: int | None = None
+             ) -> dict[TopicPartition, list[Record]]: ...
+
+    def assignment(self) -> set[TopicPartition]: ...
+
+    def seek(self, partition: TopicPartition, offset: int) -> None:
+        """Next record fetched from this assigned partition is at `offset`."""
+        ...
+
+    def pause(self, partitions: Iterable[TopicPartition]) -> None: ...
+
+    def resume(self, partitions: Iterable[TopicPartition]) -> None: ...
+
+    def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Commit synchronously: each offset is the next record to read."""
+        ...
+
+    def committed(self, partitions: Iterable[TopicPartition], timeout: float = 10.0
+                  ) -> dict[TopicPartition, int | None]: ...
+
+    def end_offsets(self, partitions: Iterable[TopicPartition], timeout: float = 10.0
+                    ) -> dict[TopicPartition, int]: ...
+
+    def highwater(self, partition: TopicPartition) -> int | None:
+        """End offset seen in the last fetch response (no request); None if unknown."""
+        ...
+
+    def close(self) -> None:
+        """Leave the group without committing and without calling the listener."""
+        ...
+
+
+class Producer(Protocol):
+    def send(self, topic: str, value: bytes, *, key: bytes | None = None,
+             partition: int | None = None, headers: Headers = (),
+             on_delivery: DeliveryCallback | None = None) -> None: ...
+
+    def deliver(self, topic: str, values: Sequence[bytes], timeout: float) -> None:
+        """Send every value and wait until all are acknowledged; raises the first failure,
+        or KafkaTimeout after `timeout` seconds."""
+        ...
+
+    def partitions_for(self, topic: str) -> list[int]:
+        """The topic's partitions (waits up to max_block_ms for metadata); LookupError if the
+        topic does not exist."""
+        ...
+
+    def flush(self, timeout: float) -> None: ...
+
+    def close(self, timeout: float) -> None: ...
+
+
+@dataclass(frozen=True)
+class TopicConfig:
+    name: str
+    partitions: int
+    configs: Mapping[str, str]
+
+
+class Admin(Protocol):
+    def topic_partitions(self) -> dict[str, int]:
+        """{topic: partition count} for every topic except Kafka's internal ones."""
+        ...
+
+    def create_topic(self, topic: TopicConfig) -> bool:
+        """Create the topic (the broker's default replication factor); False when it already
+        existed."""
+        ...
+
+    def add_partitions(self, topic: str, total: int) -> None: ...
+
+    def delete_topic(self, topic: str) -> None: ...
+
+    def group_offsets(self, group: str, partitions: Sequence[TopicPartition]
+                      ) -> dict[TopicPartition, int | None]:
+        """The group's committed offset per partition; None where it never committed."""
+        ...
+
+    def start_offsets(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        ...
+
+    def end_offsets(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        ...
+
+    def group_members(self, group: str) -> list[str]:
+        """Client ids of the group's current members."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Waiter:
+    """Counts delivery outcomes for `Producer.deliver` (callbacks from any thread)."""
+
+    def __init__(self, expected: int) -> None:
+        self._lock = threading.Lock()
+        self._left = expected
+        self.error: KafkaClientError | None = None
+        self.done = threading.Event()
+        if expected == 0:
+            self.done.set()
+
+    def __call__(self, error: KafkaClientError | None) -> None:
+        with self._lock:
+            if error is not None and self.error is None:
+                self.error = error
+                self.done.set()
+            self._left -= 1
+            if self._left == 0:
+                self.done.set()
+
+    def wait(self, timeout: float) -> None:
+        if not self.done.wait(timeout):
+            raise KafkaTimeout(f"not acknowledged within {timeout:g} s")
+        if self.error is not None:
+            raise self.error
