@@ -38,7 +38,7 @@ def buffered_row_bytes(rows: int, server: ServerProfile | None = None) -> dict[s
         for offset, value in enumerate(values):
             row = decoder.decode(value)
             buffer.note_offset(tp, offset, 0.0)
-            buffer.add(row, 0, offset, 1_714_564_800_000 + offset, len(value), 0.0)  # type: ignore[arg-type]
+            buffer.add(row, value, 0, offset, 1_714_564_800_000 + offset, 0.0)  # type: ignore[arg-type]
         buffered, _ = tracemalloc.get_traced_memory()
         columns = builder.build(buffer.rows, buffer.partitions, buffer.offsets)
         built, _ = tracemalloc.get_traced_memory()

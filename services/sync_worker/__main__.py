@@ -16,13 +16,12 @@ from chute.settings import load_settings
 from chute.typemap import UnsupportedTypeError
 
 from sync_worker.http import serve
+from sync_worker.pipeline_state import health as pipelines_health
 from sync_worker.settings import SyncSettings
-from sync_worker.worker import DeadLetterRatioExceeded, SyncWorker, build_routes
+from sync_worker.worker import SyncWorker, build_routes
 from sync_worker.writer import ClickHouseWriter
 
 log = structlog.get_logger()
-
-EXIT_DLQ_RATIO = 3
 
 
 def _connect_clickhouse(settings: SyncSettings, deadline: float) -> Any:
@@ -50,7 +49,7 @@ def main() -> int:
     deadline = time.monotonic() + 120
     client, profile = _connect_clickhouse(settings, deadline)
     try:
-        routes = build_routes(defs, profile)
+        routes = build_routes(defs, profile, settings)
     except UnsupportedTypeError as exc:
         log.error("a model cannot be stored on this ClickHouse", error=str(exc),
                   clickhouse=profile.version_text)
@@ -66,11 +65,18 @@ def main() -> int:
                         ClickHouseWriter(client, settings.clickhouse_database), routes)
 
     def health() -> tuple[bool, dict[str, Any]]:
-        alive = time.monotonic() - worker.last_loop < 60
-        return alive, {
-            "status": "ok" if alive else "stuck",
+        now = time.monotonic()
+        alive = now - worker.last_loop < 60
+        flowing, details = pipelines_health(worker.pipeline_states(), worker.clock(),
+                                            settings.sync_health_paused_seconds)
+        if not alive:
+            details["problems"].insert(0, "the sync loop has not run for 60 s")
+        ok = alive and flowing
+        return ok, {
+            "status": "ok" if ok else ("stuck" if not alive else "degraded"),
             "worker": settings.sync_worker_id,
             "paused": worker.paused,
+            **details,
             "assigned": sorted(f"{tp.topic}:{tp.partition}" for tp in consumer.assignment()),
             "clickhouse": profile.version_text,
         }
@@ -85,12 +91,7 @@ def main() -> int:
     signal.signal(signal.SIGINT, on_signal)
     log.info("sync worker started", tables=sorted(r.table for r in routes.values()),
              clickhouse=profile.version_text, port=settings.sync_port)
-    try:
-        worker.run()
-    except DeadLetterRatioExceeded as exc:
-        log.error("dead-letter ratio limit exceeded; stopping", error=str(exc))
-        consumer.close(autocommit=False)
-        return EXIT_DLQ_RATIO
+    worker.run()
     return 0
 
 

@@ -1,7 +1,8 @@
 """Per-table buffer of decoded rows waiting for one batch insert. Pure data, no I/O.
 
-Kept as parallel lists (rows, partitions, offsets, timestamps) rather than one object per
-record: the sync handles hundreds of thousands of records a second."""
+Kept as parallel lists (rows, values, partitions, offsets, timestamps) rather than one object
+per record: the sync handles hundreds of thousands of records a second. `values` holds each
+row's original Kafka bytes, so a row ClickHouse rejects is dead-lettered exactly as sent."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ class TableBuffer:
     topic: str
     limits: BatchLimits
     rows: list[BaseModel] = field(default_factory=list)
+    values: list[bytes] = field(default_factory=list)  # the Kafka record values, as received
     partitions: list[int] = field(default_factory=list)
     offsets: list[int] = field(default_factory=list)
     timestamps: list[int] = field(default_factory=list)  # Kafka record timestamps, ms
@@ -30,13 +32,14 @@ class TableBuffer:
     last_offsets: dict[TopicPartition, int] = field(default_factory=dict)
     dead_letters: list[bytes] = field(default_factory=list)  # envelopes not yet produced
 
-    def add(self, row: BaseModel, partition: int, offset: int, timestamp: int, size: int,
+    def add(self, row: BaseModel, value: bytes, partition: int, offset: int, timestamp: int,
             now: float) -> None:
         self.rows.append(row)
+        self.values.append(value)
         self.partitions.append(partition)
         self.offsets.append(offset)
         self.timestamps.append(timestamp)
-        self.size += size
+        self.size += len(value)
         if self.oldest is None:
             self.oldest = now
 
@@ -58,6 +61,7 @@ class TableBuffer:
     def remove(self, indexes: set[int]) -> None:
         keep = [i for i in range(len(self.rows)) if i not in indexes]
         self.rows = [self.rows[i] for i in keep]
+        self.values = [self.values[i] for i in keep]
         self.partitions = [self.partitions[i] for i in keep]
         self.offsets = [self.offsets[i] for i in keep]
         self.timestamps = [self.timestamps[i] for i in keep]
@@ -80,14 +84,15 @@ class TableBuffer:
 
     def detach(self) -> TableBuffer:
         """Hand the buffered batch over (to be inserted while this buffer fills again)."""
-        batch = TableBuffer(self.table, self.topic, self.limits, self.rows, self.partitions,
-                            self.offsets, self.timestamps, self.size, self.oldest,
-                            self.last_offsets, self.dead_letters)
+        batch = TableBuffer(self.table, self.topic, self.limits, self.rows, self.values,
+                            self.partitions, self.offsets, self.timestamps, self.size,
+                            self.oldest, self.last_offsets, self.dead_letters)
         self.clear()
         return batch
 
     def clear(self) -> None:
         self.rows = []
+        self.values = []
         self.partitions = []
         self.offsets = []
         self.timestamps = []

@@ -1,4 +1,13 @@
-"""Classifying insert failures: transient (retry the same batch) or data (bad rows)."""
+"""Classifying insert, read and produce failures into what the sync does about them.
+
+- transient: the server or the network is in trouble; retry the same batch with backoff,
+  for as long as it takes (the rows are safe in Kafka meanwhile).
+- data: ClickHouse refused the rows themselves; bisect and dead-letter the bad ones.
+- schema: the table does not match the model (a column or the table is missing, usually a
+  model change without `chute apply`); pause the pipeline and retry slowly: it resumes by
+  itself once the table is fixed.
+- unknown: anything else; retried a bounded number of times, then the pipeline is failed.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +15,11 @@ import socket
 import struct
 
 from clickhouse_driver import errors as ch_errors
+
+TRANSIENT = "transient"
+DATA = "data"
+SCHEMA = "schema"
+UNKNOWN = "unknown"
 
 # ClickHouse codes that mean the data itself was refused: bisect and dead-letter.
 DATA_ERROR_CODES = frozenset({
@@ -25,15 +39,45 @@ DATA_ERROR_CODES = frozenset({
     691,  # UNKNOWN_ELEMENT_OF_ENUM
 })
 
-TRANSIENT = "transient"
-DATA = "data"
+# The table does not have what the model needs: fixed by `chute apply`, not by retrying fast.
+SCHEMA_ERROR_CODES = frozenset({
+    10,   # NOT_FOUND_COLUMN_IN_BLOCK
+    16,   # NO_SUCH_COLUMN_IN_TABLE ("No such column x in table")
+    47,   # UNKNOWN_IDENTIFIER
+    60,   # UNKNOWN_TABLE
+    81,   # UNKNOWN_DATABASE
+})
+
+# The codes ClickHouse's own Kafka Connect sink retries, plus query cancellation.
+TRANSIENT_ERROR_CODES = frozenset({
+    3,    # UNEXPECTED_END_OF_FILE
+    107,  # FILE_DOESNT_EXIST
+    159,  # TIMEOUT_EXCEEDED
+    164,  # READONLY
+    202,  # TOO_MANY_SIMULTANEOUS_QUERIES
+    203,  # NO_FREE_CONNECTION
+    209,  # SOCKET_TIMEOUT
+    210,  # NETWORK_ERROR
+    241,  # MEMORY_LIMIT_EXCEEDED
+    242,  # TABLE_IS_READ_ONLY
+    252,  # TOO_MANY_PARTS
+    285,  # TOO_FEW_LIVE_REPLICAS
+    319,  # UNKNOWN_STATUS_OF_INSERT
+    394,  # QUERY_WAS_CANCELLED
+    425,  # SYSTEM_ERROR
+    999,  # KEEPER_EXCEPTION
+})
 
 
 def classify(exc: BaseException) -> str:
-    """Everything that is not clearly the data's fault is retried: retrying a good batch
-    costs time, dead-lettering it would lose it from the table."""
+    """One of TRANSIENT, DATA, SCHEMA, UNKNOWN (see the module docstring)."""
     if isinstance(exc, ch_errors.ServerException):
-        return DATA if exc.code in DATA_ERROR_CODES else TRANSIENT
+        code = exc.code
+        if code in DATA_ERROR_CODES:
+            return DATA
+        if code in SCHEMA_ERROR_CODES:
+            return SCHEMA
+        return TRANSIENT if code in TRANSIENT_ERROR_CODES else UNKNOWN
     if isinstance(exc, (ch_errors.NetworkError, ch_errors.SocketTimeoutError, socket.error,
                         EOFError, TimeoutError, ConnectionError)):
         return TRANSIENT
@@ -42,4 +86,20 @@ def classify(exc: BaseException) -> str:
     if isinstance(exc, (struct.error, OverflowError, ValueError, TypeError,
                         ch_errors.TypeMismatchError, ch_errors.TooLargeStringSize)):
         return DATA
-    return TRANSIENT
+    # Kafka clients mark the errors worth retrying (kafka-python `retriable`,
+    # confluent-kafka `KafkaError.retriable()` on the error it carries).
+    if _kafka_retriable(exc):
+        return TRANSIENT
+    return UNKNOWN
+
+
+def _kafka_retriable(exc: BaseException) -> bool:
+    flag = getattr(exc, "retriable", None)
+    if isinstance(flag, bool):
+        return flag
+    args = getattr(exc, "args", ())
+    inner = args[0] if args else None
+    check = getattr(inner, "retriable", None)
+    if callable(check):
+        return bool(check())
+    return False

@@ -22,6 +22,8 @@ class FlushReason:
     WAIT = "wait"
     SHUTDOWN = "shutdown"
     REBALANCE = "rebalance"
+    RETRY = "retry"
+    MODEL_CHANGE = "model change"
 
 
 def flush_reason(limits: BatchLimits, rows: int, size: int, oldest: float | None,

@@ -2,7 +2,9 @@
 
 Offsets are committed only after ClickHouse acknowledged the insert holding them (and the
 dead-letter producer acknowledged the envelopes), so a crash at any moment re-delivers and
-never loses. Transient ClickHouse errors are retried with backoff while nothing is fetched.
+never loses. Each pipeline (route) pauses, retries and fails on its own (pipeline_state.py):
+a failing insert pauses that route's partitions and holds its batch until a retry succeeds,
+while the other routes keep polling, inserting and committing.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 
 import structlog
 from chute import metrics
-from chute.identifiers import quote_identifier
+from chute.fingerprint import FINGERPRINT_HEADER, model_fingerprint
 from chute.pipeline import Stream
 from chute.registry import Definitions
 from chute.server import ServerProfile
@@ -28,7 +30,8 @@ from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from sync_worker.buffer import TableBuffer
-from sync_worker.errors import TRANSIENT, classify
+from sync_worker.errors import DATA, UNKNOWN, classify
+from sync_worker.pipeline_state import PipelineState, Status
 from sync_worker.policy import Backoff, BatchLimits, DeadLetterGuard, FlushReason
 from sync_worker.rows import (
     ColumnBuilder,
@@ -38,7 +41,7 @@ from sync_worker.rows import (
     dead_letter_envelope,
 )
 from sync_worker.settings import SyncSettings
-from sync_worker.writer import ClickHouseWriter, Isolator
+from sync_worker.writer import InsertStillRunning, Isolator, Writer, first_missing, new_query_id
 
 log = structlog.get_logger()
 
@@ -46,16 +49,37 @@ _E2E_SAMPLES = 500  # rows per batch whose end-to-end latency is observed
 
 
 class DeadLetterRatioExceeded(RuntimeError):
-    """Too many records are going to the dead-letter queue: probably a misconfiguration."""
+    """Too many of a pipeline's records are going to the dead-letter queue: probably a
+    misconfiguration. Stops that pipeline."""
+
+MODEL_MISMATCH = "records from a newer/other model definition: reload the worker"
 
 
 class FlushAbandoned(RuntimeError):
-    """A flush could not finish before shutdown; its offsets stay uncommitted."""
+    """A flush could not finish before shutdown; its offsets stay uncommitted. `done`: the
+    offsets of what other pipelines did flush meanwhile (still to be committed)."""
+
+    def __init__(self, message: str, done: dict[TopicPartition, int] | None = None) -> None:
+        super().__init__(message)
+        self.done = done or {}
+
+
+@dataclass
+class HeldBatch:
+    """A detached batch on its way in, kept across failed attempts so a retry resumes it
+    (the isolator knows which rows are in; dead letters are not produced twice)."""
+
+    batch: TableBuffer
+    reason: str
+    isolator: Isolator
+    columns: list[list[Any]] | None = None
+    dead_letters_sent: bool = False
+    query_id: str = ""  # of the last insert sent: reconciled when its outcome is unknown
 
 
 @dataclass
 class Route:
-    """Where one topic's records go."""
+    """Where one topic's records go, and how that pipeline is doing."""
 
     stream: Stream[Any]
     table: str
@@ -64,9 +88,25 @@ class Route:
     buffer: TableBuffer
     dead_letter_topic: str | None
     exactly_once: bool
+    state: PipelineState
+    guard: DeadLetterGuard
+    fingerprint: str
+    held: HeldBatch | None = None
+
+    @property
+    def name(self) -> str:
+        return self.stream.name
+
+    def drop_pending(self) -> None:
+        """Forget what is buffered or held (it is re-delivered: nothing of it is committed)."""
+        self.buffer.clear()
+        self.held = None
+        if self.state.next_attempt is not None:
+            self.state.succeeded()  # nothing left to retry; the next batch tries afresh
 
 
-def build_routes(defs: Definitions, profile: ServerProfile) -> dict[str, Route]:
+def build_routes(defs: Definitions, profile: ServerProfile,
+                 settings: SyncSettings) -> dict[str, Route]:
     routes = {}
     for stream in defs.synced_streams():
         table = stream.destination
@@ -84,13 +124,19 @@ def build_routes(defs: Definitions, profile: ServerProfile) -> dict[str, Route]:
             buffer=TableBuffer(table.name, stream.topic, limits),
             dead_letter_topic=stream.dead_letter.topic if stream.dead_letter else None,
             exactly_once=table.exactly_once,
+            state=PipelineState(Backoff(settings.sync_retry_initial_seconds,
+                                        settings.sync_retry_max_seconds),
+                                unknown_budget=settings.sync_retry_budget),
+            guard=DeadLetterGuard(settings.sync_dlq_ratio_limit, settings.sync_dlq_ratio_window,
+                                  settings.sync_dlq_ratio_min_records),
+            fingerprint=model_fingerprint(stream.model),
         )
     return routes
 
 
 class SyncWorker:
     def __init__(self, settings: SyncSettings, consumer: KafkaConsumer, producer: KafkaProducer,
-                 writer: ClickHouseWriter, routes: dict[str, Route],
+                 writer: Writer, routes: dict[str, Route],
                  clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep) -> None:
         self.settings = settings
@@ -102,13 +148,10 @@ class SyncWorker:
         self.sleep = sleep
         self.stopping = False
         self.stop_deadline: float | None = None
-        self.guard = DeadLetterGuard(settings.sync_dlq_ratio_limit, settings.sync_dlq_ratio_window,
-                                     settings.sync_dlq_ratio_min_records)
         # Exactly-once: highest offset already in the table, per partition.
         self.watermarks: dict[TopicPartition, int] = {}
         self.committed: dict[TopicPartition, int] = {}
         self.last_loop = self.clock()
-        self.paused = False
         self._next_lag_update = 0.0
         # kafka-python runs rebalance listeners on its IO thread, where blocking consumer
         # calls are not allowed: assignments are posted here and handled after poll().
@@ -116,6 +159,8 @@ class SyncWorker:
         self._assign_request: set[TopicPartition] | None = None
         self.closing = False
         self._inserts_done = 0
+        for route in routes.values():
+            self._observe_state(route)
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -160,9 +205,10 @@ class SyncWorker:
         self.last_loop = now
         timeout = 0.5
         for route in self.routes.values():
-            due_in = route.buffer.seconds_until_due(now)
+            due_in = route.buffer.seconds_until_due(now) if route.state.flowing else (
+                None if route.state.next_attempt is None else route.state.next_attempt - now)
             if due_in is not None:
-                timeout = min(timeout, due_in)
+                timeout = max(0.0, min(timeout, due_in))
         self.handle_group_changes()
         records = self.consumer.poll(timeout_ms=max(1, int(timeout * 1000)))
         if self.handle_group_changes():
@@ -172,110 +218,279 @@ class SyncWorker:
         for tp, messages in records.items():
             self.accept(self.routes[tp.topic], tp, messages)
         now = self.clock()
-        for route in self.routes.values():
-            reason = route.buffer.due(now)
-            if reason is not None:
-                self.flush(route, reason)
+        self.flush_due(now)
         if now >= self._next_lag_update:
             self._next_lag_update = now + 5.0
             self.update_lag()
 
     def accept(self, route: Route, tp: TopicPartition, messages: list[Any]) -> None:
         """Decode one partition's messages into the route's buffer; flush whenever it is
-        full, so batches are exactly max_batch_rows. The hot loop of the worker."""
+        full, so batches are exactly max_batch_rows. The hot loop of the worker.
+
+        A route that is retrying keeps what was already fetched (its partitions are paused,
+        so that is bounded); a failed or held route takes nothing more: those records are
+        not committed and come again after a restart."""
+        state = route.state
+        if not state.flowing and state.next_attempt is None:
+            return
         buf = route.buffer
         decode = route.decoder.decode
+        guard = route.guard
+        fingerprint = route.fingerprint.encode()
         mark = self.watermarks.get(tp, -1) if route.exactly_once else -1
         now = self.clock()
         good = 0
-        for message in messages:
-            offset = message.offset
-            buf.note_offset(tp, offset, now)
-            if offset <= mark:
-                continue  # exactly-once: already in the table; skipped but committed
-            value = message.value
-            row = decode(value)
-            if isinstance(row, DecodeFailure):
-                metrics.SYNC_ERRORS.labels(route.table, "decode").inc()
-                position = Position(tp.topic, tp.partition, offset, message.timestamp)
-                self.dead_letter(route, position, value, row.error_type, row.error_message)
-                continue
-            buf.add(row, tp.partition, offset, message.timestamp, len(value), now)
-            good += 1
-            if buf.full:
-                self.guard.record(False, good)
-                good = 0
-                self.flush(route, FlushReason.ROWS if len(buf.rows) >= buf.limits.max_rows
-                           else FlushReason.BYTES)
-                now = self.clock()
-        self.guard.record(False, good)
+        try:
+            for message in messages:
+                offset = message.offset
+                if offset <= mark:
+                    buf.note_offset(tp, offset, now)
+                    continue  # exactly-once: already in the table; skipped but committed
+                model = model_header(message)
+                if model is not None and model != fingerprint:
+                    guard.record(False, good)
+                    self._hold_for_model(route, tp, offset, model)
+                    return
+                buf.note_offset(tp, offset, now)
+                value = message.value
+                row = decode(value)
+                if isinstance(row, DecodeFailure):
+                    metrics.SYNC_ERRORS.labels(route.table, "decode").inc()
+                    guard.record(False, good)  # the good ones before it count first
+                    good = 0
+                    position = Position(tp.topic, tp.partition, offset, message.timestamp)
+                    envelope = self.dead_letter(route, position, value, row.error_type,
+                                                row.error_message)
+                    if envelope is not None:
+                        buf.add_dead_letter(envelope, tp, offset, now)
+                    continue
+                buf.add(row, value, tp.partition, offset, message.timestamp, now)
+                good += 1
+                if buf.full and route.held is None:
+                    guard.record(False, good)
+                    good = 0
+                    self.flush(route, FlushReason.ROWS if len(buf.rows) >= buf.limits.max_rows
+                               else FlushReason.BYTES)
+                    now = self.clock()
+                    if not state.flowing and state.next_attempt is None:
+                        return
+        except DeadLetterRatioExceeded as exc:
+            self._stop_pipeline(route, str(exc))
+            return
+        guard.record(False, good)
         metrics.SYNC_BUFFERED_ROWS.labels(route.table).set(len(buf.rows))
 
     def dead_letter(self, route: Route, position: Position, payload: bytes | None,
-                    error_type: str, message: str, into: TableBuffer | None = None) -> None:
-        """Log and count a record that cannot be stored; its envelope goes out with the
-        batch (`into`, default the route's filling buffer) before that batch's commit."""
-        buffer = route.buffer if into is None else into
+                    error_type: str, message: str) -> bytes | None:
+        """Log and count a record that cannot be stored; returns its envelope (None when the
+        stream has no dead-letter queue). Raises DeadLetterRatioExceeded when this record
+        tips the pipeline's dead-letter ratio over its limit: that record is not
+        dead-lettered, it stays uncommitted."""
+        guard = route.guard
+        guard.record(True)
+        if guard.tripped:
+            raise DeadLetterRatioExceeded(
+                f"{guard.ratio:.0%} of the last {self.settings.sync_dlq_ratio_window} "
+                f"records of {route.name} went to the dead-letter queue (limit "
+                f"{self.settings.sync_dlq_ratio_limit:.0%}); last error at "
+                f"{position.topic}:{position.partition}:{position.offset}: "
+                f"{error_type}: {message[:300]}. Pipeline stopped, nothing past its last "
+                "insert committed: check the model, the topic and the table, then restart.")
         log.warning("dead letter", table=route.table, topic=position.topic,
                     partition=position.partition, offset=position.offset,
                     error_type=error_type, error=message[:300])
         metrics.SYNC_DLQ_RECORDS.labels(route.table).inc()
-        self.guard.record(True)
-        if self.guard.tripped:
-            raise DeadLetterRatioExceeded(
-                f"{self.guard.ratio:.0%} of the last {self.settings.sync_dlq_ratio_window} "
-                f"records went to the dead-letter queue (limit "
-                f"{self.settings.sync_dlq_ratio_limit:.0%}); last error on {position.topic}: "
-                f"{error_type}: {message[:300]}. Stopping without committing: check the "
-                "model, the topic and the table.")
-        tp = TopicPartition(position.topic, position.partition)
         if route.dead_letter_topic is None:
             log.error("record dropped: the stream has no dead-letter queue", table=route.table,
                       partition=position.partition, offset=position.offset)
-            buffer.note_offset(tp, position.offset, self.clock())
-            return
-        envelope = dead_letter_envelope(pipeline=route.stream.name, position=position,
-                                        payload=payload, error_type=error_type,
-                                        error_message=message)
-        buffer.add_dead_letter(envelope, tp, position.offset, self.clock())
+            return None
+        return dead_letter_envelope(pipeline=route.stream.name, position=position,
+                                    payload=payload, error_type=error_type,
+                                    error_message=message)
+
+    # --- the route state machine ------------------------------------------------------------
+
+    @property
+    def paused(self) -> bool:
+        """Whether any pipeline is not flowing."""
+        return any(not route.state.flowing for route in self.routes.values())
+
+    def pipeline_states(self) -> dict[str, PipelineState]:
+        return {route.name: route.state for route in self.routes.values()}
+
+    def _route_partitions(self, route: Route) -> list[TopicPartition]:
+        topic = route.stream.topic
+        return [tp for tp in self.consumer.assignment() if tp.topic == topic]
+
+    def _pause_route(self, route: Route) -> None:
+        partitions = self._route_partitions(route)
+        if partitions:
+            self.consumer.pause(*partitions)
+        metrics.SYNC_PAUSED.set(1)
+
+    def _resume_route(self, route: Route) -> None:
+        partitions = self._route_partitions(route)
+        if partitions:
+            self.consumer.resume(*partitions)
+        metrics.SYNC_PAUSED.set(1 if self.paused else 0)
+
+    def _observe_state(self, route: Route) -> None:
+        current = route.state.status
+        for status in Status:
+            metrics.SYNC_PIPELINE_STATE.labels(route.name, status.value).set(
+                1 if status is current else 0)
+
+    def _stop_pipeline(self, route: Route, reason: str, pause_now: bool = True) -> None:
+        """Failed for good (until a restart): nothing buffered or held is inserted or
+        committed, so all of it is delivered again. Its partitions are paused now, or (while
+        an assignment is being handled) by the next flush_due; its records are dropped by
+        accept meanwhile."""
+        log.error("pipeline failed", pipeline=route.name, table=route.table, reason=reason)
+        route.state.fail(reason, self.clock())
+        route.buffer.clear()
+        route.held = None
+        if pause_now:
+            self._pause_route(route)
+        self._observe_state(route)
+
+    def _hold_for_model(self, route: Route, tp: TopicPartition, offset: int,
+                        fingerprint: bytes) -> None:
+        """A record validated by a model this worker does not have: insert what came before
+        it, then pause the pipeline without retrying (the record stays uncommitted)."""
+        log.error("pipeline paused", pipeline=route.name, reason=MODEL_MISMATCH,
+                  topic=tp.topic, partition=tp.partition, offset=offset,
+                  record_model=fingerprint.decode("ascii", errors="replace"),
+                  worker_model=route.fingerprint)
+        if route.held is None and route.buffer.pending:
+            self.flush(route, FlushReason.MODEL_CHANGE)
+        if route.state.status is not Status.FAILED:
+            route.state.hold(MODEL_MISMATCH, self.clock())
+        self._pause_route(route)
+        self._observe_state(route)
+
+    def flush_due(self, now: float) -> None:
+        """Flush the routes whose batch is due and retry the routes whose next attempt is."""
+        for route in self.routes.values():
+            state = route.state
+            if state.flowing:
+                reason = route.buffer.due(now)
+                if reason is not None:
+                    self.flush(route, reason)
+            elif state.due(now):
+                self.flush(route, FlushReason.RETRY)
+            else:
+                self._pause_route(route)  # also partitions assigned since it stopped
 
     # --- flushing -----------------------------------------------------------------------
 
     def flush_all(self, reason: str) -> dict[TopicPartition, int]:
-        """Insert everything buffered now and return the offsets it covers (committed here
-        unless this runs on kafka-python's IO thread, on revocation)."""
+        """Insert everything buffered now (retrying until the stop deadline) and return the
+        offsets it covers (committed here unless this runs on kafka-python's IO thread, on
+        revocation). Failed and held pipelines insert nothing more. FlushAbandoned, naming
+        the pipelines that could not finish in time, once all the others are done."""
         on_main = threading.current_thread() is threading.main_thread()
         offsets: dict[TopicPartition, int] = {}
+        abandoned: list[str] = []
         for route in self.routes.values():
-            if route.buffer.pending:
-                done = self._write(route, route.buffer.detach(), reason)
-                if on_main:
-                    self._commit(done)
-                offsets.update(done)
+            state = route.state
+            if not state.flowing and state.next_attempt is None:
+                continue
+            try:
+                while route.held is not None or route.buffer.pending:
+                    done = self._flush_before_deadline(route, reason)
+                    if on_main:
+                        self._commit(done)
+                    offsets.update(done)
+            except FlushAbandoned as exc:
+                # The other pipelines still flush and commit first.
+                abandoned.append(f"{route.name}: {exc}")
+        if abandoned:
+            # The caller drops what is left (nothing of it was committed: re-delivered).
+            raise FlushAbandoned("; ".join(abandoned), offsets)
         return offsets
 
-    def flush(self, route: Route, reason: str) -> None:
-        """Insert the route's batch and commit it. Nothing is fetched meanwhile, so a batch
-        retried through a ClickHouse outage is all the memory held. (An insert thread
-        overlapping the next batch's decoding was measured: no gain, since both need the GIL.)"""
-        metrics.SYNC_BUFFERED_ROWS.labels(route.table).set(0)
-        self._commit(self._write(route, route.buffer.detach(), reason))
+    def _flush_before_deadline(self, route: Route, reason: str) -> dict[TopicPartition, int]:
+        deadline = self.stop_deadline
+        if deadline is None:
+            deadline = self.clock() + self.settings.sync_shutdown_flush_seconds
+        while True:
+            done = self._attempt(route, reason)
+            if done is not None:
+                return done
+            retry_at = route.state.next_attempt
+            if retry_at is None or retry_at > deadline:
+                raise FlushAbandoned(f"{route.table}: {route.state.reason}")
+            self._pause_until(retry_at)
 
-    def _write(self, route: Route, batch: TableBuffer, reason: str) -> dict[TopicPartition, int]:
-        """Insert a detached batch, dead-letter what ClickHouse rejects and produce the
-        batch's envelopes; returns the offsets to commit."""
+    def flush(self, route: Route, reason: str) -> None:
+        """Insert the route's batch (or retry the held one) and commit it. Nothing of that
+        route is fetched while its batch is held. (An insert thread overlapping the next
+        batch's decoding was measured: no gain, since both need the GIL.)"""
+        metrics.SYNC_BUFFERED_ROWS.labels(route.table).set(0)
+        done = self._attempt(route, reason)
+        if done is not None:
+            self._commit(done)
+
+    def _attempt(self, route: Route, reason: str) -> dict[TopicPartition, int] | None:
+        """One attempt at the held batch (detaching the buffer if none is held). Returns the
+        offsets to commit, or None when it failed (the route's state says what next)."""
+        if route.held is None:
+            if not route.buffer.pending:
+                return {}
+            batch = route.buffer.detach()
+            route.held = HeldBatch(batch, reason, Isolator(len(batch.rows)))
+        held = route.held
+        try:
+            offsets = self._write(route, held)
+        except DeadLetterRatioExceeded as exc:
+            self._stop_pipeline(route, str(exc))
+            return None
+        except Exception as exc:
+            self._attempt_failed(route, exc)
+            return None
+        route.held = None
+        if route.state.succeeded():
+            log.info("resumed", pipeline=route.name, table=route.table)
+            self._resume_route(route)
+            self._observe_state(route)
+        return offsets
+
+    def _attempt_failed(self, route: Route, exc: BaseException) -> None:
+        kind = classify(exc)
+        error = f"{type(exc).__name__}: {exc}"
+        self.writer.reset()  # the next attempt starts on a fresh connection
+        metrics.SYNC_ERRORS.labels(route.table, kind).inc()
+        delay = route.state.failed_attempt(kind, error, self.clock())
+        self._pause_route(route)
+        self._observe_state(route)
+        if delay is None:
+            log.error("pipeline failed", pipeline=route.name, table=route.table,
+                      reason=route.state.reason)
+            return
+        log.warning("retrying", what="insert", pipeline=route.name, table=route.table,
+                    kind=kind, attempt=route.state.attempts, delay_s=round(delay, 2),
+                    error=error[:500])
+
+    def _write(self, route: Route, held: HeldBatch) -> dict[TopicPartition, int]:
+        """Produce the batch's dead letters, insert its rows (dead-lettering what ClickHouse
+        rejects); returns the offsets to commit. Dead letters go out first: in exactly-once
+        mode the insert moves the watermark past them, and a restart skips what is below it."""
+        batch = held.batch
         started = time.perf_counter()
-        if batch.rows:
-            self._insert(route, batch)
+        if not held.dead_letters_sent:
+            self._produce_dead_letters(route, batch.dead_letters)
+            held.dead_letters_sent = True
+        if batch.rows and not held.isolator.done:
+            self._insert(route, held)
         rows = len(batch.rows)
-        self._produce_dead_letters(route, batch)
         self._maybe_inject_fault(rows)
         duration = time.perf_counter() - started
         if rows:
             self._observe(route, batch, rows)
             log.info("batch inserted", table=route.table, rows=rows, bytes=batch.size,
                      partitions=batch.describe_offsets(), duration_ms=round(duration * 1000, 1),
-                     reason=reason, dead_letters=len(batch.dead_letters))
+                     reason=held.reason, dead_letters=len(batch.dead_letters),
+                     rejected=len(held.isolator.rejected))
         return {tp: offset + 1 for tp, offset in batch.last_offsets.items()}
 
     def _maybe_inject_fault(self, rows: int) -> None:
@@ -286,83 +501,101 @@ class SyncWorker:
             log.warning("fault injection: SIGKILL after insert, before commit", rows=rows)
             os.kill(os.getpid(), signal.SIGKILL)
 
-    def _insert(self, route: Route, buf: TableBuffer) -> None:
-        data = route.builder.build(buf.rows, buf.partitions, buf.offsets)
+    def _insert(self, route: Route, held: HeldBatch) -> None:
+        """Run (or resume) the batch's isolator. In exactly-once mode a piece whose outcome
+        is unknown is reconciled against the table's watermark before anything is resent."""
+        buf = held.batch
+        if held.columns is None:
+            held.columns = route.builder.build(buf.rows, buf.partitions, buf.offsets)
+        data = held.columns
         names = route.builder.names
+        isolator = held.isolator
 
         def insert(lo: int, hi: int) -> None:
-            self.writer.insert(route.table, names, [col[lo:hi] for col in data])
+            held.query_id = new_query_id()
+            self.writer.insert(route.table, names, [col[lo:hi] for col in data],
+                               held.query_id)
 
-        isolator = Isolator(len(buf.rows))
+        def reconcile(lo: int, hi: int) -> int:
+            if self.writer.insert_running(held.query_id):
+                raise InsertStillRunning(f"insert {held.query_id} is still running")
+            first = first_missing(buf.partitions, buf.offsets, lo, hi,
+                                  self.writer.read_watermarks(route.table))
+            log.warning("insert outcome reconciled", table=route.table, query_id=held.query_id,
+                        rows_already_in=first - lo, rows_to_send=hi - first)
+            return first
 
-        def insert_all() -> None:
-            started = time.perf_counter()
-            isolator.run(insert, classify)
-            # The successful attempt only: retries and commits are not insert latency.
-            metrics.SYNC_INSERT_SECONDS.labels(route.table).observe(time.perf_counter() - started)
+        def report(rejected: list[tuple[int, BaseException]]) -> None:
+            envelopes = []
+            for index, exc in rejected:
+                metrics.SYNC_ERRORS.labels(route.table, "data").inc()
+                envelope = self.dead_letter(route, buf.position(index), buf.values[index],
+                                            f"ClickHouseRejected:{type(exc).__name__}", str(exc))
+                if envelope is not None:
+                    envelopes.append(envelope)
+            self._produce_dead_letters(route, envelopes)
 
-        self._with_retry(insert_all, route.table, "insert")
-        for index, exc in isolator.rejected:
-            metrics.SYNC_ERRORS.labels(route.table, "data").inc()
-            self.dead_letter(route, buf.position(index),
-                             buf.rows[index].model_dump_json().encode(),
-                             f"ClickHouseRejected:{type(exc).__name__}", str(exc), into=buf)
+        started = time.perf_counter()
+        isolator.run(insert, classify, reconcile if route.exactly_once else None, report)
+        # The successful attempt only: retries and commits are not insert latency.
+        metrics.SYNC_INSERT_SECONDS.labels(route.table).observe(time.perf_counter() - started)
         if isolator.rejected:
             buf.remove({index for index, _ in isolator.rejected})
 
-    def _produce_dead_letters(self, route: Route, buf: TableBuffer) -> None:
-        envelopes = buf.dead_letters
+    def _produce_dead_letters(self, route: Route, envelopes: list[bytes]) -> None:
+        """Produce envelopes and wait until Kafka acknowledged every one."""
         if not envelopes or route.dead_letter_topic is None:
             return
         topic = route.dead_letter_topic
-
-        def produce() -> None:
-            futures = [self.producer.send(topic, value=e) for e in envelopes]
-            for future in futures:
-                future.get(timeout=30)
-
-        self._with_retry(produce, route.table, "dead-letter produce")
+        futures = [self.producer.send(topic, value=e) for e in envelopes]
+        for future in futures:
+            future.get(timeout=30)
 
     def _with_retry(self, action: Callable[[], None], table: str, what: str) -> None:
+        """Blocking retry for what all pipelines need (offset commits, watermark reads on
+        assignment): transient and schema errors are retried with backoff, unclassified ones
+        `sync_retry_budget` times; up to the stop deadline once stopping."""
         backoff = Backoff(self.settings.sync_retry_initial_seconds,
                           self.settings.sync_retry_max_seconds)
+        unknown = 0
         while True:
             try:
                 action()
-                if self.paused:
-                    log.info("resumed", table=table, attempts=backoff.attempt)
-                    self.paused = False
-                    metrics.SYNC_PAUSED.set(0)
+                if backoff.attempt:
+                    log.info("resumed", what=what, table=table, attempts=backoff.attempt)
                 return
             except Exception as exc:
-                if not isinstance(exc, KafkaError) and classify(exc) != TRANSIENT:
+                kind = classify(exc)
+                unknown += kind == UNKNOWN
+                if kind == DATA or unknown > self.settings.sync_retry_budget:
                     raise
                 if not isinstance(exc, KafkaError):
                     # Only ClickHouse errors: the client belongs to the thread that inserts.
                     self.writer.reset()
-                metrics.SYNC_ERRORS.labels(table, "transient").inc()
-                self.paused = True
-                metrics.SYNC_PAUSED.set(1)
+                metrics.SYNC_ERRORS.labels(table, kind).inc()
                 delay = backoff.next_delay()
                 if self.stop_deadline is not None and self.clock() + delay > self.stop_deadline:
                     raise FlushAbandoned(f"{what} into {table} failed: {exc}") from exc
                 log.warning("retrying", what=what, table=table, attempt=backoff.attempt,
                             delay_s=round(delay, 2), error=f"{type(exc).__name__}: {exc}")
-                self._pause(delay)
+                self._pause_until(self.clock() + delay)
 
-    def _pause(self, delay: float) -> None:
-        """Wait without fetching: the consumer is not polled, so nothing new is buffered.
-        The consumer's heartbeat thread keeps the group membership."""
-        end = self.clock() + delay
-        while self.clock() < end:
-            self.last_loop = self.clock()
-            # Lag keeps being reported during an outage (it grows: that is the signal), but
-            # only from the main thread, not from kafka-python's IO thread on revocation.
-            if (self.clock() >= self._next_lag_update
-                    and threading.current_thread() is threading.main_thread()):
-                self._next_lag_update = self.clock() + 5.0
+    def _pause_until(self, end: float) -> None:
+        """Wait without fetching until `end` on the injected clock: the consumer is not
+        polled, so nothing new is buffered; its heartbeat thread keeps the membership.
+        Lag keeps being reported meanwhile (only from the main thread), and however long
+        that takes, no sleep is ever asked for a negative time."""
+        while True:
+            now = self.clock()
+            if now >= end:
+                return
+            self.last_loop = now
+            if now >= self._next_lag_update and \
+                    threading.current_thread() is threading.main_thread():
+                self._next_lag_update = now + 5.0
                 self.update_lag(ask_broker=True)
-            self.sleep(min(0.2, end - self.clock()))
+                now = self.clock()
+            self.sleep(max(0.0, min(0.2, end - now)))
 
     def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         """Commit after the insert. Kafka unreachable: retried with backoff like an insert
@@ -425,10 +658,11 @@ class SyncWorker:
             offsets = self.flush_all(FlushReason.REBALANCE)
         except FlushAbandoned as exc:
             log.warning("rebalance flush abandoned; rows will be re-delivered", error=str(exc))
+            offsets = exc.done
         finally:
             self.stop_deadline = None if not self.stopping else self.stop_deadline
         for route in self.routes.values():
-            route.buffer.clear()
+            route.drop_pending()
         for tp in revoked:
             self.watermarks.pop(tp, None)
             self.committed.pop(tp, None)
@@ -441,7 +675,7 @@ class SyncWorker:
         when the table already holds later rows."""
         log.info("partitions assigned", partitions=_names(assigned))
         for route in self.routes.values():
-            route.buffer.clear()
+            route.drop_pending()
         marks_by_table: dict[str, dict[int, int]] = {}
         caught_up: dict[TopicPartition, int] = {}
         for tp in assigned:
@@ -452,6 +686,8 @@ class SyncWorker:
                 if route.table not in marks_by_table:
                     marks_by_table[route.table] = self._read_watermarks(route.table)
                 mark = marks_by_table[route.table].get(tp.partition)
+                if mark is not None and self._watermark_beyond_end(route, tp, mark):
+                    continue
                 if mark is not None:
                     self.watermarks[tp] = mark
                     if target is None or target <= mark:
@@ -468,15 +704,31 @@ class SyncWorker:
         # owner see it even if no new record arrives.
         self._commit(caught_up)
 
+    def _watermark_beyond_end(self, route: Route, tp: TopicPartition, mark: int) -> bool:
+        """The table holds offset `mark` of this partition but the topic ends before it: the
+        topic was deleted and re-created (its offsets start at 0 again), or the table holds
+        another topic's rows. Skipping to the old watermark would drop the new records, and
+        inserting them would mix two topics' offsets: refuse loudly by failing the pipeline."""
+        try:
+            end = self.consumer.end_offsets([tp]).get(tp)
+        except KafkaError as exc:
+            log.warning("cannot check the watermark against the topic's end", table=route.table,
+                        partition=tp.partition, error=str(exc))
+            return False
+        if end is None or mark < end:
+            return False
+        self._stop_pipeline(route, (
+            f"table {route.table} holds offset {mark} of {tp.topic}:{tp.partition} but the "
+            f"topic ends at offset {end}: the topic was re-created (or the table holds another "
+            "topic's rows). Nothing is skipped or inserted: truncate or re-create the table, "
+            "then restart the worker."), pause_now=False)
+        return True
+
     def _read_watermarks(self, table: str) -> dict[int, int]:
         result: dict[int, int] = {}
 
         def read() -> None:
-            rows = self.writer.client.execute(
-                f"SELECT _chute_partition, max(_chute_offset) FROM "
-                f"{quote_identifier(self.writer.database)}.{quote_identifier(table)} "
-                "GROUP BY _chute_partition")
-            result.update({int(p): int(o) for p, o in rows})
+            result.update(self.writer.read_watermarks(table))
 
         self._with_retry(read, table, "watermark read")
         return result
@@ -507,6 +759,17 @@ class SyncWorker:
                     return
                 self.committed[tp] = done
             metrics.SYNC_CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, end - done))
+
+
+def model_header(message: Any) -> bytes | None:
+    """The fingerprint of the model that validated the record (raw header bytes), if the
+    producer set one. On the hot path: compared as bytes, decoded only to be logged."""
+    headers = message.headers
+    if headers:
+        for key, value in headers:
+            if key == FINGERPRINT_HEADER:
+                return value  # type: ignore[no-any-return]
+    return None
 
 
 def _names(tps: Iterable[TopicPartition]) -> str:

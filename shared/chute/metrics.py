@@ -64,8 +64,12 @@ SYNC_END_TO_END_SECONDS = Histogram(
     buckets=_E2E_BUCKETS)
 # Records held in memory waiting for a flush.
 SYNC_BUFFERED_ROWS = Gauge("chute_sync_buffered_rows", "Rows buffered", ["table"])
-# 1 while fetching is paused (ClickHouse unavailable, retrying).
-SYNC_PAUSED = Gauge("chute_sync_paused", "1 while fetching is paused for retries")
+# 1 while any pipeline is not flowing (its partitions paused: retrying, paused or failed).
+SYNC_PAUSED = Gauge("chute_sync_paused", "1 while any pipeline is not flowing")
+# Each pipeline's state in this worker: 1 for the state it is in, 0 for the others
+# (flowing, retrying, paused, failed; see sync_worker.pipeline_state).
+SYNC_PIPELINE_STATE = Gauge(
+    "chute_sync_pipeline_state", "1 for the state a pipeline is in", ["pipeline", "state"])
 # Offsets committed to Kafka, per topic.
 SYNC_COMMITS = Counter("chute_sync_commits_total", "Offset commits", ["topic"])
 
@@ -81,7 +85,7 @@ CONTROL_TABLE_ROWS = Gauge("chute_table_rows", "Rows in a pipeline table", ["tab
 INGEST_RESULTS = ("accepted", "rejected", "failed")
 INGEST_CLIENT_FAULT_KINDS = ("disconnected", "body_too_slow", "header_timeout",
                              "header_too_large")
-SYNC_ERROR_KINDS = ("transient", "data", "decode")
+SYNC_ERROR_KINDS = ("transient", "data", "decode", "schema", "unknown")
 
 
 def init_ingest_pipeline(pipeline: str) -> None:

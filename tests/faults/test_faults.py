@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from tests.e2e.stack import Stack
@@ -175,29 +176,61 @@ def test_sigterm_flushes_and_commits(make_stack: MakeStack) -> None:
     assert outcome.lost == 0 and outcome.duplicated == 0
 
 
-def test_dead_letter_ratio_guard_stops_loudly(make_stack: MakeStack) -> None:
+def test_dead_letter_ratio_guard_stops_the_pipeline_and_loses_nothing(
+        make_stack: MakeStack) -> None:
     from chute.kafka import producer
 
+    from tests.e2e.stack import event
     from tests.support import KAFKA
 
-    stack = make_stack({"partitions": 1})
+    stack = make_stack({"partitions": 1, "max_batch_wait": 0.3})
     p = producer(KAFKA)
-    for i in range(1_000):
+    good, bad = 300, 1_000
+    for i in range(good):
+        p.send(stack.name, value=orjson.dumps(event(i)))
+    p.flush()
+    worker = stack.start_worker(CHUTE_SYNC_DLQ_RATIO_MIN_RECORDS="100")
+    stack.wait_count(good)
+    wait_for(lambda: committed_offsets(stack.group, stack.name)[0] == good, 20,
+             "the good records to be committed")
+    for i in range(bad):
         # Misconfiguration: a producer writing another schema into this topic.
         p.send(stack.name, value=b'{"order_id": %d, "amount": 3.5}' % i)
     p.flush()
     p.close()
-    worker = stack.start_worker(wait=False,
-                                CHUTE_SYNC_DLQ_RATIO_MIN_RECORDS="100")
-    code = worker.wait_exit(60)
-    assert code == 3
-    log = worker.log_text()
-    assert "dead-letter ratio limit exceeded" in log
-    committed = committed_offsets(stack.group, stack.name)
-    assert committed[0] < 1_000, "the topic was drained into the dead-letter queue"
-    dead = stack.ch.execute(f"SELECT count() FROM `{stack.name}_dlq`")[0][0]
-    account(stack.ch, stack.name, [], "6. misconfigured topic trips the DLQ guard",
-            f"exit 3, committed {committed[0]}/1000, {dead} dead letters")
+    url = f"http://127.0.0.1:{worker.port}/health"
+
+    def unhealthy() -> dict[str, Any] | None:
+        answer = httpx.get(url, timeout=5)
+        return answer.json() if answer.status_code == 503 else None
+
+    problems = wait_for(unhealthy, 30, "/health to report the failed pipeline")["problems"]
+    assert any(f"{stack.name}: failed" in p and "dead-letter queue" in p for p in problems)
+    assert "dead-letter ratio" in worker.log_text() or "dead-letter queue" in worker.log_text()
+    assert worker.proc is not None and worker.proc.poll() is None  # the worker keeps running
+    committed = committed_offsets(stack.group, stack.name)[0]
+    assert committed < good + bad, "the topic was drained into the dead-letter queue"
+
+    def dead_offsets() -> set[int]:
+        rows = stack.ch.execute(f"SELECT DISTINCT offset FROM `{stack.name}_dlq`")
+        return {int(r[0]) for r in rows}
+
+    # Nothing committed that is not stored: every offset below the commit is a row of the
+    # table or a dead letter; the record that tripped the guard is above it.
+    wait_for(lambda: dead_offsets() >= set(range(good, committed)), 20,
+             "the committed dead letters in the dead-letter table")
+    assert stack.count() == good
+    tripped_dead = len(dead_offsets())
+    # Restarted with a looser limit, the records from the tripping one on come again.
+    worker.kill()
+    stack.start_worker(CHUTE_SYNC_DLQ_RATIO_LIMIT="1")
+    wait_for(lambda: dead_offsets() == set(range(good, good + bad)), 60,
+             "every bad record in the dead-letter table")
+    assert stack.count() == good
+    account(stack.ch, stack.name, [f"e{i}" for i in range(good)],
+            "6. misconfigured topic trips the DLQ guard",
+            f"pipeline failed, committed {committed}/{good + bad}, {tripped_dead} dead "
+            f"letters, all {bad} after restart")
 
 
 @pytest.mark.parametrize("delivery", ["at_least_once", "exactly_once"])
@@ -247,3 +280,91 @@ def test_ingest_overload_answers_503_with_retry_after(make_stack: MakeStack) -> 
                       f"peak ingest RSS {peak_mib:.0f} MiB")
     assert outcome.lost == 0
     assert peak_mib < 500
+
+
+@pytest.mark.parametrize("delivery", ["at_least_once", "exactly_once"])
+def test_insert_answers_lost_after_clickhouse_applied_them(make_stack: MakeStack,
+                                                          delivery: str) -> None:
+    """A proxy between the worker and ClickHouse forwards inserts, lets ClickHouse answer,
+    then cuts the connection without passing the answer on: the outcome is ambiguous."""
+    from tests.faults.tcp_proxy import TcpProxy
+    from tests.support import CH_PORT
+
+    stack = make_stack({**FAST, "partitions": 2, "delivery": delivery})
+    stack.start_ingest()
+    with TcpProxy(CH_PORT) as proxy:
+        worker = stack.start_worker(CHUTE_CLICKHOUSE_PORT=str(proxy.port),
+                                    CHUTE_SYNC_RETRY_INITIAL_SECONDS="0.2")
+        gen = LoadGenerator(stack.url, rate=3_000, batch=100, prefix=stack.name,
+                            total=30_000).start()
+        wait_for(lambda: stack.count() > 0, 20, "rows before the first cut")
+        cuts = 3
+        proxy.cut_after_insert_reply(times=cuts)
+        assert proxy.wait_for_cuts(cuts, timeout=60), f"only {proxy.cuts} cuts happened"
+        stats = gen.wait()
+        assert stats.acked == 30_000, stats.summary()
+        _wait_all_committed(stack, timeout=90)
+    outcome = account(stack.ch, stack.name, stats.acked_ids,
+                      f"8. insert answer lost x{cuts} ({delivery})",
+                      "proxy cut the link after ClickHouse answered")
+    assert outcome.lost == 0
+    log = worker.log_text()
+    if delivery == "exactly_once":
+        assert outcome.duplicated == 0
+        assert stack.count() == stats.acked  # plain count(), no FINAL
+        reconciled = [orjson.loads(line) for line in log.splitlines()
+                      if '"insert outcome reconciled"' in line]
+        assert len(reconciled) >= cuts
+        assert sum(r["rows_already_in"] for r in reconciled) > 0  # the cuts hit applied inserts
+    else:
+        # At-least-once resends the cut inserts: duplicates show the cuts came after the
+        # inserts were applied (so the exactly-once run above proves something).
+        assert outcome.duplicated > 0
+
+
+def test_exactly_once_refuses_a_re_created_topic(make_stack: MakeStack, admin: Any) -> None:
+    """The topic is deleted and created again under the same name: its offsets restart at 0,
+    below the table's watermark. The worker must not skip the new records to the old mark."""
+    from chute.kafka import producer
+
+    from tests.e2e.stack import event
+    from tests.support import KAFKA
+
+    stack = make_stack({"partitions": 1, "max_batch_wait": 0.3, "delivery": "exactly_once"})
+    p = producer(KAFKA)
+    for i in range(50):
+        p.send(stack.name, value=orjson.dumps(event(i)))
+    p.flush()
+    worker = stack.start_worker()
+    stack.wait_count(50)
+    worker.kill()
+    admin.delete_topics([stack.name])
+
+    def recreated() -> bool:
+        try:
+            stack.apply()
+        except AssertionError:
+            return False  # the deletion is still in progress
+        return bool(admin.describe_topics([stack.name]))
+    wait_for(recreated, 60, f"topic {stack.name} to be created again")
+    for i in range(1_000, 1_005):
+        p.send(stack.name, value=orjson.dumps(event(i)))
+    p.flush()
+    p.close()
+    worker = stack.start_worker(wait=False)
+    url = f"http://127.0.0.1:{worker.port}/health"
+
+    def unhealthy() -> dict[str, Any] | None:
+        try:
+            answer = httpx.get(url, timeout=5)
+        except httpx.HTTPError:
+            return None  # not listening yet
+        return answer.json() if answer.status_code == 503 else None
+
+    problems = wait_for(unhealthy, 60, "/health to name the re-created topic")["problems"]
+    assert any(f"{stack.name}: failed" in p and "re-created" in p for p in problems), problems
+    assert stack.count() == 50  # nothing of the new topic inserted, nothing skipped silently
+    assert committed_offsets(stack.group, stack.name)[0] < 5
+    account(stack.ch, stack.name, [f"e{i}" for i in range(50)],
+            "9. topic re-created under an exactly-once table",
+            "pipeline failed with the reason, new records left uncommitted")

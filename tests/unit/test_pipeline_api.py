@@ -112,3 +112,12 @@ def test_duplicate_names_are_refused() -> None:
     b = IngestPipeline[Event]("dup")
     with pytest.raises(DefinitionError, match="defined twice"):
         Definitions.from_resources([a, b])
+
+
+def test_exactly_once_with_partition_by_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"exactly_once.*partition_by.*not atomic"):
+        IngestPipeline[Event]("po", {"table": {"partition_by": "toYYYYMM(timestamp)"},
+                                     "stream": {"delivery": "exactly_once"}})
+    # Either alone is fine.
+    IngestPipeline[Event]("pa", {"table": {"partition_by": "toYYYYMM(timestamp)"}})
+    IngestPipeline[Event]("pe", {"stream": {"delivery": "exactly_once"}})

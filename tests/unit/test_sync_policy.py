@@ -8,10 +8,10 @@ from clickhouse_driver import errors as ch_errors
 from kafka import TopicPartition
 from pydantic import BaseModel
 from sync_worker.buffer import TableBuffer
-from sync_worker.errors import DATA, TRANSIENT, classify
+from sync_worker.errors import DATA, SCHEMA, TRANSIENT, UNKNOWN, classify
 from sync_worker.policy import Backoff, BatchLimits, DeadLetterGuard, flush_reason
 from sync_worker.rows import Position
-from sync_worker.writer import Isolator
+from sync_worker.writer import Isolator, first_missing
 
 LIMITS = BatchLimits(max_rows=3, max_bytes=100, max_wait=1.0)
 
@@ -33,18 +33,19 @@ def test_buffer_tracks_offsets_ranges_and_dead_letters() -> None:
     assert buf.due(10.0) is None
     t0, t1 = TopicPartition("t", 0), TopicPartition("t", 1)
     buf.note_offset(t0, 5, now=1.0)
-    buf.add(Row(a=1), 0, 5, 111, 10, now=1.0)
+    buf.add(Row(a=1), b'{"a": 1}', 0, 5, 111, now=1.0)
     buf.note_offset(t1, 7, now=1.2)
-    buf.add(Row(a=2), 1, 7, 222, 10, now=1.2)
+    buf.add(Row(a=2), b'{"a": 2}', 1, 7, 222, now=1.2)
     buf.add_dead_letter(b"{}", t0, 6, now=1.3)
     assert buf.last_offsets == {t0: 6, t1: 7}
     assert buf.describe_offsets() == "0:5-5,1:7-7"
     assert buf.position(1) == Position("t", 1, 7, 222)
     assert not buf.full
-    buf.add(Row(a=3), 1, 8, 333, 10, now=1.4)
+    buf.add(Row(a=3), b'{"a": 3}', 1, 8, 333, now=1.4)
     assert buf.full
     buf.remove({0})
     assert buf.offsets == [7, 8] and buf.partitions == [1, 1] and len(buf.rows) == 2
+    assert buf.values == [b'{"a": 2}', b'{"a": 3}']  # the original bytes follow their rows
     assert buf.due(1.5) is None
     assert buf.due(2.0) == "wait"
     buf.clear()
@@ -116,7 +117,11 @@ def test_isolator_resumes_after_transient_error_without_reinserting() -> None:
 @pytest.mark.parametrize(("exc", "kind"), [
     (ch_errors.ServerException("Too many parts", code=252), TRANSIENT),
     (ch_errors.ServerException("Memory limit", code=241), TRANSIENT),
-    (ch_errors.ServerException("Unknown table", code=60), TRANSIENT),
+    (ch_errors.ServerException("Unknown table", code=60), SCHEMA),
+    (ch_errors.ServerException("No such column x in table", code=16), SCHEMA),
+    (ch_errors.ServerException("Unknown status of insert", code=319), TRANSIENT),
+    (ch_errors.ServerException("Something new", code=48), UNKNOWN),
+    (RuntimeError("who knows"), UNKNOWN),
     (ch_errors.ServerException("Cannot parse", code=6), DATA),
     (ch_errors.ServerException("Type mismatch", code=53), DATA),
     (ch_errors.NetworkError("down"), TRANSIENT),
@@ -128,3 +133,137 @@ def test_isolator_resumes_after_transient_error_without_reinserting() -> None:
 ])
 def test_error_classification(exc: BaseException, kind: str) -> None:
     assert classify(exc) == kind
+
+
+def test_isolator_reconciles_an_insert_applied_before_its_answer_was_lost() -> None:
+    """The fake table applies the insert, then the connection 'breaks': the retry must
+    resume after what the table holds, so every row is in exactly once."""
+    table: list[int] = []
+    partitions = [0, 1] * 6
+    offsets = [i // 2 for i in range(12)]
+    cut = {4}  # the insert covering row 4 is applied, then fails
+
+    def insert(lo: int, hi: int) -> None:
+        table.extend(range(lo, hi))
+        if cut & set(range(lo, hi)):
+            cut.clear()
+            raise ch_errors.NetworkError("connection reset after the server answered")
+
+    def reconcile(lo: int, hi: int) -> int:
+        marks: dict[int, int] = {}
+        for i in table:
+            marks[partitions[i]] = max(marks.get(partitions[i], -1), offsets[i])
+        return first_missing(partitions, offsets, lo, hi, marks)
+
+    iso = Isolator(12)
+    iso.piece = 3  # several pieces, so the cut lands in the middle of the batch
+    with pytest.raises(ch_errors.NetworkError):
+        iso.run(insert, classify, reconcile)
+    assert iso.in_doubt == (3, 6)
+    iso.run(insert, classify, reconcile)
+    assert sorted(table) == list(range(12))  # nothing sent twice
+
+
+def test_isolator_without_reconcile_resends_the_piece_in_doubt() -> None:
+    table: list[int] = []
+    armed = [True]
+
+    def insert(lo: int, hi: int) -> None:
+        table.extend(range(lo, hi))
+        if armed[0]:
+            armed[0] = False
+            raise ch_errors.SocketTimeoutError("timed out")
+
+    iso = Isolator(4)
+    with pytest.raises(ch_errors.SocketTimeoutError):
+        iso.run(insert, classify)
+    iso.run(insert, classify)
+    assert table == [0, 1, 2, 3, 0, 1, 2, 3]  # at-least-once: resent whole, nothing lost
+
+
+def test_isolator_reports_rejected_rows_before_the_next_insert() -> None:
+    events: list[str] = []
+
+    def insert(lo: int, hi: int) -> None:
+        if lo <= 2 < hi:
+            raise struct.error("bad")
+        events.append(f"insert {lo}-{hi}")
+
+    def report(rejected: list[tuple[int, BaseException]]) -> None:
+        events.append("report " + ",".join(str(i) for i, _ in rejected))
+
+    iso = Isolator(4)
+    iso.run(insert, classify, None, report)
+    assert events == ["insert 0-2", "report 2", "insert 3-4"]
+
+
+def test_isolator_reports_again_when_reporting_failed() -> None:
+    inserted: list[int] = []
+    failures = [ConnectionError("dead-letter topic unreachable")]
+
+    def insert(lo: int, hi: int) -> None:
+        if lo <= 0 < hi:
+            raise struct.error("bad")
+        inserted.extend(range(lo, hi))
+
+    def report(rejected: list[tuple[int, BaseException]]) -> None:
+        if failures:
+            raise failures.pop()
+
+    iso = Isolator(3)
+    with pytest.raises(ConnectionError):
+        iso.run(insert, classify, None, report)
+    assert inserted == []  # nothing went in past the row whose dead letter is not durable
+    iso.run(insert, classify, None, report)
+    assert inserted == [1, 2] and [i for i, _ in iso.rejected] == [0]
+
+
+def test_first_missing_finds_the_unapplied_suffix() -> None:
+    partitions = [0, 1, 0, 1]
+    offsets = [10, 20, 11, 21]
+    assert first_missing(partitions, offsets, 0, 4, {}) == 0
+    assert first_missing(partitions, offsets, 0, 4, {0: 10, 1: 20}) == 2
+    assert first_missing(partitions, offsets, 0, 4, {0: 11, 1: 21}) == 4
+    assert first_missing(partitions, offsets, 2, 4, {0: 11, 1: 9}) == 3
+
+
+class _LibrdkafkaError:
+    """Stands for confluent_kafka.KafkaError: what a KafkaException carries in args[0]."""
+
+    def __init__(self, retriable: bool) -> None:
+        self._retriable = retriable
+
+    def retriable(self) -> bool:
+        return self._retriable
+
+
+def test_kafka_errors_are_classified_by_their_retriable_flag() -> None:
+    from kafka.errors import KafkaConnectionError, KafkaTimeoutError, TopicAuthorizationFailedError
+
+    assert classify(KafkaConnectionError("refused")) == TRANSIENT
+    assert classify(KafkaTimeoutError("no ack")) == TRANSIENT
+    assert classify(TopicAuthorizationFailedError()) == UNKNOWN
+    assert classify(Exception(_LibrdkafkaError(True))) == TRANSIENT
+    assert classify(Exception(_LibrdkafkaError(False))) == UNKNOWN
+
+
+def test_isolator_reconciles_a_data_error_in_an_insert_sent_as_several_blocks() -> None:
+    """A piece larger than one block: the blocks before the bad row were applied."""
+    table: list[int] = []
+    bad = 7
+    block = 3
+
+    def insert(lo: int, hi: int) -> None:
+        for start in range(lo, hi, block):  # as the driver sends it: block after block
+            rows = range(start, min(hi, start + block))
+            if bad in rows:
+                raise ch_errors.ServerException("Cannot parse", code=6)
+            table.extend(rows)
+
+    def reconcile(lo: int, hi: int) -> int:
+        return first_missing([0] * 10, list(range(10)), lo, hi, {0: max(table, default=-1)})
+
+    iso = Isolator(10, atomic_rows=block)
+    iso.run(insert, classify, reconcile)
+    assert sorted(table) == [i for i in range(10) if i != bad]  # nothing twice
+    assert [i for i, _ in iso.rejected] == [bad]

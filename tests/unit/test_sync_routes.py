@@ -1,0 +1,460 @@
+"""The worker's per-pipeline state machine, driven through poll_once with an in-memory
+consumer, producer and table and an injected clock: no servers, no sleeping."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+import pytest
+from chute import IngestPipeline, Key
+from chute.fingerprint import FINGERPRINT_HEADER, model_fingerprint
+from chute.registry import Definitions
+from chute.server import OLD_SERVER
+from clickhouse_driver import errors as ch_errors
+from kafka import TopicPartition
+from prometheus_client import REGISTRY
+from pydantic import BaseModel
+from sync_worker.pipeline_state import Status, health
+from sync_worker.settings import SyncSettings
+from sync_worker.worker import MODEL_MISMATCH, FlushAbandoned, SyncWorker, build_routes
+
+
+class Event(BaseModel):
+    id: Key[str]
+    n: int
+    timestamp: datetime
+
+
+@dataclass
+class Message:
+    offset: int
+    value: bytes
+    timestamp: int = 1_714_564_800_000
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+class FakeConsumer:
+    def __init__(self, partitions: list[TopicPartition]) -> None:
+        self.partitions = set(partitions)
+        self.paused: set[TopicPartition] = set()
+        self.pending: dict[TopicPartition, list[Message]] = {}
+        self.commits: dict[TopicPartition, int] = {}
+        self.ends: dict[TopicPartition, int] = {}
+        self.positions: dict[TopicPartition, int] = {}
+
+    def feed(self, tp: TopicPartition, messages: list[Message]) -> None:
+        self.pending.setdefault(tp, []).extend(messages)
+
+    def poll(self, timeout_ms: int) -> dict[TopicPartition, list[Message]]:
+        out = {tp: msgs for tp, msgs in self.pending.items() if msgs and tp not in self.paused}
+        for tp in out:
+            self.pending[tp] = []
+        return out
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self.partitions)
+
+    def pause(self, *tps: TopicPartition) -> None:
+        self.paused.update(tps)
+
+    def resume(self, *tps: TopicPartition) -> None:
+        self.paused.difference_update(tps)
+
+    def commit(self, offsets: dict[TopicPartition, Any]) -> None:
+        self.commits.update({tp: meta.offset for tp, meta in offsets.items()})
+
+    def committed(self, tp: TopicPartition) -> int | None:
+        return self.commits.get(tp)
+
+    def highwater(self, tp: TopicPartition) -> int:
+        return 0
+
+    def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return {tp: self.ends.get(tp, 0) for tp in tps}
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.positions[tp] = offset
+
+    def seek_to_beginning(self, tp: TopicPartition) -> None:
+        self.positions[tp] = 0
+
+
+class FakeWriter:
+    """Tables as lists of row dicts. `failures[table]` are raised by the next inserts; with
+    `apply_then_fail` the insert is applied first (the answer is lost)."""
+
+    def __init__(self) -> None:
+        self.tables: dict[str, list[dict[str, Any]]] = {}
+        self.failures: dict[str, list[BaseException]] = {}
+        self.apply_then_fail: set[str] = set()
+        self.attempts: dict[str, int] = {}
+        self.log: list[str] = []
+        self.still_running = 0  # how many more checks report the lost insert as running
+        self.last_query_id = ""
+
+    def insert(self, table: str, names: list[str], columns: list[list[Any]],
+               query_id: str) -> None:
+        self.attempts[table] = self.attempts.get(table, 0) + 1
+        self.last_query_id = query_id
+        failures = self.failures.get(table)
+        if failures and table not in self.apply_then_fail:
+            raise failures.pop(0)
+        rows = [dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True)]
+        self.tables.setdefault(table, []).extend(rows)
+        self.log.append(f"insert {table} {len(rows)}")
+        if failures:
+            raise failures.pop(0)
+
+    def read_watermarks(self, table: str) -> dict[int, int]:
+        marks: dict[int, int] = {}
+        for row in self.tables.get(table, []):
+            p, o = row["_chute_partition"], row["_chute_offset"]
+            marks[p] = max(marks.get(p, -1), o)
+        return marks
+
+    def insert_running(self, query_id: str) -> bool:
+        assert query_id == self.last_query_id  # asks about the insert that was in doubt
+        if self.still_running:
+            self.still_running -= 1
+            return True
+        return False
+
+    def reset(self) -> None:
+        pass
+
+
+class FakeFuture:
+    def get(self, timeout: float) -> None:
+        return None
+
+
+class FakeProducer:
+    def __init__(self, log: list[str]) -> None:
+        self.sent: list[tuple[str, dict[str, Any]]] = []
+        self.log = log
+
+    def send(self, topic: str, value: bytes) -> FakeFuture:
+        self.sent.append((topic, orjson.loads(value)))
+        self.log.append(f"dead letter {topic}")
+        return FakeFuture()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        assert seconds >= 0, f"asked to sleep {seconds}"
+        self.now += seconds
+
+
+@dataclass
+class Harness:
+    worker: SyncWorker
+    consumer: FakeConsumer
+    writer: FakeWriter
+    producer: FakeProducer
+    clock: Clock
+
+    def feed(self, topic: str, first: int, count: int, partition: int = 0,
+             headers: dict[str, bytes] | None = None) -> None:
+        self.consumer.feed(TopicPartition(topic, partition), [
+            Message(o, record(o), headers=list((headers or {}).items()))
+            for o in range(first, first + count)])
+
+    def step(self, seconds: float = 0.0) -> None:
+        self.clock.now += seconds
+        self.worker.poll_once()
+
+    def rows(self, table: str) -> list[dict[str, Any]]:
+        return self.writer.tables.get(table, [])
+
+    def committed(self, topic: str, partition: int = 0) -> int | None:
+        return self.consumer.commits.get(TopicPartition(topic, partition))
+
+
+def record(i: int) -> bytes:
+    return orjson.dumps({"id": f"e{i}", "n": i, "timestamp": "2024-05-01T12:00:00Z"})
+
+
+def make(delivery: str = "at_least_once", **settings: Any) -> Harness:
+    pipelines = [IngestPipeline[Event](name, {"stream": {
+        "max_batch_rows": 10, "max_batch_wait": 1.0, "delivery": delivery}})
+        for name in ("a", "b")]
+    defaults: dict[str, Any] = {"sync_retry_initial_seconds": 1.0,
+                                "sync_retry_max_seconds": 8.0, "sync_retry_budget": 2,
+                                "sync_dlq_ratio_min_records": 20,
+                                "sync_dlq_ratio_window": 100}
+    cfg = SyncSettings(**{**defaults, **settings})
+    routes = build_routes(Definitions.from_resources(pipelines), OLD_SERVER, cfg)
+    clock = Clock()
+    consumer = FakeConsumer([TopicPartition(t, 0) for t in ("a", "b")])
+    writer = FakeWriter()
+    producer = FakeProducer(writer.log)
+    worker = SyncWorker(cfg, consumer, producer, writer, routes,
+                        clock=clock, sleep=clock.sleep)
+    return Harness(worker, consumer, writer, producer, clock)
+
+
+def missing_column() -> ch_errors.ServerException:
+    return ch_errors.ServerException("No such column extra in table default.b", code=16)
+
+
+def test_a_schema_error_pauses_one_pipeline_while_the_other_flows() -> None:
+    h = make()
+    h.writer.failures["b"] = [missing_column() for _ in range(6)]
+    h.feed("a", 0, 10)
+    h.feed("b", 0, 10)
+    h.step()
+    b = h.worker.routes["b"]
+    assert b.state.status is Status.PAUSED and "No such column" in b.state.reason
+    assert REGISTRY.get_sample_value(
+        "chute_sync_pipeline_state", {"pipeline": "b", "state": "paused"}) == 1
+    assert REGISTRY.get_sample_value(
+        "chute_sync_pipeline_state", {"pipeline": "b", "state": "flowing"}) == 0
+    assert REGISTRY.get_sample_value(
+        "chute_sync_pipeline_state", {"pipeline": "a", "state": "flowing"}) == 1
+    assert TopicPartition("b", 0) in h.consumer.paused
+    assert TopicPartition("a", 0) not in h.consumer.paused
+    assert h.committed("a") == 10 and h.committed("b") is None
+    # a keeps flowing while b waits; b's records are not fetched meanwhile.
+    for i in range(1, 4):
+        h.feed("a", i * 10, 10)
+        h.feed("b", i * 10, 10)
+        h.step(0.1)
+    assert h.committed("a") == 40 and len(h.rows("a")) == 40
+    assert h.consumer.pending[TopicPartition("b", 0)], "b was fetched while paused"
+    ok, details = health(h.worker.pipeline_states(), h.clock(), paused_threshold=30)
+    assert ok and details["pipelines"]["b"]["state"] == "paused"
+    h.clock.now += 31
+    ok, details = health(h.worker.pipeline_states(), h.clock(), paused_threshold=30)
+    assert not ok and details["problems"][0].startswith("b: paused")
+    assert "No such column" in details["problems"][0]
+    # `chute apply` added the column: the next retry goes through and b resumes by itself.
+    h.writer.failures["b"] = []
+    for _ in range(5):
+        h.step(10)
+    assert b.state.flowing
+    assert REGISTRY.get_sample_value(
+        "chute_sync_pipeline_state", {"pipeline": "b", "state": "flowing"}) == 1
+    assert TopicPartition("b", 0) not in h.consumer.paused
+    assert h.committed("b") == 40
+    assert sorted(r["n"] for r in h.rows("b")) == list(range(40))
+
+
+def test_retries_back_off_with_a_cap() -> None:
+    h = make()
+    h.writer.failures["b"] = [ch_errors.NetworkError("down") for _ in range(8)]
+    h.feed("b", 0, 10)
+    h.step()
+    delays = []
+    state = h.worker.routes["b"].state
+    for _ in range(7):
+        assert state.next_attempt is not None
+        delays.append(state.next_attempt - h.clock())
+        h.step(state.next_attempt - h.clock())
+    assert all(0.5 <= d <= 8.0 for d in delays)
+    assert delays[-1] >= 4.0  # grew to the cap
+    assert h.writer.attempts["b"] == 8
+    assert state.status is Status.RETRYING  # transient: never given up
+    h.writer.failures["b"] = []
+    assert state.next_attempt is not None
+    h.step(state.next_attempt - h.clock())
+    assert state.flowing and h.committed("b") == 10
+
+
+def test_an_unclassified_error_fails_the_pipeline_after_its_budget() -> None:
+    h = make()
+    h.writer.failures["b"] = [RuntimeError("something new") for _ in range(10)]
+    h.feed("a", 0, 10)
+    h.feed("b", 0, 10)
+    h.step()
+    for _ in range(5):
+        h.step(10)
+    state = h.worker.routes["b"].state
+    assert state.status is Status.FAILED and "something new" in state.reason
+    assert h.writer.attempts["b"] == 3  # the first attempt + a budget of 2 retries
+    h.step(100)
+    assert h.writer.attempts["b"] == 3  # not retried any more
+    assert h.committed("b") is None
+    ok, details = health(h.worker.pipeline_states(), h.clock(), paused_threshold=1_000)
+    assert not ok and details["problems"][0].startswith("b: failed")
+    h.feed("a", 10, 10)
+    h.step(0.1)
+    assert h.committed("a") == 20
+
+
+def test_the_dead_letter_guard_stops_one_pipeline_and_commits_nothing_past_an_insert() -> None:
+    h = make()
+    h.feed("b", 0, 10)
+    h.step()
+    assert h.committed("b") == 10  # ten good records inserted
+    tp = TopicPartition("b", 0)
+    h.consumer.feed(tp, [Message(o, b'{"order_id": 1}') for o in range(10, 60)])
+    h.feed("a", 0, 10)
+    h.step(2)
+    state = h.worker.routes["b"].state
+    assert state.status is Status.FAILED and "dead-letter queue" in state.reason
+    assert h.committed("b") == 10  # nothing past the last insert
+    assert h.worker.routes["b"].buffer.pending is False  # discarded, to be re-delivered
+    # Every envelope produced is for a record below the one that tripped the guard.
+    tripped_at = 10 + len(h.producer.sent)
+    assert all(env["offset"] < tripped_at for _, env in h.producer.sent)
+    assert h.committed("a") == 10  # the other pipeline is untouched
+    h.feed("a", 10, 10)
+    h.step(2)
+    assert h.committed("a") == 20
+
+
+def test_records_of_another_model_pause_the_pipeline_before_they_are_inserted() -> None:
+    h = make()
+    own = model_fingerprint(Event).encode()
+    h.feed("b", 0, 5, headers={FINGERPRINT_HEADER: own})
+    h.feed("b", 5, 3)  # no header: validated as always
+    h.feed("b", 8, 4, headers={FINGERPRINT_HEADER: b"0123456789abcdef"})
+    h.step()
+    state = h.worker.routes["b"].state
+    assert state.status is Status.PAUSED and state.reason == MODEL_MISMATCH
+    assert sorted(r["n"] for r in h.rows("b")) == list(range(8))
+    assert h.committed("b") == 8  # up to, not past, the first record of the other model
+    h.step(100)
+    assert len(h.rows("b")) == 8  # held until the worker is reloaded
+
+
+def test_exactly_once_reconciles_an_insert_whose_answer_was_lost() -> None:
+    h = make("exactly_once")
+    h.writer.apply_then_fail.add("b")
+    h.writer.failures["b"] = [ch_errors.NetworkError("connection cut after the answer")]
+    h.feed("b", 0, 10)
+    h.step()
+    assert h.worker.routes["b"].state.status is Status.RETRYING
+    h.step(10)
+    assert [r["n"] for r in h.rows("b")] == list(range(10))  # once each
+    assert h.committed("b") == 10
+
+
+def test_exactly_once_waits_until_the_lost_insert_has_finished_on_the_server() -> None:
+    h = make("exactly_once")
+    h.writer.apply_then_fail.add("b")
+    h.writer.failures["b"] = [ch_errors.SocketTimeoutError("timed out waiting for the answer")]
+    h.writer.still_running = 2
+    h.feed("b", 0, 10)
+    h.step()
+    for _ in range(2):
+        h.step(10)
+        assert h.committed("b") is None  # outcome unknown yet: nothing resent, nothing committed
+    assert h.writer.attempts["b"] == 1
+    h.step(10)
+    assert [r["n"] for r in h.rows("b")] == list(range(10))
+    assert h.committed("b") == 10 and h.worker.routes["b"].state.flowing
+
+
+def test_at_least_once_resends_an_insert_whose_answer_was_lost() -> None:
+    h = make()
+    h.writer.apply_then_fail.add("b")
+    h.writer.failures["b"] = [ch_errors.NetworkError("connection cut after the answer")]
+    h.feed("b", 0, 10)
+    h.step()
+    h.step(10)
+    assert sorted(r["n"] for r in h.rows("b")) == sorted([*range(10), *range(10)])
+    assert h.committed("b") == 10
+
+
+def test_dead_letters_are_durable_before_the_insert_that_passes_them() -> None:
+    h = make("exactly_once")
+    tp = TopicPartition("b", 0)
+    h.consumer.feed(tp, [Message(0, record(0)), Message(1, b"not json"),
+                         Message(2, record(2))])
+    h.step()
+    h.step(2)
+    assert h.writer.log == ["dead letter b_dlq", "insert b 2"]
+    assert h.producer.sent[0][1]["payload"] == "not json"
+
+
+def test_a_row_clickhouse_rejects_is_dead_lettered_with_its_original_bytes() -> None:
+    h = make("exactly_once")
+    h.writer.failures["b"] = [ch_errors.ServerException("Cannot parse", code=6)]
+    tp = TopicPartition("b", 0)
+    original = b'{"n": 7,   "id": "e7", "timestamp": "2024-05-01T12:00:00Z"}'
+    h.consumer.feed(tp, [Message(0, original)])
+    h.step()
+    h.step(2)
+    assert h.producer.sent[0][1]["payload"] == original.decode()
+    assert h.committed("b") == 1
+
+
+@pytest.mark.parametrize("lag_update_seconds", [0.0, 0.15, 3.0, 30.0])
+def test_waiting_for_a_retry_never_sleeps_a_negative_time(lag_update_seconds: float) -> None:
+    """The lag report inside the wait may take longer than what is left of the delay."""
+    h = make()
+    worker = h.worker
+
+    def slow_lag_update(ask_broker: bool = False) -> None:
+        h.clock.now += lag_update_seconds
+
+    worker.update_lag = slow_lag_update  # type: ignore[method-assign]
+    end = h.clock() + 0.25
+    worker._pause_until(end)
+    assert h.clock() >= end
+
+
+def test_a_watermark_beyond_the_topic_end_fails_the_pipeline_instead_of_skipping() -> None:
+    h = make("exactly_once")
+    tp_a, tp_b = TopicPartition("a", 0), TopicPartition("b", 0)
+    # Table b holds offsets up to 499 of an earlier topic "b"; the re-created one ends at 20.
+    h.writer.tables["b"] = [{"_chute_partition": 0, "_chute_offset": 499}]
+    h.writer.tables["a"] = [{"_chute_partition": 0, "_chute_offset": 9}]
+    h.consumer.ends = {tp_a: 30, tp_b: 20}
+    h.worker.on_assigned([tp_a, tp_b])
+    state = h.worker.routes["b"].state
+    assert state.status is Status.FAILED and "re-created" in state.reason
+    assert tp_b not in h.consumer.commits  # not committed up to the old watermark
+    assert h.consumer.positions[tp_a] == 10  # a resumes past its own watermark
+    assert h.consumer.commits[tp_a] == 10
+
+
+def test_shutdown_flushes_the_healthy_pipeline_when_another_cannot() -> None:
+    h = make()
+    h.writer.failures["b"] = [ch_errors.NetworkError("down") for _ in range(100)]
+    h.feed("a", 0, 5)
+    h.feed("b", 0, 5)
+    h.step()
+    h.worker.request_stop()
+    with pytest.raises(FlushAbandoned, match=r"^b: ") as abandoned:
+        h.worker.flush_all("shutdown")
+    assert abandoned.value.done == {TopicPartition("a", 0): 5}
+    assert h.committed("a") == 5 and len(h.rows("a")) == 5
+    assert h.committed("b") is None  # given up at the deadline: re-delivered later
+    assert h.clock() <= 1000 + h.worker.settings.sync_shutdown_flush_seconds + 1
+
+
+def test_a_commit_failing_with_an_unclassified_error_is_not_retried_for_ever() -> None:
+    h = make(sync_retry_budget=3)
+    calls = []
+
+    def commit(offsets: dict[TopicPartition, Any]) -> None:
+        calls.append(offsets)
+        raise RuntimeError("unexpected")
+
+    h.consumer.commit = commit  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError):
+        h.worker._commit({TopicPartition("a", 0): 1})
+    assert len(calls) == 4
+
+
+def test_the_guard_weighs_the_good_records_before_a_bad_one_in_the_same_poll() -> None:
+    h = make(sync_dlq_ratio_limit=0.7, sync_dlq_ratio_min_records=5)
+    tp = TopicPartition("b", 0)
+    # 9 good records (less than a batch, so no flush counts them) then 6 bad: 40 % bad.
+    h.consumer.feed(tp, [Message(o, record(o)) for o in range(9)]
+                    + [Message(o, b"not json") for o in range(9, 15)])
+    h.step()
+    h.step(2)
+    assert h.worker.routes["b"].state.flowing
+    assert h.committed("b") == 15 and len(h.producer.sent) == 6
