@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import signal
 import sys
+import threading
 import time
 
 import structlog
 import uvicorn
 from chute import clickhouse, kafka
 from chute.logging import configure_logging
-from chute.registry import DefinitionError, load_definitions
+from chute.registry import DefinitionError, Definitions, load_definitions
+from chute.reload import DefinitionsWatcher, reexec
 from chute.runtime import tune_garbage_collector
 from chute.server import ServerProfile, parse_version
 from chute.settings import load_settings
@@ -18,6 +22,7 @@ from chute.typemap import UnsupportedTypeError
 from kafka import KafkaProducer
 
 from ingest_api.app import create_app
+from ingest_api.gate import ColumnGate, GateRefresher, table_needs
 from ingest_api.server import bounded_headers_protocol
 from ingest_api.settings import IngestSettings
 
@@ -90,6 +95,21 @@ def detect_server(settings: IngestSettings) -> ServerProfile:
             delay = min(delay * 2, 5.0)
 
 
+def start_gate(settings: IngestSettings, definitions: Definitions,
+               profile: ServerProfile) -> ColumnGate:
+    """The column gate, checked once now and then every ingest_column_check_seconds."""
+    gate = ColumnGate(table_needs(definitions, profile))
+    client = clickhouse.connect(settings, profile)
+
+    def read_columns() -> dict[str, dict[str, str]]:
+        return clickhouse.existing_columns(client, settings.clickhouse_database)
+
+    refresher = GateRefresher(gate, read_columns, settings.ingest_column_check_seconds)
+    refresher.refresh()
+    refresher.start()
+    return gate
+
+
 def main() -> int:
     settings = load_settings(IngestSettings)
     configure_logging(settings.log_format, settings.log_level, service="ingest-api")
@@ -106,6 +126,7 @@ def main() -> int:
                     "every record batch in pure Python (~13 ms per 128 KiB: half the ingest "
                     "throughput); install kafka-python[crc32c]")
     profile = detect_server(settings)
+    gate = start_gate(settings, definitions, profile)
     producer = connect_producer(settings)
 
     def close_producer() -> None:
@@ -116,7 +137,7 @@ def main() -> int:
 
     try:
         app = create_app(settings, definitions, producer, on_shutdown=close_producer,
-                         profile=profile)
+                         profile=profile, gate=gate)
     except UnsupportedTypeError as exc:
         log.error("a model cannot be stored on this ClickHouse", error=str(exc),
                   clickhouse=profile.version_text)
@@ -129,11 +150,22 @@ def main() -> int:
     # uvicorn stops on SIGTERM/SIGINT: no new connections, in-flight requests finish (each is
     # bounded by the ack timeout), then the lifespan shutdown closes the producer. Its log
     # lines go through chute's logging set-up (log_config=None).
+    reload = threading.Event()
+    if settings.reload_definitions:
+        def restart() -> None:
+            # uvicorn's own SIGTERM path: stop accepting, finish in-flight, close the producer;
+            # then main re-executes this process with the new definitions.
+            reload.set()
+            os.kill(os.getpid(), signal.SIGTERM)
+        DefinitionsWatcher(settings.schemas, definitions, restart,
+                           settings.reload_interval_seconds, service="ingest-api").start()
     protocol = bounded_headers_protocol(settings.ingest_header_timeout_seconds,
                                         settings.ingest_max_header_bytes)
     uvicorn.run(app, host=settings.ingest_host, port=settings.ingest_port, access_log=False,
                 log_config=None, log_level=settings.log_level, http=protocol,
                 timeout_graceful_shutdown=int(settings.ingest_ack_timeout_seconds) + 2)
+    if reload.is_set():
+        reexec()
     return 0
 
 
