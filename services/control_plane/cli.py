@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 import threading
 
@@ -124,9 +126,23 @@ def _serve(settings: ControlPlaneSettings, defs: object) -> int:
     state = ControlState()
     threading.Thread(target=apply_with_retry, args=(settings, defs, state), daemon=True).start()
     app = create_app(settings, defs, state)
+    reload = threading.Event()
+    if settings.reload_definitions:
+        from chute.reload import DefinitionsWatcher
+
+        def restart() -> None:
+            # Stop serving, then re-execute: the new process plans and applies the changed
+            # definitions at start, and /health reports a refused plan as it does at start.
+            reload.set()
+            os.kill(os.getpid(), signal.SIGTERM)
+        DefinitionsWatcher(settings.schemas, defs, restart, settings.reload_interval_seconds,
+                           service="control-plane").start()
     # log_config=None: uvicorn's lines go through chute's logging set-up, in its format.
     uvicorn.run(app, host=settings.control_host, port=settings.control_port,
                 log_level="warning", access_log=False, log_config=None)
+    if reload.is_set():
+        from chute.reload import reexec
+        reexec()
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import threading
 import time
 from typing import Any
 
@@ -11,6 +12,7 @@ import structlog
 from chute import clickhouse, kafka
 from chute.logging import configure_logging
 from chute.registry import DefinitionError, load_definitions
+from chute.reload import DefinitionsWatcher, reexec
 from chute.runtime import tune_garbage_collector
 from chute.settings import load_settings
 from chute.typemap import UnsupportedTypeError
@@ -91,7 +93,16 @@ def main() -> int:
     signal.signal(signal.SIGINT, on_signal)
     log.info("sync worker started", tables=sorted(r.table for r in routes.values()),
              clickhouse=profile.version_text, port=settings.sync_port)
+    reload = threading.Event()
+    if settings.reload_definitions:
+        def restart() -> None:  # the SIGTERM path: flush, commit, leave the group; re-exec
+            reload.set()
+            worker.request_stop()
+        DefinitionsWatcher(settings.schemas, defs, restart, settings.reload_interval_seconds,
+                           service="sync-worker").start()
     worker.run()
+    if reload.is_set():
+        reexec()
     return 0
 
 
