@@ -130,7 +130,7 @@ def _serve(settings: ControlPlaneSettings, defs: object) -> int:
     if settings.reload_definitions:
         from chute.reload import DefinitionsWatcher
 
-        def restart() -> None:
+        def restart(_old: dict[str, str], _new: dict[str, str]) -> None:
             # Stop serving, then re-execute: the new process plans and applies the changed
             # definitions at start, and /health reports a refused plan as it does at start.
             reload.set()

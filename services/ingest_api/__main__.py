@@ -152,7 +152,7 @@ def main() -> int:
     # lines go through chute's logging set-up (log_config=None).
     reload = threading.Event()
     if settings.reload_definitions:
-        def restart() -> None:
+        def restart(_old: dict[str, str], _new: dict[str, str]) -> None:
             # uvicorn's own SIGTERM path: stop accepting, finish in-flight, close the producer;
             # then main re-executes this process with the new definitions.
             reload.set()

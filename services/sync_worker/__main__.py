@@ -20,7 +20,7 @@ from chute.typemap import UnsupportedTypeError
 from sync_worker.http import serve
 from sync_worker.pipeline_state import health as pipelines_health
 from sync_worker.settings import SyncSettings
-from sync_worker.worker import SyncWorker, build_routes
+from sync_worker.worker import MODEL_MISMATCH, SyncWorker, build_routes
 from sync_worker.writer import ClickHouseWriter
 
 log = structlog.get_logger()
@@ -98,7 +98,25 @@ def main() -> int:
         def restart() -> None:  # the SIGTERM path: flush, commit, leave the group; re-exec
             reload.set()
             worker.request_stop()
-        DefinitionsWatcher(settings.schemas, defs, restart, settings.reload_interval_seconds,
+
+        def held_for_a_model() -> bool:
+            return any(s.reason == MODEL_MISMATCH for s in worker.pipeline_states().values())
+
+        def on_change(old: dict[str, str], new: dict[str, str]) -> None:
+            if old.keys() != new.keys() or old == new:
+                restart()  # pipelines added or removed, or no model changed
+                return
+            # A model changed. Records of the old one may still come (from an ingest API not
+            # yet on the new definitions); a worker with the new model would hold on them. So
+            # keep this one until records of the new model arrive: they hold its pipeline.
+            log.info("definitions changed: restarting once records of the new model arrive")
+            while not worker.stopping:
+                if held_for_a_model():
+                    restart()
+                    return
+                time.sleep(settings.reload_interval_seconds)
+
+        DefinitionsWatcher(settings.schemas, defs, on_change, settings.reload_interval_seconds,
                            service="sync-worker").start()
     worker.run()
     if reload.is_set():

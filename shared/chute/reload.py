@@ -116,9 +116,11 @@ def check_definitions(spec: str, timeout: float = 60) -> dict[str, str]:
 
 class DefinitionsWatcher:
     """Polls the definitions' source files every `interval` seconds in a daemon thread and
-    calls `on_change()` once, after the new definitions loaded. `poll()` is one step."""
+    calls `on_change(old, new)` once (fingerprints by stream), after the new definitions
+    loaded. `poll()` is one step."""
 
-    def __init__(self, spec: str, current: Definitions, on_change: Callable[[], None],
+    def __init__(self, spec: str, current: Definitions,
+                 on_change: Callable[[dict[str, str], dict[str, str]], None],
                  interval: float = 2.0, service: str = "") -> None:
         self.spec = spec
         self.interval = interval
@@ -142,7 +144,7 @@ class DefinitionsWatcher:
         log.info("definitions changed: reloading", service=self.service, schemas=self.spec,
                  changed=changed, old_fingerprints={k: self.old.get(k) for k in changed},
                  new_fingerprints={k: new.get(k) for k in changed})
-        self.on_change()
+        self.on_change(self.old, new)
         return True
 
     def start(self) -> DefinitionsWatcher:

@@ -71,7 +71,7 @@ def test_the_watcher_calls_back_after_the_new_definitions_load(tmp_path: Path) -
     write(tmp_path)
     defs = load_definitions(str(tmp_path / "visits.py"))
     calls: list[int] = []
-    watcher = DefinitionsWatcher(str(tmp_path), defs, lambda: calls.append(1), interval=60)
+    watcher = DefinitionsWatcher(str(tmp_path), defs, lambda old, new: calls.append(1), interval=60)
     assert not watcher.poll()
     write(tmp_path, "    page: str = ''")
     assert not watcher.poll()  # first sight of the new hash
@@ -85,7 +85,7 @@ def test_definitions_that_do_not_load_keep_the_current_ones(tmp_path: Path) -> N
     write(tmp_path)
     defs = load_definitions(str(tmp_path / "visits.py"))
     calls: list[int] = []
-    watcher = DefinitionsWatcher(str(tmp_path), defs, lambda: calls.append(1), interval=60)
+    watcher = DefinitionsWatcher(str(tmp_path), defs, lambda old, new: calls.append(1), interval=60)
     (tmp_path / "visits.py").write_text("class Broken(:\n")
     assert not watcher.poll()
     assert not watcher.poll()
