@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
-import signal
 import sys
 import threading
 
@@ -126,6 +124,10 @@ def _serve(settings: ControlPlaneSettings, defs: object) -> int:
     state = ControlState()
     threading.Thread(target=apply_with_retry, args=(settings, defs, state), daemon=True).start()
     app = create_app(settings, defs, state)
+    # log_config=None: uvicorn's lines go through chute's logging set-up, in its format.
+    server = uvicorn.Server(uvicorn.Config(app, host=settings.control_host,
+                                           port=settings.control_port, log_level="warning",
+                                           access_log=False, log_config=None))
     reload = threading.Event()
     if settings.reload_definitions:
         from chute.reload import DefinitionsWatcher
@@ -134,12 +136,10 @@ def _serve(settings: ControlPlaneSettings, defs: object) -> int:
             # Stop serving, then re-execute: the new process plans and applies the changed
             # definitions at start, and /health reports a refused plan as it does at start.
             reload.set()
-            os.kill(os.getpid(), signal.SIGTERM)
+            server.should_exit = True
         DefinitionsWatcher(settings.schemas, defs, restart, settings.reload_interval_seconds,
                            service="control-plane").start()
-    # log_config=None: uvicorn's lines go through chute's logging set-up, in its format.
-    uvicorn.run(app, host=settings.control_host, port=settings.control_port,
-                log_level="warning", access_log=False, log_config=None)
+    server.run()
     if reload.is_set():
         from chute.reload import reexec
         reexec()

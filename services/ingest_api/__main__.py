@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import os
-import signal
 import sys
 import threading
 import time
@@ -150,20 +148,22 @@ def main() -> int:
     # uvicorn stops on SIGTERM/SIGINT: no new connections, in-flight requests finish (each is
     # bounded by the ack timeout), then the lifespan shutdown closes the producer. Its log
     # lines go through chute's logging set-up (log_config=None).
+    protocol = bounded_headers_protocol(settings.ingest_header_timeout_seconds,
+                                        settings.ingest_max_header_bytes)
+    server = uvicorn.Server(uvicorn.Config(
+        app, host=settings.ingest_host, port=settings.ingest_port, access_log=False,
+        log_config=None, log_level=settings.log_level, http=protocol,
+        timeout_graceful_shutdown=int(settings.ingest_ack_timeout_seconds) + 2))
     reload = threading.Event()
     if settings.reload_definitions:
         def restart(_old: dict[str, str], _new: dict[str, str]) -> None:
-            # uvicorn's own SIGTERM path: stop accepting, finish in-flight, close the producer;
-            # then main re-executes this process with the new definitions.
+            # The same path as SIGTERM: stop accepting, finish in-flight requests, close the
+            # producer; then this process re-executes itself with the new definitions.
             reload.set()
-            os.kill(os.getpid(), signal.SIGTERM)
+            server.should_exit = True
         DefinitionsWatcher(settings.schemas, definitions, restart,
                            settings.reload_interval_seconds, service="ingest-api").start()
-    protocol = bounded_headers_protocol(settings.ingest_header_timeout_seconds,
-                                        settings.ingest_max_header_bytes)
-    uvicorn.run(app, host=settings.ingest_host, port=settings.ingest_port, access_log=False,
-                log_config=None, log_level=settings.log_level, http=protocol,
-                timeout_graceful_shutdown=int(settings.ingest_ack_timeout_seconds) + 2)
+    server.run()
     if reload.is_set():
         reexec()
     return 0
