@@ -10,6 +10,8 @@ side on one machine and printed as one table (and written as JSON).
 
 Everything runs against the Kafka and ClickHouse named by the usual CHUTE_* variables, on
 loopback only, with uniquely named topics, tables and consumer groups that are dropped at the
-end. Modules: `cli` (flags, orchestration), `infra` (servers, processes, sampling), `records`,
-`httpload`, one module per section, `report` (table and JSON), `progress`.
+end. Modules: `cli` (flags, orchestration), `context` (what the sections share), `infra`
+(admin access to the servers, clean-up, py-spy, kcat), `records`, one module per section,
+`report` (table and JSON), `progress`. Service processes, RSS sampling, offsets, percentiles and
+the HTTP load client come from the test kit (testkit/), the same the tests use.
 """

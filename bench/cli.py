@@ -25,10 +25,13 @@ from typing import Any
 
 from bench import ingest, latency, sync
 from bench.context import Context
-from bench.infra import BenchError, Endpoints, Profiler, RssSampler, Servers
+from bench.infra import BenchError, Profiler, Servers, loopback_endpoints
 from bench.memory import buffered_row_bytes
 from bench.progress import Progress
 from bench.report import format_table, header, table_rows, write_json
+from testkit.endpoints import Endpoints
+from testkit.processes import ServiceFailed
+from testkit.rss import RssSampler
 
 SECTIONS = ("sync", "ingest", "latency", "memory")
 
@@ -176,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     progress = Progress()
     try:
-        endpoints = Endpoints.from_env()
+        endpoints = loopback_endpoints()
     except BenchError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 2
@@ -243,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         if {"ingest", "latency"} & set(args.only):
             try:
                 run_ingest_and_latency(ctx, args, section)
-            except BenchError as exc:
+            except (BenchError, ServiceFailed) as exc:
                 progress.step(f"ingest/latency: FAILED: {str(exc)[:500]}")
                 result["failures"]["ingest/latency"] = str(exc)
         if "memory" in args.only:
@@ -283,7 +286,7 @@ def run_ingest_and_latency(ctx: Context, args: argparse.Namespace,
     ctx.servers.apply([p.schema_dir for p in pipelines.values()],
                       ctx.run_dir / "apply-ingest.log")
     api = ctx.service("ingest-api", "ingest_api", list(pipelines.values()))
-    api.start()
+    api.start(wait_healthy=False)
     ctx.sampler.track(api.label, api.pid)
     try:
         api.wait_healthy(timeout=120)

@@ -5,9 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.infra import Endpoints, Profiler, RssSampler, Servers, Service, free_port, service_env
+from bench.infra import Profiler, Servers
 from bench.progress import Progress
 from bench.records import PIPELINE_SCHEMA
+from testkit.endpoints import Endpoints, service_env
+from testkit.processes import ServiceProcess
+from testkit.rss import RssSampler
+from testkit.waits import free_port
 
 
 @dataclass
@@ -46,7 +50,7 @@ class Context:
     tables: list[str] = field(default_factory=list)
     topics: list[str] = field(default_factory=list)
     groups: list[str] = field(default_factory=list)
-    services: list[Service] = field(default_factory=list)
+    services: list[ServiceProcess] = field(default_factory=list)
 
     def pipeline(self, suffix: str, partitions: int) -> Pipeline:
         pipeline = Pipeline(f"{self.run_id}_{suffix}", self.run_dir / f"schemas_{suffix}",
@@ -57,17 +61,19 @@ class Context:
         return pipeline
 
     def service(self, label: str, module: str, schemas: list[Pipeline],
-                **env: str) -> Service:
+                **env: str) -> ServiceProcess:
         """A service process (not started) on the given pipelines' definitions."""
         port = free_port()
         port_var = "CHUTE_INGEST_PORT" if module == "ingest_api" else "CHUTE_SYNC_PORT"
         environment = service_env(self.endpoints, ",".join(str(p.schema_dir) for p in schemas),
                                   **{port_var: str(port)}, **env)
-        service = Service(label, module, environment, port, self.run_dir / f"{label}.log")
+        service = ServiceProcess(module, environment, port, self.run_dir / f"{label}.log",
+                                 label=label)
         self.services.append(service)
         return service
 
-    def worker(self, label: str, pipeline: Pipeline, group: str, **env: str) -> Service:
+    def worker(self, label: str, pipeline: Pipeline, group: str,
+               **env: str) -> ServiceProcess:
         if group not in self.groups:
             self.groups.append(group)
         return self.service(label, "sync_worker", [pipeline], CHUTE_SYNC_GROUP=group,

@@ -16,9 +16,11 @@ from typing import Any
 from chute.kafka import producer as kafka_producer
 
 from bench.context import Context, Pipeline
-from bench.httpload import Connection, LoadResult, closed_loop, encode_request, percentile
-from bench.infra import BenchError, Service, kcat_produce
+from bench.infra import BenchError, kcat_produce
 from bench.records import array_body, keyed_records, object_body, write_keyed_ndjson
+from testkit.httpload import Connection, LoadResult, closed_loop, encode_request
+from testkit.processes import ServiceProcess
+from testkit.stats import percentile
 
 
 @dataclass
@@ -72,7 +74,7 @@ def summarize(result: LoadResult, batch: int, concurrency: int) -> dict[str, Any
     }
 
 
-def run_http(ctx: Context, ingest: Service, pipeline: Pipeline, options: IngestOptions,
+def run_http(ctx: Context, ingest: ServiceProcess, pipeline: Pipeline, options: IngestOptions,
              batch: int, concurrency: int, requests: list[tuple[bytes, int]],
              profile_label: str | None) -> dict[str, Any]:
     kind = "1-record" if batch == 1 else f"{batch:,}-record"
@@ -144,7 +146,7 @@ def run_kafka_python(ctx: Context, pipeline: Pipeline, records: int) -> dict[str
     return result
 
 
-def run(ctx: Context, options: IngestOptions, ingest: Service,
+def run(ctx: Context, options: IngestOptions, ingest: ServiceProcess,
         pipeline: Pipeline) -> dict[str, Any]:
     ctx.progress.step(f"ingest: {options.seconds:g} s per measurement against "
                       f"{ingest.label} (pid {ingest.pid})")

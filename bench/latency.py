@@ -20,9 +20,11 @@ from typing import Any
 from chute.pipeline import StreamConfig
 
 from bench.context import Context, Pipeline
-from bench.httpload import Sent, encode_request, open_loop, percentile
-from bench.infra import Servers, Service
+from bench.infra import Servers
 from bench.records import Timestamps, event_line
+from testkit.httpload import Sent, encode_request, open_loop
+from testkit.processes import ServiceProcess
+from testkit.stats import percentile
 
 
 @dataclass
@@ -97,14 +99,14 @@ def make_request_factory(pipeline: Pipeline, port: int,
     return make
 
 
-def run(ctx: Context, options: LatencyOptions, ingest: Service,
+def run(ctx: Context, options: LatencyOptions, ingest: ServiceProcess,
         pipeline: Pipeline) -> dict[str, Any]:
     max_batch_wait = StreamConfig().max_batch_wait
     goal = max_batch_wait + 0.5
     ctx.progress.step(f"latency: {options.rate:,} records/s offered in {options.batch}-record "
                       f"requests for {options.seconds:g} s (goal p99 <= {goal:g} s)")
     worker = ctx.worker("latency-w1", pipeline, f"{pipeline.name}_sync")
-    worker.start()
+    worker.start(wait_healthy=False)
     ctx.sampler.track(worker.label, worker.pid)
     topics = {pipeline.topic}
     worker.wait_healthy(timeout=120, ready=lambda h: any(

@@ -12,18 +12,22 @@ ClickHouse and of Kafka during the run are taken from /proc where their pids are
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 from clickhouse_driver import Client
+from dev_runner.processes import running_pid
+from dev_runner.services import service_spec
+from dev_runner.settings import Settings
 
 from bench.context import Context, Pipeline
-from bench.infra import BenchError, kcat_produce, read_memory, short_error
+from bench.infra import BenchError, kcat_produce, short_error
 from bench.progress import bar
 from bench.records import write_keyed_ndjson
+from testkit.rss import read_memory
 
 KAFKA_ENGINE_DATETIME = "parseDateTimeBestEffort"
 
@@ -44,22 +48,17 @@ class SyncOptions:
 
 
 def cpu_seconds(pid: int) -> float | None:
-    """utime + stime of a process, seconds (None when unknown)."""
+    """User + system CPU time of a process, seconds (None when it is gone)."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
+        times = psutil.Process(pid).cpu_times()
+    except psutil.Error:
         return None
-    ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks
+    return float(times.user + times.system)
 
 
-def server_pid(ctx: Context, name: str) -> int | None:
-    """The pid of scripts/dev's kafka or clickhouse from its pid file, when it runs."""
-    try:
-        pid = int((ctx.endpoints.state / "run" / f"{name}.pid").read_text().strip())
-    except (OSError, ValueError):
-        return None
-    return pid if cpu_seconds(pid) is not None else None
+def server_pid(name: str) -> int | None:
+    """The pid of scripts/dev's kafka or clickhouse, when it runs."""
+    return running_pid(service_spec(name, Settings.from_env()))
 
 
 class CpuMeter:
@@ -200,12 +199,12 @@ def run_chute(ctx: Context, pipeline: Pipeline, options: SyncOptions,
     group = f"{pipeline.name}_x{workers}_{len(ctx.groups)}"  # a fresh group: from offset 0
     services = [ctx.worker(f"sync-x{workers}-w{i + 1}", pipeline, group)
                 for i in range(workers)]
-    cpu = CpuMeter({"clickhouse": server_pid(ctx, "clickhouse"),
-                    "kafka": server_pid(ctx, "kafka")})
+    cpu = CpuMeter({"clickhouse": server_pid("clickhouse"),
+                    "kafka": server_pid("kafka")})
     cpu.start()
     started = time.monotonic()
     for service in services:
-        service.start()
+        service.start(wait_healthy=False)
         ctx.sampler.track(service.label, service.pid)
         cpu.add(service.label, service.pid)
     baselines = {}
@@ -318,8 +317,8 @@ def run_engine(ctx: Context, pipeline: Pipeline, options: SyncOptions) -> dict[s
     ctx.servers.commit_start(group, pipeline.topic)
     err_log = ctx.endpoints.clickhouse_error_log
     err_offset = err_log.stat().st_size if err_log.exists() else 0
-    cpu = CpuMeter({"clickhouse": server_pid(ctx, "clickhouse"),
-                    "kafka": server_pid(ctx, "kafka")})
+    cpu = CpuMeter({"clickhouse": server_pid("clickhouse"),
+                    "kafka": server_pid("kafka")})
     cpu.start()
     started = time.monotonic()
     ch.execute(queue_sql)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,9 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import CH_HOST, CH_PORT, KAFKA, ROOT
-
-sys.path.insert(0, str(ROOT / "scripts"))
+from tests.support import CH_HOST, CH_PORT, KAFKA
 
 
 @pytest.fixture(scope="session")

@@ -12,16 +12,11 @@ from typing import Any
 import httpx
 import orjson
 
-from tests.support import (
-    KAFKA,
-    PYTHON,
-    ROOT,
-    ServiceProcess,
-    count_rows,
-    free_port,
-    service_env,
-    wait_for,
-)
+from testkit import offsets
+from testkit.clickhouse import count_rows
+from testkit.processes import ServiceProcess
+from testkit.waits import free_port, wait_for
+from tests.support import KAFKA, PYTHON, ROOT, service_env
 
 EVENT_SCHEMA = '''
 from datetime import date, datetime
@@ -76,7 +71,7 @@ class Stack:
         worker = ServiceProcess(
             "sync_worker", self.env(CHUTE_SYNC_PORT=str(port),
                                     CHUTE_SYNC_WORKER_ID=f"w{index}", **env),
-            port, self.log_dir / f"worker-{index}.log")
+            port, self.log_dir / f"worker-{index}.log", label=f"sync-worker w{index}")
         self.workers.append(worker)
         return worker.start(wait_healthy=wait)
 
@@ -107,14 +102,8 @@ class Stack:
         return self.count(table)
 
     def batch_logs(self) -> list[dict[str, Any]]:
-        entries = []
-        for worker in self.workers:
-            for line in worker.log_text().splitlines():
-                if '"batch inserted"' in line:
-                    entry = orjson.loads(line)
-                    if entry.get("table") == self.name:
-                        entries.append(entry)
-        return entries
+        return [entry for worker in self.workers for entry in worker.log_entries("batch inserted")
+                if entry.get("table") == self.name]
 
     def stop_all(self) -> None:
         for service in [*self.workers, *([self.ingest] if self.ingest else [])]:
@@ -123,15 +112,7 @@ class Stack:
 
 def end_offsets(topic: str) -> dict[int, int]:
     """The end offset of each partition of `topic`: how many records it ever held."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(bootstrap_servers=KAFKA)
-    try:
-        parts = consumer.partitions_for_topic(topic) or set()
-        ends = consumer.end_offsets([TopicPartition(topic, p) for p in parts])
-        return {tp.partition: off for tp, off in ends.items()}
-    finally:
-        consumer.close()
+    return offsets.end_offsets(KAFKA, topic)
 
 
 def event(i: int, **overrides: Any) -> dict[str, Any]:

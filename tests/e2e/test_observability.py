@@ -15,7 +15,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -160,8 +159,7 @@ def json_log(service: ServiceProcess) -> list[dict[str, Any]]:
 
 
 def batch_entries(stack: Stack) -> list[dict[str, Any]]:
-    return [e for w in stack.workers for e in json_log(w)
-            if e.get("event") == "batch inserted" and e.get("table") == stack.name]
+    return stack.batch_logs()
 
 
 def scraped(metrics_text: str, name: str, **labels: str) -> float | None:
@@ -177,7 +175,6 @@ def scraped(metrics_text: str, name: str, **labels: str) -> float | None:
 
 @pytest.fixture(scope="module")
 def observed(servers: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
-    sys.path.insert(0, str(ROOT / "scripts"))
     import dev_runner
 
     tmp = tmp_path_factory.mktemp("observability")
@@ -332,7 +329,6 @@ def test_batch_insert_log_lines_name_table_rows_bytes_offsets_and_duration(
 
 
 def test_clickhouse_outage_grows_lag_logs_retries_and_recovers(observed: Observed) -> None:
-    sys.path.insert(0, str(ROOT / "scripts"))
     import dev_runner
 
     obs, prom, name, stack = observed, observed.prometheus, observed.name, observed.stack
@@ -388,7 +384,6 @@ def test_clickhouse_outage_grows_lag_logs_retries_and_recovers(observed: Observe
 
 def test_scripts_dev_runs_prometheus_scraping_the_services(
         observed: Observed, tmp_path: Path) -> None:
-    sys.path.insert(0, str(ROOT / "scripts"))
     import dev_runner
 
     stack = observed.stack

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
+
+from testkit import offsets
+from testkit.rss import PeakRss as RssSampler
+from tests.support import KAFKA
+
+__all__ = ["SUMMARY", "Outcome", "RssSampler", "account", "committed_offsets", "format_summary"]
 
 
 @dataclass
@@ -44,56 +48,6 @@ def format_summary(rows: list[Outcome]) -> str:
     return "\n".join(lines)
 
 
-@dataclass
-class RssSampler:
-    """Peak resident memory of a process, sampled in a thread."""
-
-    pid: int
-    peak_kib: int = 0
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            try:
-                with open(f"/proc/{self.pid}/status") as fh:
-                    for line in fh:
-                        if line.startswith("VmRSS:"):
-                            self.peak_kib = max(self.peak_kib, int(line.split()[1]))
-            except OSError:
-                pass
-            self._stop.wait(0.2)
-
-    def start(self) -> RssSampler:
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> float:
-        self._stop.set()
-        if self._thread:
-            self._thread.join()
-        return self.peak_kib / 1024
-
-
 def committed_offsets(group: str, topic: str) -> dict[int, int]:
-    from kafka import KafkaConsumer, TopicPartition
-
-    from tests.support import KAFKA
-
-    consumer = KafkaConsumer(bootstrap_servers=KAFKA, group_id=group,
-                             enable_auto_commit=False)
-    try:
-        parts = consumer.partitions_for_topic(topic) or set()
-        result = {}
-        for p in sorted(parts):
-            off = consumer.committed(TopicPartition(topic, p))
-            result[p] = off if off is not None else -1
-        return result
-    finally:
-        consumer.close(autocommit=False)
-
-
-def pid_of(service: Any) -> int:
-    assert service.proc is not None
-    return int(service.proc.pid) if os.path.exists(f"/proc/{service.proc.pid}") else -1
+    """{partition: committed offset} of `group` on `topic` (-1: nothing committed)."""
+    return offsets.committed_offsets(KAFKA, group, topic)

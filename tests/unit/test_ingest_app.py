@@ -115,11 +115,14 @@ def event(i: int = 0, **changes: object) -> dict[str, object]:
     return record
 
 
-def metric(client: TestClient, line_start: str) -> float:
+def metric(client: TestClient, line_start: str, missing: float | None = None) -> float:
+    """The value of one series; a missing series fails unless the caller says what it means
+    (`missing=0.0` for a counter read before its first increment)."""
     for line in client.get("/metrics").text.splitlines():
         if line.startswith(line_start):
             return float(line.rsplit(" ", 1)[1])
-    return 0.0
+    assert missing is not None, f"no series {line_start} in /metrics"
+    return missing
 
 
 # --- success -----------------------------------------------------------------------------------
@@ -419,9 +422,9 @@ def test_over_max_in_flight_bytes_is_503() -> None:
 
 def test_metrics_per_pipeline_and_code(client: TestClient) -> None:
     label = 'chute_ingest_requests_total{code="200",pipeline="events"}'
-    before = metric(client, label)
+    before = metric(client, label, missing=0.0)
     accepted = 'chute_ingest_records_total{pipeline="events",result="accepted"}'
-    before_accepted = metric(client, accepted)
+    before_accepted = metric(client, accepted, missing=0.0)
     client.post(URL, content=orjson.dumps([event(1), event(2)]))
     client.post(URL, content=b"{")
     assert metric(client, label) == before + 1

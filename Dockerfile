@@ -1,7 +1,10 @@
-# chute ingest-api: HTTP endpoint POST /ingest/<name> that validates records and produces them to Kafka.
-# Build from the repository root, as compose.yaml does:
-#   docker build -f services/ingest_api/Dockerfile -t chute-ingest-api .
-# One image layout for all three services: `pip install .` of the project into /opt/venv.
+# chute's image: one image for control-plane, ingest-api and sync-worker; the command picks the
+# service (compose.yaml gives each its own):
+#   docker build -t chute .
+#   docker run chute python -m ingest_api          (CHUTE_INGEST_PORT, default 4000)
+#   docker run chute python -m sync_worker         (CHUTE_SYNC_PORT, default 4100)
+#   docker run chute python -m control_plane serve (CHUTE_CONTROL_PORT, default 4200)
+# The image holds `pip install .` of the project in /opt/venv, and runs as an unprivileged user.
 
 FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -33,8 +36,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PATH=/opt/venv/bin:$PATH \
     CHUTE_LOG_FORMAT=json \
-    CHUTE_SCHEMAS=schemas \
-    CHUTE_INGEST_PORT=4000
+    CHUTE_SCHEMAS=schemas
 RUN groupadd --system --gid 10001 chute \
  && useradd --system --uid 10001 --gid chute --home-dir /app --no-create-home \
       --shell /usr/sbin/nologin chute
@@ -44,7 +46,6 @@ COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
 COPY schemas/ /app/schemas/
 USER chute
-EXPOSE 4000
-HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
-  CMD ["python", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/health' % os.environ.get('CHUTE_INGEST_PORT', '4000'), timeout=3)"]
-CMD ["python", "-m", "ingest_api"]
+EXPOSE 4000 4100 4200
+# Without a command: the control plane's command line and its help.
+CMD ["chute", "--help"]

@@ -78,15 +78,6 @@ class LoadResult:
     latencies: list[float] = field(default_factory=list)  # seconds, 200 answers
 
 
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """Nearest-rank percentile of unsorted values (None when empty)."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = max(0, min(len(ordered) - 1, int(q * len(ordered) + 0.999999) - 1))
-    return ordered[rank]
-
-
 async def closed_loop(host: str, port: int, requests: Sequence[tuple[bytes, int]],
                       concurrency: int, seconds: float,
                       on_tick: Callable[[LoadResult, float], None] | None = None) -> LoadResult:
@@ -182,6 +173,7 @@ async def open_loop(host: str, port: int, make_request: Callable[[int], tuple[by
         asyncio.gather(schedule(), *(run_connection() for _ in range(concurrency))),
         None if on_tick is None else lambda: on_tick(ledger, time.monotonic() - started))
     return time.monotonic() - started
+
 
 async def _with_ticker(work: Awaitable[Any], tick: Callable[[], None] | None) -> None:
     """Await `work`, calling `tick` (progress display) every half second meanwhile."""

@@ -1,0 +1,87 @@
+"""Is a service ready? Each kind answers its own probe; logs say why when it is not."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from pathlib import Path
+
+import httpx
+
+from dev_runner.processes import port_open
+from dev_runner.services import Service
+from dev_runner.settings import Settings
+
+
+def _http_ok(url: str, expect_body: str | None = None) -> bool:
+    try:
+        response = httpx.get(url, timeout=2.0, trust_env=False)
+    except httpx.HTTPError:
+        return False
+    if response.status_code != 200:
+        return False
+    return expect_body is None or response.text.strip() == expect_body
+
+
+_kafka_logging_quiet = False
+
+
+def _kafka_lists_topics(bootstrap: str) -> bool:
+    global _kafka_logging_quiet
+    if not _kafka_logging_quiet:
+        # Without a handler, Python would print kafka-python's errors while the broker boots.
+        logging.getLogger("kafka").addHandler(logging.NullHandler())
+        _kafka_logging_quiet = True
+    from kafka import KafkaAdminClient
+
+    try:
+        admin = KafkaAdminClient(
+            bootstrap_servers=bootstrap,
+            client_id="chute-dev-runner",
+            request_timeout_ms=5000,
+            bootstrap_timeout_ms=5000,
+        )
+    except Exception:
+        return False
+    try:
+        admin.list_topics()
+    except Exception:
+        return False
+    finally:
+        with contextlib.suppress(Exception):
+            admin.close()
+    return True
+
+
+def probe(service: Service, s: Settings) -> bool:
+    """Asks the service whether it is ready (does not look at pid files)."""
+    if service.kind == "kafka":
+        return port_open(s.host, s.kafka_port) and _kafka_lists_topics(s.kafka_bootstrap)
+    if service.kind == "clickhouse":
+        return _http_ok(service.health, expect_body="Ok.")
+    return _http_ok(service.health)
+
+
+def tail(path: Path, lines: int) -> str:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - 64 * 1024))
+            data = handle.read()
+    except OSError:
+        return ""
+    return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
+
+
+def log_tails(service: Service, lines: int = 30) -> str:
+    parts = []
+    for path in service.logs:
+        text = tail(path, lines)
+        if text:
+            parts.append(f"--- {path} (last lines) ---\n{text}")
+    return "\n".join(parts) if parts else f"(no log in {service.log})"
+
+
+# Preparing and launching. ----------------------------------------------------------------------
