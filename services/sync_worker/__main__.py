@@ -12,7 +12,7 @@ import structlog
 from chute import clickhouse, kafka
 from chute.logging import configure_logging
 from chute.registry import DefinitionError, load_definitions
-from chute.reload import DefinitionsWatcher, reexec
+from chute.reload import DefinitionsWatcher, models_changed, reexec
 from chute.runtime import tune_garbage_collector
 from chute.settings import load_settings
 from chute.typemap import UnsupportedTypeError
@@ -103,7 +103,7 @@ def main() -> int:
             return any(s.reason == MODEL_MISMATCH for s in worker.pipeline_states().values())
 
         def on_change(old: dict[str, str], new: dict[str, str]) -> None:
-            if old.keys() != new.keys() or old == new:
+            if not models_changed(old, new):
                 restart()  # pipelines added or removed, or no model changed
                 return
             # A model changed. Records of the old one may still come (from an ingest API not

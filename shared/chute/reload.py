@@ -101,6 +101,12 @@ def fingerprints(defs: Definitions) -> dict[str, str]:
     return {name: model_fingerprint(s.model) for name, s in sorted(defs.streams.items())}
 
 
+def models_changed(old: dict[str, str], new: dict[str, str]) -> bool:
+    """True when the same streams are defined and some model among them changed: the case in
+    which a sync worker waits for records of the new model before it restarts."""
+    return old.keys() == new.keys() and old != new
+
+
 def check_definitions(spec: str, timeout: float = 60) -> dict[str, str]:
     """The fingerprints of the definitions `spec` names now, loaded in a fresh interpreter
     (this process has the old modules imported). Raises DefinitionError when they do not

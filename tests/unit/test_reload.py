@@ -11,6 +11,7 @@ from chute.reload import (
     check_definitions,
     content_hash,
     definitions_hash,
+    models_changed,
     source_files,
 )
 
@@ -90,3 +91,9 @@ def test_definitions_that_do_not_load_keep_the_current_ones(tmp_path: Path) -> N
     assert not watcher.poll()
     assert not watcher.poll()
     assert calls == []
+
+
+def test_a_worker_waits_only_when_a_model_of_the_same_streams_changed() -> None:
+    assert models_changed({"a": "1", "b": "2"}, {"a": "1", "b": "3"})
+    assert not models_changed({"a": "1"}, {"a": "1"})  # e.g. a batch setting changed
+    assert not models_changed({"a": "1"}, {"a": "2", "c": "3"})  # a pipeline added
