@@ -125,8 +125,24 @@ def _serve(settings: ControlPlaneSettings, defs: object) -> int:
     threading.Thread(target=apply_with_retry, args=(settings, defs, state), daemon=True).start()
     app = create_app(settings, defs, state)
     # log_config=None: uvicorn's lines go through chute's logging set-up, in its format.
-    uvicorn.run(app, host=settings.control_host, port=settings.control_port,
-                log_level="warning", access_log=False, log_config=None)
+    server = uvicorn.Server(uvicorn.Config(app, host=settings.control_host,
+                                           port=settings.control_port, log_level="warning",
+                                           access_log=False, log_config=None))
+    reload = threading.Event()
+    if settings.reload_definitions:
+        from chute.reload import DefinitionsWatcher
+
+        def restart(_old: dict[str, str], _new: dict[str, str]) -> None:
+            # Stop serving, then re-execute: the new process plans and applies the changed
+            # definitions at start, and /health reports a refused plan as it does at start.
+            reload.set()
+            server.should_exit = True
+        DefinitionsWatcher(settings.schemas, defs, restart, settings.reload_interval_seconds,
+                           service="control-plane").start()
+    server.run()
+    if reload.is_set():
+        from chute.reload import reexec
+        reexec()
     return 0
 
 

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import threading
 import time
 
 import structlog
 import uvicorn
 from chute import clickhouse, kafka
 from chute.logging import configure_logging
-from chute.registry import DefinitionError, load_definitions
+from chute.registry import DefinitionError, Definitions, load_definitions
+from chute.reload import DefinitionsWatcher, reexec
 from chute.runtime import tune_garbage_collector
 from chute.server import ServerProfile, parse_version
 from chute.settings import load_settings
 from chute.typemap import UnsupportedTypeError
 
 from ingest_api.app import create_app
+from ingest_api.gate import ColumnGate, GateRefresher, table_needs
 from ingest_api.server import bounded_headers_protocol
 from ingest_api.settings import IngestSettings
 
@@ -88,6 +91,21 @@ def detect_server(settings: IngestSettings) -> ServerProfile:
             delay = min(delay * 2, 5.0)
 
 
+def start_gate(settings: IngestSettings, definitions: Definitions,
+               profile: ServerProfile) -> ColumnGate:
+    """The column gate, checked once now and then every ingest_column_check_seconds."""
+    gate = ColumnGate(table_needs(definitions, profile))
+    client = clickhouse.connect(settings, profile)
+
+    def read_columns() -> dict[str, dict[str, str]]:
+        return clickhouse.existing_columns(client, settings.clickhouse_database)
+
+    refresher = GateRefresher(gate, read_columns, settings.ingest_column_check_seconds)
+    refresher.refresh()
+    refresher.start()
+    return gate
+
+
 def main() -> int:
     settings = load_settings(IngestSettings)
     configure_logging(settings.log_format, settings.log_level, service="ingest-api")
@@ -104,6 +122,7 @@ def main() -> int:
                     "every record batch in pure Python (~13 ms per 128 KiB: half the ingest "
                     "throughput); install kafka-python[crc32c]")
     profile = detect_server(settings)
+    gate = start_gate(settings, definitions, profile)
     producer = connect_producer(settings)
 
     def close_producer() -> None:
@@ -114,7 +133,7 @@ def main() -> int:
 
     try:
         app = create_app(settings, definitions, producer, on_shutdown=close_producer,
-                         profile=profile)
+                         profile=profile, gate=gate)
     except UnsupportedTypeError as exc:
         log.error("a model cannot be stored on this ClickHouse", error=str(exc),
                   clickhouse=profile.version_text)
@@ -129,9 +148,22 @@ def main() -> int:
     # lines go through chute's logging set-up (log_config=None).
     protocol = bounded_headers_protocol(settings.ingest_header_timeout_seconds,
                                         settings.ingest_max_header_bytes)
-    uvicorn.run(app, host=settings.ingest_host, port=settings.ingest_port, access_log=False,
-                log_config=None, log_level=settings.log_level, http=protocol,
-                timeout_graceful_shutdown=int(settings.ingest_ack_timeout_seconds) + 2)
+    server = uvicorn.Server(uvicorn.Config(
+        app, host=settings.ingest_host, port=settings.ingest_port, access_log=False,
+        log_config=None, log_level=settings.log_level, http=protocol,
+        timeout_graceful_shutdown=int(settings.ingest_ack_timeout_seconds) + 2))
+    reload = threading.Event()
+    if settings.reload_definitions:
+        def restart(_old: dict[str, str], _new: dict[str, str]) -> None:
+            # The same path as SIGTERM: stop accepting, finish in-flight requests, close the
+            # producer; then this process re-executes itself with the new definitions.
+            reload.set()
+            server.should_exit = True
+        DefinitionsWatcher(settings.schemas, definitions, restart,
+                           settings.reload_interval_seconds, service="ingest-api").start()
+    server.run()
+    if reload.is_set():
+        reexec()
     return 0
 
 

@@ -13,7 +13,8 @@ else is a JSON error `{"error": "...", ...}`:
     415 a Content-Encoding other than gzip, zstd or identity
     422 schema violations: {index, path, message} for each; nothing is produced
     429 + Retry-After: the key's rate limit is used up
-    503 + Retry-After: Kafka did not acknowledge within ingest_ack_timeout_seconds or the
+    503 + Retry-After: the pipeline's table lacks a column of its model (ingest_api.gate); or
+        Kafka did not acknowledge within ingest_ack_timeout_seconds or the
         producer failed; or too many requests/bytes in flight or bodies arriving (overload,
         never queued)
 
@@ -61,6 +62,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ingest_api.body import BodyError, EncodedBatch, RecordCodec, SchemaError
 from ingest_api.decompress import CorruptBodyError, UnsupportedEncodingError, encoding_of
+from ingest_api.gate import ColumnGate
 from ingest_api.keys import UNKNOWN_KEY, KeyRing
 from ingest_api.produce import AckWaiter, KafkaSink, Producer
 from ingest_api.receive import (
@@ -120,8 +122,10 @@ class IngestService:
     """State shared by all requests: pipelines, producer, in-flight accounting, API keys."""
 
     def __init__(self, settings: IngestSettings, definitions: Definitions,
-                 producer: Producer, profile: ServerProfile = OLD_SERVER) -> None:
+                 producer: Producer, profile: ServerProfile = OLD_SERVER,
+                 gate: ColumnGate | None = None) -> None:
         self.settings = settings
+        self.gate = gate
         self.pipelines = {
             name: Pipeline(name, api.destination.topic, RecordCodec(
                 api.model, profile, api.destination.config.extra))
@@ -211,6 +215,10 @@ class IngestService:
         if refused is None and pipeline is None:
             refused = Rejected(404, {"error": f"unknown pipeline {name!r}",
                                      "pipelines": list(self.pipelines)})
+        if refused is None and self.gate is not None:
+            missing = self.gate.refusal(name)
+            if missing is not None:
+                refused = Rejected(503, {"error": missing}, self._retry_after)
         headers = request.headers
         encoding = None
         if refused is None:
@@ -437,17 +445,19 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
     415: {"description": "Content-Encoding other than gzip, zstd or identity", **_ERROR},
     422: {"description": "Schema violations: errors[] of {index, path, message}", **_ERROR},
     429: {"description": "The API key's rate limit is used up; see Retry-After", **_ERROR},
-    503: {"description": "Kafka unavailable or overloaded; see Retry-After", **_ERROR},
+    503: {"description": "Kafka unavailable or overloaded, or the table lacks a column of "
+                         "the model; see Retry-After", **_ERROR},
 }
 
 
 def create_app(settings: IngestSettings, definitions: Definitions, producer: Producer,
                on_shutdown: Callable[[], None] | None = None,
-               profile: ServerProfile = OLD_SERVER) -> FastAPI:
+               profile: ServerProfile = OLD_SERVER, gate: ColumnGate | None = None) -> FastAPI:
     """The ingest API over `producer`. `on_shutdown` runs (in a thread) when the server stops,
     after the last request was answered: e.g. closing the producer it owns. `profile` is the
-    ClickHouse server the tables live on: its column types decide which values are accepted."""
-    service = IngestService(settings, definitions, producer, profile)
+    ClickHouse server the tables live on: its column types decide which values are accepted.
+    `gate`, when given, refuses a pipeline's records until its table has its columns."""
+    service = IngestService(settings, definitions, producer, profile, gate)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import threading
 import time
 from typing import Any
 
@@ -11,6 +12,7 @@ import structlog
 from chute import clickhouse, kafka
 from chute.logging import configure_logging
 from chute.registry import DefinitionError, load_definitions
+from chute.reload import DefinitionsWatcher, models_changed, reexec
 from chute.runtime import tune_garbage_collector
 from chute.settings import load_settings
 from chute.typemap import UnsupportedTypeError
@@ -18,7 +20,7 @@ from chute.typemap import UnsupportedTypeError
 from sync_worker.http import serve
 from sync_worker.pipeline_state import health as pipelines_health
 from sync_worker.settings import SyncSettings
-from sync_worker.worker import SyncWorker, build_routes
+from sync_worker.worker import MODEL_MISMATCH, SyncWorker, build_routes
 from sync_worker.writer import ClickHouseWriter
 
 log = structlog.get_logger()
@@ -98,7 +100,34 @@ def main() -> int:
     log.info("sync worker started", tables=sorted(r.table for r in routes.values()),
              clickhouse=profile.version_text, port=settings.sync_port,
              kafka_client=settings.kafka_client)
+    reload = threading.Event()
+    if settings.reload_definitions:
+        def restart() -> None:  # the SIGTERM path: flush, commit, leave the group; re-exec
+            reload.set()
+            worker.request_stop()
+
+        def held_for_a_model() -> bool:
+            return any(s.reason == MODEL_MISMATCH for s in worker.pipeline_states().values())
+
+        def on_change(old: dict[str, str], new: dict[str, str]) -> None:
+            if not models_changed(old, new):
+                restart()  # pipelines added or removed, or no model changed
+                return
+            # A model changed. Records of the old one may still come (from an ingest API not
+            # yet on the new definitions); a worker with the new model would hold on them. So
+            # keep this one until records of the new model arrive: they hold its pipeline.
+            log.info("definitions changed: restarting once records of the new model arrive")
+            while not worker.stopping:
+                if held_for_a_model():
+                    restart()
+                    return
+                time.sleep(settings.reload_interval_seconds)
+
+        DefinitionsWatcher(settings.schemas, defs, on_change, settings.reload_interval_seconds,
+                           service="sync-worker").start()
     worker.run()
+    if reload.is_set():
+        reexec()
     return 0
 
 

@@ -29,6 +29,10 @@ class CommonSettings(BaseSettings):
     # ask the server itself (the ingest API asks `SELECT version()` at start when it is unset).
     clickhouse_version: str | None = None
     schemas: str = "schemas"
+    # Watch the files behind `schemas` and pick up changed definitions without a manual
+    # restart (see chute.reload), polling every reload_interval_seconds.
+    reload_definitions: bool = True
+    reload_interval_seconds: float = Field(2.0, gt=0, le=3600)
     log_format: Literal["console", "json"] = "console"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
