@@ -62,6 +62,27 @@ def _summarise(exc: ValidationError, validator: RecordValidator) -> str:
     return "; ".join(parts)[:_MAX_ERROR_MESSAGE]
 
 
+def field_names(model: type[BaseModel]) -> frozenset[str]:
+    """The keys a record of `model` may carry: field names and their string aliases."""
+    names = set(model.model_fields)
+    names.update(info.alias for info in model.model_fields.values() if info.alias)
+    return frozenset(names)
+
+
+def fits_model(row: object, value: bytes | None, names: frozenset[str]) -> bool:
+    """Whether a record validated by another definition of the model can be inserted by this
+    one without losing anything: it is valid for this model and every field it carries is
+    one of this model's (an older record lacking a field added since gets that field's
+    default, as it would have had it been sent to the new model)."""
+    if isinstance(row, DecodeFailure) or value is None:
+        return False
+    try:
+        record = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(record, dict) and record.keys() <= names
+
+
 class ColumnBuilder:
     """Turns validated rows into the columnar lists clickhouse-driver inserts."""
 

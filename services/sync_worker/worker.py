@@ -36,6 +36,8 @@ from sync_worker.rows import (
     Position,
     RowDecoder,
     dead_letter_envelope,
+    field_names,
+    fits_model,
 )
 from sync_worker.settings import SyncSettings
 from sync_worker.writer import InsertStillRunning, Isolator, Writer, first_missing, new_query_id
@@ -88,6 +90,7 @@ class Route:
     state: PipelineState
     guard: DeadLetterGuard
     fingerprint: str
+    field_names: frozenset[str]  # the keys a record of this model may carry
     held: HeldBatch | None = None
 
     @property
@@ -126,6 +129,7 @@ def build_routes(defs: Definitions, profile: ServerProfile,
             guard=DeadLetterGuard(settings.sync_dlq_ratio_limit, settings.sync_dlq_ratio_window,
                                   settings.sync_dlq_ratio_min_records),
             fingerprint=model_fingerprint(stream.model),
+            field_names=field_names(stream.model),
         )
     return routes
 
@@ -240,13 +244,14 @@ class SyncWorker:
                     buf.note_offset(tp, offset, now)
                     continue  # exactly-once: already in the table; skipped but committed
                 model = model_header(message)
-                if model is not None and model != fingerprint:
+                value = message.value
+                row = decode(value)
+                if (model is not None and model != fingerprint
+                        and not fits_model(row, value, route.field_names)):
                     guard.record(False, good)
                     self._hold_for_model(route, tp, offset, model)
                     return
                 buf.note_offset(tp, offset, now)
-                value = message.value
-                row = decode(value)
                 if isinstance(row, DecodeFailure):
                     metrics.SYNC_ERRORS.labels(route.table, "decode").inc()
                     guard.record(False, good)  # the good ones before it count first
@@ -348,8 +353,9 @@ class SyncWorker:
 
     def _hold_for_model(self, route: Route, tp: TopicPartition, offset: int,
                         fingerprint: bytes) -> None:
-        """A record validated by a model this worker does not have: insert what came before
-        it, then pause the pipeline without retrying (the record stays uncommitted)."""
+        """A record validated by a model this worker does not have, carrying a field this
+        model lacks (or invalid for it): insert what came before it, then pause the pipeline
+        without retrying (the record stays uncommitted)."""
         log.error("pipeline paused", pipeline=route.name, reason=MODEL_MISMATCH,
                   topic=tp.topic, partition=tp.partition, offset=offset,
                   record_model=fingerprint.decode("ascii", errors="replace"),

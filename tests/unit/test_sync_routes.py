@@ -309,16 +309,34 @@ def test_the_dead_letter_guard_stops_one_pipeline_and_commits_nothing_past_an_in
 def test_records_of_another_model_pause_the_pipeline_before_they_are_inserted() -> None:
     h = make()
     own = model_fingerprint(Event).encode()
+    other = {FINGERPRINT_HEADER: b"0123456789abcdef"}
     h.feed("b", 0, 5, headers={FINGERPRINT_HEADER: own})
     h.feed("b", 5, 3)  # no header: validated as always
-    h.feed("b", 8, 4, headers={FINGERPRINT_HEADER: b"0123456789abcdef"})
+    # Another model's records that carry only this model's fields lose nothing here (an
+    # older definition, before a field was added): inserted.
+    h.feed("b", 8, 2, headers=other)
+    # One with a field this model lacks (a newer definition): held, not stripped.
+    newer = orjson.dumps({"id": "e10", "n": 10, "timestamp": "2024-05-01T12:00:00Z",
+                          "duration_ms": 7})
+    h.consumer.feed(TopicPartition("b", 0), [Message(10, newer, "b", 0, tuple(other.items()))])
+    h.feed("b", 11, 2, headers=other)
     h.step()
     state = h.worker.routes["b"].state
     assert state.status is Status.PAUSED and state.reason == MODEL_MISMATCH
-    assert sorted(r["n"] for r in h.rows("b")) == list(range(8))
-    assert h.committed("b") == 8  # up to, not past, the first record of the other model
+    assert sorted(r["n"] for r in h.rows("b")) == list(range(10))
+    assert h.committed("b") == 10  # up to, not past, the record the worker cannot hold
     h.step(100)
-    assert len(h.rows("b")) == 8  # held until the worker is reloaded
+    assert len(h.rows("b")) == 10  # held until the worker is reloaded
+
+
+def test_another_models_record_invalid_for_this_one_is_held_not_dead_lettered() -> None:
+    h = make()
+    h.consumer.feed(TopicPartition("b", 0), [Message(
+        0, orjson.dumps({"id": "e0", "timestamp": "2024-05-01T12:00:00Z"}), "b", 0,
+        ((FINGERPRINT_HEADER, b"0123456789abcdef"),))])  # lacks n, which has no default
+    h.step()
+    assert h.worker.routes["b"].state.reason == MODEL_MISMATCH
+    assert h.rows("b") == [] and h.producer.sent == [] and h.committed("b") in (None, 0)
 
 
 def test_exactly_once_reconciles_an_insert_whose_answer_was_lost() -> None:
