@@ -75,9 +75,10 @@ def test_records_of_another_model_pause_only_their_pipeline(make_stack: MakeStac
     p = producer(KAFKA)
     for i in range(20):  # validated by this worker's model: no header, or its own
         p.send(newer.name, orjson.dumps(event(i)))
-    # Records an ingest API with a newer model definition validated.
+    # Records an ingest API with a newer model definition validated: they carry a field this
+    # worker's model lacks, which it must neither drop nor insert without.
     for i in range(20, 30):
-        p.send(newer.name, orjson.dumps(event(i)),
+        p.send(newer.name, orjson.dumps(event(i, duration_ms=7)),
                headers=((FINGERPRINT_HEADER, b"0123456789abcdef"),))
     for i in range(30):
         p.send(other.name, orjson.dumps(event(i)))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import httpx
@@ -212,6 +213,10 @@ def test_restarts_in_an_order_lose_no_value(make_stack: MakeStack, order: str) -
         sender.stop.set()
 
 
+def restarted(service: ServiceProcess) -> bool:
+    return "restarting with the new definitions" in service.log_text()
+
+
 def start_control_plane(stack: Stack, env: dict[str, str]) -> ServiceProcess:
     port = free_port()
     return ServiceProcess("control_plane", stack.env(CHUTE_CONTROL_PORT=str(port), **env),
@@ -232,7 +237,10 @@ def test_every_service_reloads_by_itself(make_stack: MakeStack) -> None:
             stack.name).values()), 60, "records of the new model in Kafka")
         sender.wait_acked(30)
         for service in (control, rollout.ingest, rollout.worker):
-            assert "restarting with the new definitions" in service.log_text(), service.module
+            # The worker restarts once it has met a record of the new model (the next poll
+            # of its watcher): wait for it, do not assume it already happened.
+            wait_for(partial(restarted, service), 30,
+                     f"{service.module} to restart with the new definitions")
         assert "old_fingerprints" in rollout.worker.log_text()
         rollout.check()
     finally:
