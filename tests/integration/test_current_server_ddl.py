@@ -4,7 +4,6 @@ control plane runs. Inserts over the native protocol are tested on 18.16 only.""
 
 from __future__ import annotations
 
-import enum
 from datetime import date, datetime
 from decimal import Decimal
 from ipaddress import IPv4Address, IPv6Address
@@ -29,18 +28,12 @@ from pydantic import BaseModel
 
 from tests.current_server import CurrentServer
 from tests.support import ROOT
-
-
-class Colour(enum.StrEnum):
-    RED = "red"
-    GREEN = "green"
-
-
-class Inner(BaseModel):
-    a: int
+from tests.unit.test_typemap_ddl import TYPE_TABLE, Color, Inner, _model_with
 
 
 class EveryType(BaseModel):
+    """One field of each mapping, with the annotations that change a column."""
+
     id: Key[str]
     n: int
     small: Annotated[int, ClickHouseType("UInt8")]
@@ -56,7 +49,7 @@ class EveryType(BaseModel):
     ip6: IPv6Address
     maybe: int | None
     tags: list[str]
-    colour: Colour
+    colour: Color
     kind: Literal["a", "b"]
     inner: Inner
     attrs: dict[str, str]
@@ -64,6 +57,18 @@ class EveryType(BaseModel):
     code: Annotated[str, ClickHouseType("FixedString(3)")]
     body: Annotated[str, Codec("ZSTD(3)")]
     seen: Annotated[datetime, ClickHouseDefault("now()")]
+
+
+@pytest.mark.parametrize(("annotation", "current"), [(row[0], row[2]) for row in TYPE_TABLE],
+                         ids=[str(row[0]) for row in TYPE_TABLE])
+def test_each_mapping_of_the_type_table_creates_on_a_current_server(
+        current_ch: CurrentServer, annotation: Any, current: str) -> None:
+    """The rendered type, executed: ClickHouse 26.x creates the column and reports that type."""
+    model = _model_with(annotation)
+    definition = OlapTable[model]("t").definition(current_ch.profile)  # type: ignore[valid-type]
+    current_ch.execute("CREATE DATABASE db")
+    current_ch.execute(render_create_table(definition, "db"))
+    assert current_ch.column_types("db", "t")["value"] == current
 
 
 def test_every_type_mapping_creates_the_columns_it_renders(current_ch: CurrentServer) -> None:
