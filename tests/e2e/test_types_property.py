@@ -28,13 +28,14 @@ import pytest
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
+from testkit.seed import TEST_SEED
 from tests.e2e.stack import Stack, end_offsets
 
 pytestmark = pytest.mark.e2e
 
 MakeStack = Callable[..., Stack]
 
-SEED = int(os.environ.get("CHUTE_TEST_SEED", "20261203"))
+SEED = TEST_SEED
 EXAMPLES = int(os.environ.get("CHUTE_TEST_EXAMPLES", "400"))
 
 FIELDS = '''

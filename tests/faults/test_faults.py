@@ -16,6 +16,7 @@ import httpx
 import orjson
 import pytest
 
+from testkit.seed import TEST_SEED
 from tests.e2e.stack import Stack
 from tests.faults.accounting import RssSampler, account, committed_offsets
 from tests.support import ROOT, wait_for
@@ -57,7 +58,8 @@ def test_sigkill_worker_five_times(make_stack: MakeStack, delivery: str) -> None
     stack = make_stack({**FAST, "partitions": 4, "delivery": delivery})
     stack.start_ingest()
     worker = stack.start_worker()
-    rng = random.Random()
+    rng = random.Random(TEST_SEED)
+    print(f"\nkill moments seeded with {TEST_SEED} (CHUTE_TEST_SEED)")
     gen = _load(stack, duration=60)
     kills = 0
     for _ in range(5):

@@ -5,7 +5,6 @@ not taken from chute.constraints. Seeded: CHUTE_TEST_SEED."""
 
 from __future__ import annotations
 
-import os
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any
 
@@ -18,7 +17,9 @@ from hypothesis import given, seed, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
-SEED = int(os.environ.get("CHUTE_TEST_SEED", "20261203"))
+from testkit.seed import TEST_SEED
+
+SEED = TEST_SEED
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
