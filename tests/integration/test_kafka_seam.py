@@ -6,6 +6,7 @@ topic and group.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid
@@ -347,6 +348,42 @@ def test_admin(kafka_bootstrap: str, client: str, topic: str, producer: kafka.Pr
              "the new partitions")
     assert seam_admin.create_topic(TopicConfig(f"{topic}_r", 1, {"retention.ms": "60000"}))
     seam_admin.delete_topic(f"{topic}_r")
+
+
+def test_topic_ids_change_when_a_topic_is_recreated(kafka_bootstrap: str, client: str,
+                                                   topic: str, seam_admin: kafka.Admin
+                                                   ) -> None:
+    """Both backends report the same canonical id; re-creating the name gives a new one."""
+    first = seam_admin.topic_ids([topic, f"{topic}_missing"])
+    assert list(first) == [topic]
+    assert str(uuid.UUID(first[topic])) == first[topic]
+    other = "kafka-python" if client == "confluent-kafka" else "confluent-kafka"
+    with contextlib.closing(kafka.admin(kafka_bootstrap, client=other)) as a:
+        assert a.topic_ids([topic]) == first
+    seam_admin.delete_topic(topic)
+    wait_for(lambda: topic not in seam_admin.topic_partitions(), 30, "the topic to go")
+    assert seam_admin.create_topic(TopicConfig(topic, PARTITIONS, {}))
+    second = seam_admin.topic_ids([topic])
+    assert second[topic] != first[topic]
+
+
+def test_describe_group(kafka_bootstrap: str, client: str, topic: str,
+                        seam_admin: kafka.Admin) -> None:
+    group = f"g-{topic}"
+    assert seam_admin.describe_group(group) == []
+    listener = Recorder()
+    consumer = subscribed(kafka_bootstrap, client, topic, group, listener)
+    try:
+        wait_for(lambda: consumer.poll(0.1) is not None and len(listener.owned) == PARTITIONS,
+                 30, "the assignment")
+        members = seam_admin.describe_group(group)
+        assert len(members) == 1 and members[0].client_id.startswith("seam-")
+        assert members[0].host == "127.0.0.1"
+        assert members[0].member_id
+        assert set(members[0].partitions) == {TopicPartition(topic, p)
+                                              for p in range(PARTITIONS)}
+    finally:
+        consumer.close()
 
 
 def test_producer_without_broker_fails_within_bound(client: str) -> None:

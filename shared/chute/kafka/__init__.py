@@ -17,6 +17,7 @@ from chute.kafka.seam import (
     Consumer,
     ConsumerOptions,
     DeliveryCallback,
+    GroupMember,
     Headers,
     KafkaClientError,
     KafkaTimeout,
@@ -36,7 +37,7 @@ DEFAULT_CLIENT: KafkaClient = "confluent-kafka"
 
 __all__ = [
     "CLIENTS", "DEFAULT_CLIENT", "Admin", "CommitRebalanced", "Consumer", "ConsumerOptions",
-    "DeliveryCallback", "Headers", "KafkaClient", "KafkaClientError", "KafkaTimeout",
+    "DeliveryCallback", "GroupMember", "Headers", "KafkaClient", "KafkaClientError", "KafkaTimeout",
     "Producer", "ProducerOptions", "RebalanceListener", "Record", "RecordTooLarge",
     "TopicConfig", "TopicExists", "TopicPartition", "admin", "client_from_env", "consumer",
     "producer",

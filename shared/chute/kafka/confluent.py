@@ -8,9 +8,11 @@ per producer that polls it.
 
 from __future__ import annotations
 
+import base64
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -23,6 +25,7 @@ from chute.kafka.seam import (
     CommitRebalanced,
     ConsumerOptions,
     DeliveryCallback,
+    GroupMember,
     Headers,
     KafkaClientError,
     KafkaTimeout,
@@ -77,6 +80,12 @@ def _ctp(tp: TopicPartition, offset: int | None = None) -> CTopicPartition:
 
 def _tp(ctp: CTopicPartition) -> TopicPartition:
     return TopicPartition(ctp.topic, ctp.partition)
+
+
+def _uuid_text(value: confluent_kafka.Uuid) -> str:
+    """librdkafka prints a Uuid as the base64 of its 16 bytes; the canonical form is what
+    kafka-python reports too."""
+    return str(uuid.UUID(bytes=base64.b64decode(str(value))))
 
 
 # --- producer ----------------------------------------------------------------------------
@@ -447,6 +456,33 @@ class ConfluentAdmin:
                                                        request_timeout=self._timeout)
         description = self._result(futures[group], f"describe group {group}")
         return sorted(m.client_id for m in description.members)
+
+    def describe_group(self, group: str) -> list[GroupMember]:
+        futures = self._admin.describe_consumer_groups([group],
+                                                       request_timeout=self._timeout)
+        description = self._result(futures[group], f"describe group {group}")
+        members = [GroupMember(
+            member_id=m.member_id, client_id=m.client_id, host=m.host.lstrip("/"),
+            partitions=tuple(sorted(_tp(p) for p in (
+                m.assignment.topic_partitions if m.assignment else ()))))
+            for m in description.members]
+        return sorted(members, key=lambda m: (m.client_id, m.member_id))
+
+    def topic_ids(self, topics: Sequence[str]) -> dict[str, str]:
+        if not topics:
+            return {}
+        futures = self._admin.describe_topics(
+            confluent_kafka.TopicCollection(list(topics)), request_timeout=self._timeout)
+        ids: dict[str, str] = {}
+        for name, future in futures.items():
+            try:
+                description = future.result(timeout=self._timeout)
+            except KafkaException as exc:
+                if exc.args and exc.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                    continue
+                raise _from_exception(exc, f"describe topic {name}") from None
+            ids[name] = _uuid_text(description.topic_id)
+        return ids
 
     def close(self) -> None:
         """AdminClient has no close; its threads end when it is collected."""

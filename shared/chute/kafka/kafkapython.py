@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,7 @@ from chute.kafka.seam import (
     CommitRebalanced,
     ConsumerOptions,
     DeliveryCallback,
+    GroupMember,
     Headers,
     KafkaClientError,
     KafkaTimeout,
@@ -441,8 +443,44 @@ class KafkaPythonAdmin:
                 members.append(str(_field(member, "client_id")))
         return sorted(members)
 
+    def describe_group(self, group: str) -> list[GroupMember]:
+        try:
+            groups = self._admin.describe_groups([group])
+        except kerrors.KafkaError as exc:
+            raise _error(exc, f"describe group {group}") from None
+        members: list[GroupMember] = []
+        for description in (groups.values() if isinstance(groups, dict) else groups):
+            for member in _field(description, "members") or ():
+                assignment = _field(member, "member_assignment")
+                members.append(GroupMember(
+                    member_id=str(_field(member, "member_id")),
+                    client_id=str(_field(member, "client_id")),
+                    host=str(_field(member, "client_host")).lstrip("/"),
+                    partitions=_assigned(assignment)))
+        return sorted(members, key=lambda m: (m.client_id, m.member_id))
+
+    def topic_ids(self, topics: Sequence[str]) -> dict[str, str]:
+        if not topics:
+            return {}
+        try:
+            described = self._admin.describe_topics(list(topics))
+        except kerrors.UnknownTopicOrPartitionError:
+            described = []
+        except kerrors.KafkaError as exc:
+            raise _error(exc, "describe topics") from None
+        return {str(t["name"]): str(uuid.UUID(str(t["topic_id"]))) for t in described
+                if not t.get("error_code") and t.get("topic_id")}
+
     def close(self) -> None:
         self._admin.close()
+
+
+def _assigned(assignment: Any) -> tuple[TopicPartition, ...]:
+    """A member's parsed assignment: {"assigned_partitions": [{"topic", "partitions"}]}."""
+    found = [TopicPartition(str(_field(entry, "topic")), int(p))
+             for entry in (_field(assignment, "assigned_partitions") or ()) if assignment
+             for p in _field(entry, "partitions") or ()]
+    return tuple(sorted(found))
 
 
 def _field(value: Any, name: str) -> Any:

@@ -201,6 +201,16 @@ class TopicConfig:
     configs: Mapping[str, str]
 
 
+@dataclass(frozen=True)
+class GroupMember:
+    """One member of a consumer group as the group coordinator describes it."""
+
+    member_id: str
+    client_id: str
+    host: str  # the address the member connected from, without the broker's leading "/"
+    partitions: tuple[TopicPartition, ...]
+
+
 class Admin(Protocol):
     def topic_partitions(self) -> dict[str, int]:
         """{topic: partition count} for every topic except Kafka's internal ones."""
@@ -228,6 +238,16 @@ class Admin(Protocol):
 
     def group_members(self, group: str) -> list[str]:
         """Client ids of the group's current members."""
+        ...
+
+    def describe_group(self, group: str) -> list[GroupMember]:
+        """The group's current members with their hosts and assigned partitions (empty when
+        the group has no member or does not exist), sorted by client id."""
+        ...
+
+    def topic_ids(self, topics: Sequence[str]) -> dict[str, str]:
+        """Kafka's id of each topic (KIP-516: a new one each time a topic of that name is
+        created), as a canonical UUID string; topics that do not exist are left out."""
         ...
 
     def close(self) -> None: ...
