@@ -83,9 +83,9 @@ def _tp(ctp: CTopicPartition) -> TopicPartition:
 
 
 def _uuid_text(value: confluent_kafka.Uuid) -> str:
-    """librdkafka prints a Uuid as the base64 of its 16 bytes; the canonical form is what
+    """librdkafka prints a Uuid as the unpadded base64 of its 16 bytes; the canonical form is what
     kafka-python reports too."""
-    return str(uuid.UUID(bytes=base64.b64decode(str(value))))
+    return str(uuid.UUID(bytes=base64.b64decode(str(value) + "==")))
 
 
 # --- producer ----------------------------------------------------------------------------
