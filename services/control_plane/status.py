@@ -295,7 +295,8 @@ class StatusSource:
                         notes[stream.name].append(f"table {database}.{name} does not exist "
                                                   "(chute apply creates it)")
                 if stream.destination is not None and stream.destination.name in existing:
-                    note = schema_note(stream.destination.definition(profile),
+                    note = schema_note(self.defs.table_definition(stream.destination.name,
+                                                                  profile),
                                        existing[stream.destination.name], database)
                     if note:
                         notes[stream.name].append(note)

@@ -67,8 +67,10 @@ def main() -> int:
         max_poll_interval_ms=settings.sync_max_poll_interval_ms))
     producer = kafka.producer(settings.kafka_bootstrap, kafka.ProducerOptions(
         client_id=f"{settings.sync_worker_id}-dlq", linger_ms=20))
+    admin = kafka.admin(settings.kafka_bootstrap)  # topic ids for exactly-once watermarks
     worker = SyncWorker(settings, consumer, producer,
-                        ClickHouseWriter(client, settings.clickhouse_database), routes)
+                        ClickHouseWriter(client, settings.clickhouse_database), routes,
+                        topic_ids=admin.topic_ids)
 
     def health() -> tuple[bool, dict[str, Any]]:
         now = time.monotonic()

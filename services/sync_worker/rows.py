@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 from chute.constraints import Extra
-from chute.ddl import OFFSET_COLUMN, PARTITION_COLUMN
+from chute.ddl import EXACTLY_ONCE_COLUMNS
 from chute.server import OLD_SERVER, ServerProfile
 from chute.typemap import ColumnSpec
 from chute.validation import RecordValidator
@@ -91,11 +91,12 @@ class ColumnBuilder:
         self.exactly_once = exactly_once
         names = [c.name for c in columns]
         if exactly_once:
-            names += [PARTITION_COLUMN.name, OFFSET_COLUMN.name]
+            names += [c.name for c in EXACTLY_ONCE_COLUMNS]
         self.names = names
 
     def build(self, rows: list[BaseModel], partitions: list[int],
-              offsets: list[int]) -> list[list[Any]]:
+              offsets: list[int], topic_id: str = "") -> list[list[Any]]:
+        """`topic_id` (exactly-once): Kafka's id of the topic the rows were read from."""
         data: list[list[Any]] = []
         for column in self.columns:
             name = column.name
@@ -105,8 +106,11 @@ class ColumnBuilder:
                 values = [convert(v) for v in values]
             data.append(values)
         if self.exactly_once:
+            if not topic_id:
+                raise ValueError("exactly-once rows need the id of their topic")
             data.append(partitions)
             data.append(offsets)
+            data.append([topic_id] * len(rows))
         return data
 
 

@@ -119,10 +119,10 @@ def build_routes(defs: Definitions, profile: ServerProfile,
             stream=stream,
             table=table.name,
             decoder=RowDecoder(stream.model, profile, cfg.extra),
-            builder=ColumnBuilder(columns, exactly_once=table.exactly_once),
+            builder=ColumnBuilder(columns, exactly_once=stream.exactly_once),
             buffer=TableBuffer(table.name, stream.topic, limits),
             dead_letter_topic=stream.dead_letter.topic if stream.dead_letter else None,
-            exactly_once=table.exactly_once,
+            exactly_once=stream.exactly_once,
             state=PipelineState(Backoff(settings.sync_retry_initial_seconds,
                                         settings.sync_retry_max_seconds),
                                 unknown_budget=settings.sync_retry_budget),
@@ -138,7 +138,8 @@ class SyncWorker:
     def __init__(self, settings: SyncSettings, consumer: kafka.Consumer, producer: kafka.Producer,
                  writer: Writer, routes: dict[str, Route],
                  clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep,
+                 topic_ids: Callable[[Sequence[str]], dict[str, str]] | None = None) -> None:
         self.settings = settings
         self.consumer = consumer
         self.producer = producer
@@ -148,8 +149,11 @@ class SyncWorker:
         self.sleep = sleep
         self.stopping = False
         self.stop_deadline: float | None = None
-        # Exactly-once: highest offset already in the table, per partition.
+        # Exactly-once: highest offset already in the table, per partition, and Kafka's id of
+        # each topic as read on its last assignment (the rows carry it; see chute.ddl).
         self.watermarks: dict[TopicPartition, int] = {}
+        self.read_topic_ids = topic_ids
+        self.topic_ids: dict[str, str] = {}
         self.committed: dict[TopicPartition, int] = {}
         self.last_loop = self.clock()
         self._next_lag_update = 0.0
@@ -505,7 +509,8 @@ class SyncWorker:
         is unknown is reconciled against the table's watermark before anything is resent."""
         buf = held.batch
         if held.columns is None:
-            held.columns = route.builder.build(buf.rows, buf.partitions, buf.offsets)
+            held.columns = route.builder.build(buf.rows, buf.partitions, buf.offsets,
+                                               self.topic_ids.get(route.stream.topic, ""))
         data = held.columns
         names = route.builder.names
         isolator = held.isolator
@@ -519,7 +524,8 @@ class SyncWorker:
             if self.writer.insert_running(held.query_id):
                 raise InsertStillRunning(f"insert {held.query_id} is still running")
             first = first_missing(buf.partitions, buf.offsets, lo, hi,
-                                  self.writer.read_watermarks(route.table))
+                                  self.writer.read_watermarks(
+                                      route.table, self.topic_ids[route.stream.topic]))
             log.warning("insert outcome reconciled", table=route.table, query_id=held.query_id,
                         rows_already_in=first - lo, rows_to_send=hi - first)
             return first
@@ -694,7 +700,8 @@ class SyncWorker:
 
         self._with_retry(read_committed, ",".join(sorted({tp.topic for tp in partitions})),
                          "committed offsets read")
-        marks_by_table: dict[str, dict[int, int]] = {}
+        self._refresh_topic_ids(partitions)
+        marks_by_topic: dict[str, dict[int, int]] = {}
         caught_up: dict[TopicPartition, int] = {}
         starts: dict[TopicPartition, int] = {}
         for tp in partitions:
@@ -702,9 +709,10 @@ class SyncWorker:
             committed = found.get(tp)
             target = committed
             if route.exactly_once:
-                if route.table not in marks_by_table:
-                    marks_by_table[route.table] = self._read_watermarks(route.table)
-                mark = marks_by_table[route.table].get(tp.partition)
+                if tp.topic not in marks_by_topic:
+                    marks_by_topic[tp.topic] = self._read_watermarks(
+                        route.table, self.topic_ids[tp.topic])
+                mark = marks_by_topic[tp.topic].get(tp.partition)
                 if mark is not None and self._watermark_beyond_end(route, tp, mark):
                     continue
                 if mark is not None:
@@ -742,14 +750,34 @@ class SyncWorker:
             "then restart the worker."), pause_now=False)
         return True
 
-    def _read_watermarks(self, table: str) -> dict[int, int]:
+    def _read_watermarks(self, table: str, topic_id: str) -> dict[int, int]:
         result: dict[int, int] = {}
 
         def read() -> None:
-            result.update(self.writer.read_watermarks(table))
+            result.update(self.writer.read_watermarks(table, topic_id))
 
         self._with_retry(read, table, "watermark read")
         return result
+
+    def _refresh_topic_ids(self, partitions: Sequence[TopicPartition]) -> None:
+        """Exactly-once: ask Kafka for the id of each assigned topic on every assignment (a
+        topic deleted and re-created gets a new one, so its rows start a new watermark)."""
+        topics = sorted({tp.topic for tp in partitions if self.routes[tp.topic].exactly_once})
+        if not topics:
+            return
+        if self.read_topic_ids is None:
+            raise RuntimeError("exactly-once streams need the topics' ids: pass topic_ids")
+        read = self.read_topic_ids
+        found: dict[str, str] = {}
+
+        def ask() -> None:
+            found.update(read(topics))
+            missing = [t for t in topics if t not in found]
+            if missing:
+                raise KafkaClientError(f"no topic id for {', '.join(missing)} (yet)")
+
+        self._with_retry(ask, ",".join(topics), "topic id read")
+        self.topic_ids.update(found)
 
     def update_lag(self, ask_broker: bool = False) -> None:
         """Lag = end offset - committed offset, per owned partition. The end offsets come from

@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from chute.ddl import OFFSET_COLUMN, PARTITION_COLUMN
+from chute.ddl import OFFSET_COLUMN, PARTITION_COLUMN, TOPIC_ID_COLUMN
 from chute.identifiers import quote_identifier
 from clickhouse_driver import Client
 
@@ -24,7 +24,7 @@ class Writer(Protocol):
     def insert(self, table: str, names: list[str], columns: list[list[Any]],
                query_id: str) -> None: ...
 
-    def read_watermarks(self, table: str) -> dict[int, int]: ...
+    def read_watermarks(self, table: str, topic_id: str) -> dict[int, int]: ...
 
     def insert_running(self, query_id: str) -> bool: ...
 
@@ -54,12 +54,19 @@ class ClickHouseWriter:
         self.client.execute(f"INSERT INTO {self._table(table)} ({cols}) VALUES",
                             columns, columnar=True, types_check=False, query_id=query_id)
 
-    def read_watermarks(self, table: str) -> dict[int, int]:
-        """Exactly-once: the highest Kafka offset in the table, per Kafka partition."""
+    def read_watermarks(self, table: str, topic_id: str) -> dict[int, int]:
+        """Exactly-once: the highest Kafka offset in the table per Kafka partition, among the
+        rows read from the topic with this id (Kafka's id of the current topic). Rows of an
+        earlier topic of the same name, and rows from before the table was exactly-once
+        (topic id ''), are not counted."""
+        if not topic_id:
+            raise ValueError(f"table {table}: a watermark needs the topic's id")
+        partition = quote_identifier(PARTITION_COLUMN.name)
         rows = self.client.execute(
-            f"SELECT {quote_identifier(PARTITION_COLUMN.name)}, "
-            f"max({quote_identifier(OFFSET_COLUMN.name)}) FROM {self._table(table)} "
-            f"GROUP BY {quote_identifier(PARTITION_COLUMN.name)}")
+            f"SELECT {partition}, max({quote_identifier(OFFSET_COLUMN.name)}) "
+            f"FROM {self._table(table)} "
+            f"WHERE {quote_identifier(TOPIC_ID_COLUMN.name)} = %(topic_id)s "
+            f"GROUP BY {partition}", {"topic_id": topic_id})
         return {int(p): int(o) for p, o in rows}
 
     def insert_running(self, query_id: str) -> bool:

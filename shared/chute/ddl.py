@@ -12,10 +12,15 @@ ENGINES_WITH_COLUMN_ARG = {"ReplacingMergeTree", "CollapsingMergeTree", "Summing
 ENGINES = {"MergeTree", "ReplacingMergeTree", "SummingMergeTree", "AggregatingMergeTree",
            "CollapsingMergeTree"}
 
-# Columns added to exactly-once tables: the Kafka position each row came from. The sync
-# worker reads max(offset) per partition back on assignment (see docs/delivery.md).
+# Columns added to exactly-once tables: the Kafka position each row came from, and the id of
+# the topic it was read from (Kafka gives a topic a new id each time it is created). The sync
+# worker reads max(offset) per partition of the current topic id back on assignment: rows of a
+# deleted topic, and rows written before the table became exactly-once (topic id ''), never
+# count as a watermark.
 PARTITION_COLUMN = ColumnSpec("_chute_partition", "UInt32")
 OFFSET_COLUMN = ColumnSpec("_chute_offset", "UInt64")
+TOPIC_ID_COLUMN = ColumnSpec("_chute_topic_id", "String")
+EXACTLY_ONCE_COLUMNS = (PARTITION_COLUMN, OFFSET_COLUMN, TOPIC_ID_COLUMN)
 # Columns with this prefix are chute's own bookkeeping: never dropped or modified by a plan.
 CHUTE_COLUMN_PREFIX = "_chute_"
 

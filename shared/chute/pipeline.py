@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Generic, Literal, TypeVar
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from chute.annotations import Key
-from chute.ddl import OFFSET_COLUMN, PARTITION_COLUMN, TableDefinition
+from chute.ddl import EXACTLY_ONCE_COLUMNS, TableDefinition
 from chute.identifiers import validate_identifier
 from chute.life_cycle import LifeCycle
 from chute.server import ServerProfile
@@ -121,15 +121,18 @@ class OlapTable(_Typed[M]):
     def __init__(self, name: str, config: OlapConfig | dict[str, Any] | None = None) -> None:
         super().__init__(name)
         self.config: OlapConfig = _config(OlapConfig, config)
-        self.exactly_once = False  # set by a Stream whose delivery is exactly_once
 
-    def definition(self, profile: ServerProfile) -> TableDefinition:
+    def definition(self, profile: ServerProfile, *, exactly_once: bool = False
+                   ) -> TableDefinition:
+        """The table's DDL. `exactly_once`: an exactly-once stream feeds it (decided where
+        definitions are collected: `Definitions.table_definition`), which adds the columns
+        holding each row's Kafka position."""
         columns = columns_for(self.model, profile)
         order_by = self.config.order_by_fields
         if order_by is None:
             order_by = tuple(c.name for c in columns if c.is_key)
-        if self.exactly_once:
-            columns = [*columns, PARTITION_COLUMN, OFFSET_COLUMN]
+        if exactly_once:
+            columns = [*columns, *EXACTLY_ONCE_COLUMNS]
         return TableDefinition(
             name=self.name,
             columns=tuple(columns),
@@ -156,23 +159,34 @@ class Stream(_Typed[M]):
             if destination.model is not self.model:
                 raise TypeError(f"stream {name}: destination table {destination.name} has "
                                 f"model {destination.model.__name__}, not {self.model.__name__}")
-            if self.config.delivery == "exactly_once":
-                if destination.config.partition_by:
-                    # One insert spanning several table partitions writes one part per
-                    # partition, not atomically, so what landed after a crash need not be a
-                    # prefix of the batch: the offset watermark would skip rows.
-                    raise ValueError(
-                        f"stream {name}: delivery='exactly_once' cannot be combined with "
-                        f"partition_by={destination.config.partition_by!r} on table "
-                        f"{destination.name}: an insert spanning several table partitions is "
-                        "not atomic. Drop partition_by or use at_least_once.")
-                destination.exactly_once = True
+            if self.config.delivery == "exactly_once" and destination.config.partition_by:
+                # One insert spanning several table partitions writes one part per
+                # partition, not atomically, so what landed after a crash need not be a
+                # prefix of the batch: the offset watermark would skip rows.
+                raise ValueError(
+                    f"stream {name}: delivery='exactly_once' cannot be combined with "
+                    f"partition_by={destination.config.partition_by!r} on table "
+                    f"{destination.name}: an insert spanning several table partitions is "
+                    "not atomic. Drop partition_by or use at_least_once.")
             if self.config.dead_letter_queue:
                 self.dead_letter = dead_letter_stream(name)
 
     @property
     def destination(self) -> OlapTable[Any] | None:
         return self.config.destination
+
+    @property
+    def exactly_once(self) -> bool:
+        return self.config.delivery == "exactly_once"
+
+    def parts(self) -> list[_Typed[Any]]:
+        """The stream with its dead-letter stream and table, if it has them."""
+        parts: list[_Typed[Any]] = [self]
+        if self.dead_letter is not None:
+            parts.append(self.dead_letter)
+            if self.dead_letter.destination is not None:
+                parts.append(self.dead_letter.destination)
+        return parts
 
 
 class IngestApi(_Typed[M]):
@@ -220,12 +234,11 @@ class IngestPipeline(_Typed[M]):
                 destination=self.stream))
 
     def parts(self) -> list[_Typed[Any]]:
-        parts: list[_Typed[Any]] = [p for p in (self.table, self.stream, self.ingest_api) if p]
-        if self.stream is not None and self.stream.dead_letter is not None:
-            dlq = self.stream.dead_letter
-            parts.append(dlq)
-            if dlq.destination is not None:
-                parts.append(dlq.destination)
+        parts: list[_Typed[Any]] = [self.table] if self.table is not None else []
+        if self.stream is not None:
+            parts += self.stream.parts()
+        if self.ingest_api is not None:
+            parts.append(self.ingest_api)
         return parts
 
 

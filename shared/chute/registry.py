@@ -43,7 +43,9 @@ class Definitions:
     def from_resources(cls, resources: list[Any]) -> Definitions:
         defs = cls({}, {}, {})
         for resource in resources:
-            for part in _expand(resource):
+            parts = resource.parts() if isinstance(resource, (IngestPipeline, Stream)) \
+                else [resource]
+            for part in parts:
                 defs._add(part)
         return defs
 
@@ -68,8 +70,17 @@ class Definitions:
             for s in self.streams.values()
         ]
 
+    def exactly_once_tables(self) -> set[str]:
+        """Tables fed by at least one exactly-once stream: they carry the position columns."""
+        return {s.destination.name for s in self.streams.values()
+                if s.destination is not None and s.exactly_once}
+
+    def table_definition(self, name: str, profile: ServerProfile) -> TableDefinition:
+        return self.tables[name].definition(
+            profile, exactly_once=name in self.exactly_once_tables())
+
     def table_definitions(self, profile: ServerProfile) -> list[TableDefinition]:
-        return [t.definition(profile) for t in self.tables.values()]
+        return [self.table_definition(name, profile) for name in self.tables]
 
     def synced_streams(self) -> list[Stream[Any]]:
         """Streams with a destination table: what the sync workers consume."""
@@ -80,17 +91,6 @@ class Definitions:
             if stream.topic == topic:
                 return stream
         raise KeyError(topic)
-
-
-def _expand(resource: Any) -> list[Any]:
-    if isinstance(resource, IngestPipeline):
-        return resource.parts()
-    parts = [resource]
-    if isinstance(resource, Stream) and resource.dead_letter is not None:
-        parts.append(resource.dead_letter)
-        if resource.dead_letter.destination is not None:
-            parts.append(resource.dead_letter.destination)
-    return parts
 
 
 _RESOURCE_TYPES = (IngestPipeline, OlapTable, Stream, IngestApi)

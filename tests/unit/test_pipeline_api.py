@@ -81,8 +81,27 @@ def test_exactly_once_adds_position_columns() -> None:
 
     p = IngestPipeline[Event]("eo", {"stream": StreamConfig(delivery="exactly_once")})
     assert p.table is not None
-    names = [c.name for c in p.table.definition(OLD_SERVER).columns]
-    assert names[-2:] == ["_chute_partition", "_chute_offset"]
+    defs = Definitions.from_resources([p])
+    names = [c.name for c in defs.table_definition("eo", OLD_SERVER).columns]
+    assert names[-3:] == ["_chute_partition", "_chute_offset", "_chute_topic_id"]
+    assert defs.exactly_once_tables() == {"eo"}  # not the dead-letter table
+
+
+def test_constructing_a_stream_changes_no_table() -> None:
+    """Whether a table is exactly-once is derived from the definitions collected, not from
+    which streams happened to be constructed."""
+    from chute.server import OLD_SERVER
+
+    table = OlapTable[Event]("shared")
+    before = table.definition(OLD_SERVER)
+    eo = Stream[Event]("eo_stream", {"destination": table, "delivery": "exactly_once"})
+    assert table.definition(OLD_SERVER) == before
+    only_table = Definitions.from_resources([table])
+    assert not only_table.exactly_once_tables()
+    with_stream = Definitions.from_resources([table, eo])
+    assert with_stream.exactly_once_tables() == {"shared"}
+    assert sorted(with_stream.streams) == ["eo_stream", "eo_stream_dlq"]
+    assert sorted(with_stream.tables) == ["eo_stream_dlq", "shared"]
 
 
 def test_load_definitions_from_module_and_directory(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import pytest
-from chute import ClickHouseType, Key, LifeCycle, OlapConfig, OlapTable, Stream
+from chute import ClickHouseType, Key, LifeCycle, OlapConfig, OlapTable
 from chute.clickhouse import ExistingTable, key_columns
 from chute.ddl import (
     TableDefinition,
@@ -197,22 +197,21 @@ def test_externally_managed_that_matches_is_up_to_date() -> None:
 
 
 def test_exactly_once_columns_are_never_dropped_or_modified() -> None:
-    stream: Stream[Any] = Stream[Event]("events", {
-        "destination": OlapTable[Event]("events"), "delivery": "exactly_once"})
-    assert stream.destination is not None
-    definition = stream.destination.definition(OLD_SERVER)
-    changed = {**CURRENT, "_chute_partition": "UInt16", "_chute_offset": "UInt64"}
+    definition = OlapTable[Event]("events").definition(OLD_SERVER, exactly_once=True)
+    changed = {**CURRENT, "_chute_partition": "UInt16", "_chute_offset": "UInt64",
+               "_chute_topic_id": "String"}
     plan = Plan()
     plan_tables([definition], {"events": _existing(changed)}, "db", plan, True)
     assert plan.actions == []
     assert "never modifies its own columns" in plan.conflicts[0]
 
     plain = _definition(Event)  # delivery switched back: the columns are left alone
-    left = {**CURRENT, "_chute_partition": "UInt32", "_chute_offset": "UInt64"}
+    left = {**CURRENT, "_chute_partition": "UInt32", "_chute_offset": "UInt64",
+            "_chute_topic_id": "String"}
     plan = Plan()
     plan_tables([plain], {"events": _existing(left)}, "db", plan, True)
     assert plan.actions == []
-    assert len(plan.warnings) == 2
+    assert len(plan.warnings) == 3
     assert all("never drops its own columns" in w for w in plan.warnings)
 
 

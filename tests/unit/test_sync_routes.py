@@ -104,9 +104,11 @@ class FakeWriter:
         if failures:
             raise failures.pop(0)
 
-    def read_watermarks(self, table: str) -> dict[int, int]:
+    def read_watermarks(self, table: str, topic_id: str) -> dict[int, int]:
         marks: dict[int, int] = {}
         for row in self.tables.get(table, []):
+            if row.get("_chute_topic_id", "") != topic_id:
+                continue
             p, o = row["_chute_partition"], row["_chute_offset"]
             marks[p] = max(marks.get(p, -1), o)
         return marks
@@ -152,6 +154,7 @@ class Harness:
     writer: FakeWriter
     producer: FakeProducer
     clock: Clock
+    topic_ids: dict[str, str]  # Kafka's id of each topic, as the fake admin reports it
 
     def feed(self, topic: str, first: int, count: int, partition: int = 0,
              headers: dict[str, bytes] | None = None) -> None:
@@ -189,11 +192,13 @@ def make(delivery: str = "at_least_once", assign: bool = True, **settings: Any) 
     writer = FakeWriter()
     producer = FakeProducer(writer.log)
     # The fakes implement what the worker calls, not the whole seam.
+    topic_ids = {"a": "id-a-1", "b": "id-b-1"}
     worker = SyncWorker(cfg, consumer, producer, writer, routes,  # type: ignore[arg-type]
-                        clock=clock, sleep=clock.sleep)
+                        clock=clock, sleep=clock.sleep,
+                        topic_ids=lambda topics: {t: topic_ids[t] for t in topics})
     if assign:
         worker.on_assigned(sorted(consumer.partitions))
-    return Harness(worker, consumer, writer, producer, clock)
+    return Harness(worker, consumer, writer, producer, clock, topic_ids)
 
 
 def missing_column() -> ch_errors.ServerException:
@@ -420,8 +425,10 @@ def test_a_watermark_beyond_the_topic_end_fails_the_pipeline_instead_of_skipping
     h = make("exactly_once", assign=False)
     tp_a, tp_b = TopicPartition("a", 0), TopicPartition("b", 0)
     # Table b holds offsets up to 499 of an earlier topic "b"; the re-created one ends at 20.
-    h.writer.tables["b"] = [{"_chute_partition": 0, "_chute_offset": 499}]
-    h.writer.tables["a"] = [{"_chute_partition": 0, "_chute_offset": 9}]
+    h.writer.tables["b"] = [{"_chute_partition": 0, "_chute_offset": 499,
+                             "_chute_topic_id": "id-b-1"}]
+    h.writer.tables["a"] = [{"_chute_partition": 0, "_chute_offset": 9,
+                             "_chute_topic_id": "id-a-1"}]
     h.consumer.ends = {tp_a: 30, tp_b: 20}
     starts = h.worker.on_assigned([tp_a, tp_b])
     state = h.worker.routes["b"].state
@@ -470,3 +477,50 @@ def test_the_guard_weighs_the_good_records_before_a_bad_one_in_the_same_poll() -
     h.step(2)
     assert h.worker.routes["b"].state.flowing
     assert h.committed("b") == 15 and len(h.producer.sent) == 6
+
+
+def test_rows_of_an_earlier_topic_of_that_name_are_no_watermark() -> None:
+    """Topic b was deleted and re-created (new id) with more records than the old watermark:
+    every record of the new topic is inserted, none is skipped."""
+    h = make("exactly_once", assign=False)
+    h.writer.tables["b"] = [{"_chute_partition": 0, "_chute_offset": o, "_chute_topic_id": "id-b-0",
+                             "n": -1} for o in range(5)]
+    tp_b = TopicPartition("b", 0)
+    h.consumer.ends = {tp_b: 10}
+    assert h.worker.on_assigned([tp_b]) == {}  # no commit, no watermark: from the earliest
+    h.feed("b", 0, 10)
+    h.step()
+    new = [r for r in h.rows("b") if r["_chute_topic_id"] == "id-b-1"]
+    assert [r["_chute_offset"] for r in new] == list(range(10))
+    assert h.committed("b") == 10
+    assert h.worker.routes["b"].state.flowing
+
+
+def test_rows_from_before_a_table_became_exactly_once_are_no_watermark() -> None:
+    """Old rows read partition 0 offset 0 and topic id '' (the added columns' defaults):
+    offset 0 of the topic is still inserted."""
+    h = make("exactly_once", assign=False)
+    h.writer.tables["b"] = [{"_chute_partition": 0, "_chute_offset": 0, "_chute_topic_id": "",
+                             "n": -1} for _ in range(3)]
+    tp_b = TopicPartition("b", 0)
+    h.consumer.ends = {tp_b: 10}
+    assert h.worker.on_assigned([tp_b]) == {}
+    h.feed("b", 0, 10)
+    h.step()
+    assert [r["n"] for r in h.rows("b")] == [-1] * 3 + list(range(10))
+
+
+def test_the_topic_id_is_read_again_on_every_assignment() -> None:
+    h = make("exactly_once")
+    tp_b = TopicPartition("b", 0)
+    h.feed("b", 0, 10)
+    h.step()
+    h.worker.flush_for_revocation([tp_b])
+    h.topic_ids["b"] = "id-b-2"
+    h.consumer.commits.pop(tp_b)  # Kafka drops a deleted topic's commits
+    h.consumer.ends = {tp_b: 10}
+    assert h.worker.on_assigned([tp_b]) == {}
+    h.feed("b", 0, 10)
+    h.step()
+    assert [(r["_chute_topic_id"], r["_chute_offset"]) for r in h.rows("b")] == [
+        ("id-b-1", o) for o in range(10)] + [("id-b-2", o) for o in range(10)]

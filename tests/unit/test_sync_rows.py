@@ -3,6 +3,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import orjson
+import pytest
 from chute import Key
 from chute.server import OLD_SERVER
 from chute.typemap import columns_for
@@ -43,12 +44,14 @@ def test_columns_are_built_with_converters_and_positions() -> None:
     row = RowDecoder(Event).decode(GOOD)
     assert isinstance(row, Event)
     builder = ColumnBuilder(columns_for(Event, OLD_SERVER), exactly_once=True)
-    data = builder.build([row, row], [2, 2], [10, 11])
+    data = builder.build([row, row], [2, 2], [10, 11], "c0ffee00-0000-4000-8000-000000000001")
     assert builder.names == ["id", "user_id", "timestamp", "event_type",
-                             "_chute_partition", "_chute_offset"]
+                             "_chute_partition", "_chute_offset", "_chute_topic_id"]
+    assert data[4:] == [[2, 2], [10, 11], ["c0ffee00-0000-4000-8000-000000000001"] * 2]
+    with pytest.raises(ValueError, match="id of their topic"):
+        builder.build([row], [2], [10])
     assert data[0] == ["a", "a"]
     assert data[2] == [1704067201, 1704067201]
-    assert data[4:] == [[2, 2], [10, 11]]
 
 
 def test_dead_letter_envelope_has_every_field() -> None:
