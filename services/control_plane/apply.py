@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import structlog
@@ -46,7 +47,34 @@ def compute_plan(conn: Connections, defs: Definitions, database: str,
     return make_plan(
         defs.topics(), conn.admin.topic_partitions(),
         defs.table_definitions(conn.profile), clickhouse.existing_tables(conn.ch, database),
-        database, allow_destructive)
+        database, allow_destructive, exactly_once_topic_ids(conn.admin, defs))
+
+
+def exactly_once_topic_ids(admin: kafka.Admin, defs: Definitions) -> dict[str, str]:
+    """{table: Kafka's id of the topic feeding it} for tables fed by exactly one
+    exactly-once stream whose topic exists."""
+    feeds: dict[str, list[str]] = {}
+    for stream in defs.synced_streams():
+        if stream.exactly_once and stream.destination is not None:
+            feeds.setdefault(stream.destination.name, []).append(stream.topic)
+    single = {table: topics[0] for table, topics in feeds.items() if len(topics) == 1}
+    ids = admin.topic_ids(sorted(set(single.values()))) if single else {}
+    return {table: ids[topic] for table, topic in single.items() if topic in ids}
+
+
+def _wait_for_mutations(ch: Client, database: str, table: str, timeout: float = 120.0) -> None:
+    """ALTER ... UPDATE runs in the background: wait until ClickHouse finished it, so a worker
+    started after apply reads the tagged rows."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = ch.execute("SELECT count() FROM system.mutations WHERE database = %(d)s AND "
+                          "table = %(t)s AND is_done = 0", {"d": database, "t": table})
+        if not rows or not rows[0][0]:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the mutation of {database}.{table} is not done after "
+                               f"{timeout:g} s; see system.mutations")
+        time.sleep(0.1)
 
 
 def apply_plan(conn: Connections, plan: Plan, allow_destructive: bool = False) -> None:
@@ -66,6 +94,8 @@ def apply_plan(conn: Connections, plan: Plan, allow_destructive: bool = False) -
             conn.admin.add_partitions(action.topic.name, action.topic.partitions)
         elif action.sql is not None:
             conn.ch.execute(action.sql)
+            if action.mutation_of is not None:
+                _wait_for_mutations(conn.ch, *action.mutation_of)
         CONTROL_ACTIONS.labels(action.kind).inc()
         log.info("applied", action=action.kind, target=action.target,
                  description=action.description)

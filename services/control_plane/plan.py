@@ -6,13 +6,17 @@ chute change is `chute.life_cycle`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from chute.clickhouse import ExistingTable, key_column_names
 from chute.ddl import (
     CHUTE_COLUMN_PREFIX,
+    OFFSET_COLUMN,
+    TOPIC_ID_COLUMN,
     TableDefinition,
     render_add_column,
+    render_backfill_topic_id,
     render_create_table,
     render_drop_column,
     render_modify_column,
@@ -28,12 +32,13 @@ _SYMBOLS = {"drop_column": "-", "modify_column": "~"}
 @dataclass(frozen=True)
 class Action:
     kind: str  # create_topic | add_partitions | create_table | add_column | modify_column
-    #            | drop_column
+    #            | drop_column | backfill_topic_id
     target: str
     description: str
     sql: str | None = None
     topic: TopicSpec | None = None
     destructive: bool = False  # loses data: applied only with --allow-destructive
+    mutation_of: tuple[str, str] | None = None  # (database, table) apply waits for
 
 
 @dataclass
@@ -109,7 +114,10 @@ def plan_topics(desired: list[TopicSpec], existing: dict[str, int], plan: Plan) 
 
 
 def plan_tables(desired: list[TableDefinition], existing: dict[str, ExistingTable],
-                database: str, plan: Plan, allow_destructive: bool = False) -> None:
+                database: str, plan: Plan, allow_destructive: bool = False,
+                topic_ids: Mapping[str, str] | None = None) -> None:
+    """`topic_ids`: per exactly-once table, Kafka's id of the one topic that feeds it (what
+    the migration of a table written before rows carried a topic id tags its rows with)."""
     for table in desired:
         have = existing.get(table.name)
         qualified = f"{database}.{table.name}"
@@ -125,6 +133,8 @@ def plan_tables(desired: list[TableDefinition], existing: dict[str, ExistingTabl
         else:
             entries = plan.entry_count()
             _plan_columns(table, have, database, plan, allow_destructive)
+            _plan_topic_id_backfill(table, have, database, plan, (topic_ids or {}).get(
+                table.name))
             _check_engine_and_order(table, have, qualified, plan)
             if plan.entry_count() == entries:
                 plan.up_to_date.append(f"table {qualified}")
@@ -147,6 +157,30 @@ def _plan_columns(table: TableDefinition, have: ExistingTable, database: str, pl
         if name not in model_columns:
             _plan_removed_column(table, name, type_text, have, database, plan,
                                  allow_destructive)
+
+
+def _plan_topic_id_backfill(table: TableDefinition, have: ExistingTable, database: str,
+                            plan: Plan, topic_id: str | None) -> None:
+    """An exactly-once table from before rows carried their topic's id: its watermark rows
+    are tagged with the current topic's id, else the worker would no longer see them."""
+    wanted = any(c.name == TOPIC_ID_COLUMN.name for c in table.columns)
+    if not wanted or TOPIC_ID_COLUMN.name in have.columns or OFFSET_COLUMN.name not in have.columns:
+        return
+    qualified = f"{database}.{table.name}"
+    if topic_id is None:
+        plan.warnings.append(
+            f"table {qualified} holds exactly-once positions without a topic id, and no single "
+            "existing topic feeds it: its rows are not tagged, so they no longer count as a "
+            "watermark (a worker starts from the committed offsets; rows inserted but not "
+            "committed before the upgrade would be inserted again)")
+        return
+    plan.actions.append(Action(
+        "backfill_topic_id", table.name,
+        f"tag the exactly-once rows of {qualified} with topic id {topic_id} (their topic's "
+        "current id; rows at partition 0 offset 0 stay untagged). Apply with the sync workers "
+        "stopped, and only if the topic was not re-created since those rows were written",
+        sql=render_backfill_topic_id(database, table.name, topic_id),
+        mutation_of=(database, table.name)))
 
 
 def _plan_type_change(table: TableDefinition, column: ColumnSpec, old_type: str,
@@ -258,8 +292,9 @@ def _check_external_table(table: TableDefinition, have: ExistingTable | None, qu
 
 def make_plan(topics: list[TopicSpec], existing_topics: dict[str, int],
               tables: list[TableDefinition], existing_tables: dict[str, ExistingTable],
-              database: str, allow_destructive: bool = False) -> Plan:
+              database: str, allow_destructive: bool = False,
+              topic_ids: Mapping[str, str] | None = None) -> Plan:
     plan = Plan()
     plan_topics(topics, existing_topics, plan)
-    plan_tables(tables, existing_tables, database, plan, allow_destructive)
+    plan_tables(tables, existing_tables, database, plan, allow_destructive, topic_ids)
     return plan

@@ -106,3 +106,18 @@ def render_modify_column(database: str, table: str, column: ColumnSpec) -> str:
 
 def render_drop_column(database: str, table: str, column: str) -> str:
     return f"ALTER TABLE {_qualified(database, table)} DROP COLUMN {quote_identifier(column)}"
+
+
+# --- exactly-once migration -------------------------------------------------------------------
+
+
+def render_backfill_topic_id(database: str, table: str, topic_id: str) -> str:
+    """Tags the rows an exactly-once worker wrote before rows carried their topic's id with the
+    current topic's id, so they keep counting as its watermark. Rows with partition 0 and
+    offset 0 are left untagged: rows written before the table became exactly-once read
+    exactly that (the added columns' defaults) and must never count. A mutation: ClickHouse
+    applies it in the background (see `system.mutations`)."""
+    t, p, o = (quote_identifier(c.name) for c in (TOPIC_ID_COLUMN, PARTITION_COLUMN,
+                                                   OFFSET_COLUMN))
+    return (f"ALTER TABLE {_qualified(database, table)} UPDATE {t} = {quote_string(topic_id)} "
+            f"WHERE {t} = '' AND NOT ({p} = 0 AND {o} = 0)")

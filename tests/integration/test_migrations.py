@@ -235,6 +235,45 @@ def test_exactly_once_columns_survive_a_destructive_apply(ch: Any, unique_name: 
     assert {"_chute_partition", "_chute_offset"} <= _types(ch, unique_name).keys()
 
 
+def test_an_exactly_once_table_from_before_topic_ids_is_migrated(
+        ch: Any, admin: Any, unique_name: str) -> None:
+    """A table written by an exactly-once worker that did not store topic ids: plan adds the
+    column and tags the rows with the topic's current id, except rows at partition 0 offset 0
+    (what rows from before the table was exactly-once read), so the watermark survives and
+    no old row ever counts as one."""
+    from chute import kafka
+    from sync_worker.writer import ClickHouseWriter
+
+    admin.create_topic(kafka.TopicConfig(unique_name, 2, {}))
+    try:
+        ch.execute(f"CREATE TABLE `{unique_name}` (id String, keep Int64, "
+                   "_chute_partition UInt32, _chute_offset UInt64) "
+                   "ENGINE = MergeTree ORDER BY id")
+        rows = [("before-1", 0, 0, 0), ("before-2", 0, 0, 0)]  # from before exactly-once
+        rows += [(f"p0-{o}", 0, 0, o) for o in range(1, 6)]
+        rows += [(f"p1-{o}", 0, 1, o) for o in range(4)]
+        ch.execute(f"INSERT INTO `{unique_name}` (id, keep, _chute_partition, _chute_offset) "
+                   "VALUES", rows)
+        pipeline = IngestPipeline[WithoutOld](unique_name, {
+            "stream": {"partitions": 2, "delivery": "exactly_once"}, "dead_letter_queue": False})
+        topic_id = admin.topic_ids([unique_name])[unique_name]
+        conn, plan = _plan(pipeline)
+        conn.close()
+        assert [a.kind for a in plan.actions] == ["add_column", "backfill_topic_id"]
+        assert "_chute_topic_id String" in plan.actions[0].description
+        assert topic_id in plan.describe()
+        _apply(pipeline)
+        tagged = dict(ch.execute(f"SELECT _chute_topic_id, count() FROM `{unique_name}` "
+                                 "GROUP BY _chute_topic_id"))
+        assert tagged == {"": 2, topic_id: 9}
+        writer = ClickHouseWriter(ch, "default")
+        assert writer.read_watermarks(unique_name, topic_id) == {0: 5, 1: 3}
+        again = _apply(pipeline)
+        assert again.actions == []
+    finally:
+        admin.delete_topic(unique_name)
+
+
 def test_cli_plan_and_apply_flag_and_exit_codes(
         ch: Any, unique_name: str, schema_dir: Path) -> None:
     schemas = ""

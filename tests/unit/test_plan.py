@@ -273,3 +273,24 @@ def test_status_notes_a_table_that_differs_from_its_model() -> None:
     assert schema_note(definition, drifted, "db") == (
         "table db.events differs from its model: 1 change to apply, 1 warning "
         "(chute plan lists them)")
+
+
+def test_an_exactly_once_table_without_topic_ids_is_tagged_or_warned_about() -> None:
+    definition = OlapTable[Event]("events").definition(OLD_SERVER, exactly_once=True)
+    old = _existing({**CURRENT, "_chute_partition": "UInt32", "_chute_offset": "UInt64"})
+    plan = Plan()
+    plan_tables([definition], {"events": old}, "db", plan, topic_ids={"events": "t-1"})
+    assert [a.kind for a in plan.actions] == ["add_column", "backfill_topic_id"]
+    assert plan.actions[1].sql == (
+        "ALTER TABLE `db`.`events` UPDATE `_chute_topic_id` = 't-1' WHERE `_chute_topic_id` = ''"
+        " AND NOT (`_chute_partition` = 0 AND `_chute_offset` = 0)")
+    assert plan.actions[1].mutation_of == ("db", "events")
+    unknown = Plan()
+    plan_tables([definition], {"events": old}, "db", unknown)
+    assert [a.kind for a in unknown.actions] == ["add_column"]
+    assert "no longer count as a watermark" in unknown.warnings[0]
+    # A table switched to exactly-once just now: its rows are never tagged.
+    fresh = Plan()
+    plan_tables([definition], {"events": _existing(CURRENT)}, "db", fresh,
+                topic_ids={"events": "t-1"})
+    assert [a.kind for a in fresh.actions] == ["add_column"] * 3
