@@ -17,7 +17,7 @@ import orjson
 import pytest
 
 from testkit.seed import TEST_SEED
-from tests.e2e.stack import Stack
+from tests.e2e.stack import Stack, end_offsets
 from tests.faults.accounting import RssSampler, account, committed_offsets
 from tests.support import ROOT, wait_for
 
@@ -385,15 +385,17 @@ def test_insert_answers_lost_after_clickhouse_applied_them(make_stack: MakeStack
         assert outcome.duplicated > 0
 
 
-def test_exactly_once_refuses_a_re_created_topic(make_stack: MakeStack, admin: Any) -> None:
-    """The topic is deleted and created again under the same name: its offsets restart at 0,
-    below the table's watermark. The worker must not skip the new records to the old mark."""
+def test_exactly_once_survives_a_re_created_topic(make_stack: MakeStack, admin: Any) -> None:
+    """The topic is deleted and created again under the same name, with more records than the
+    old watermark: its offsets restart at 0 under a new topic id, so the rows of the old
+    topic are no watermark for it. Every new record is inserted once, none is skipped."""
     from chute.kafka import producer
 
     from tests.e2e.stack import event
     from tests.support import KAFKA
 
     stack = make_stack({"partitions": 1, "max_batch_wait": 0.3, "delivery": "exactly_once"})
+    old_id = admin.topic_ids([stack.name])[stack.name]
     p = producer(KAFKA)
     p.deliver(stack.name, [orjson.dumps(event(i)) for i in range(50)], 10)
     worker = stack.start_worker()
@@ -408,22 +410,54 @@ def test_exactly_once_refuses_a_re_created_topic(make_stack: MakeStack, admin: A
             return False  # the deletion is still in progress
         return stack.name in admin.topic_partitions()
     wait_for(recreated, 60, f"topic {stack.name} to be created again")
-    p.deliver(stack.name, [orjson.dumps(event(i)) for i in range(1_000, 1_005)], 10)
+    new_id = admin.topic_ids([stack.name])[stack.name]
+    assert new_id != old_id
+    p.deliver(stack.name, [orjson.dumps(event(i)) for i in range(1_000, 1_080)], 10)
     p.close(timeout=10)
-    worker = stack.start_worker(wait=False)
-    url = f"http://127.0.0.1:{worker.port}/health"
+    stack.start_worker()
+    stack.wait_count(130)
+    wait_for(lambda: committed_offsets(stack.group, stack.name)[0] == 80, 30,
+             "the new topic's records to be committed")
+    by_id = dict(stack.ch.execute(f"SELECT _chute_topic_id, count() FROM `{stack.name}` "
+                                  "GROUP BY _chute_topic_id"))
+    assert by_id == {old_id: 50, new_id: 80}
+    account(stack.ch, stack.name, [f"e{i}" for i in [*range(50), *range(1_000, 1_080)]],
+            "10. topic re-created (more records than the old watermark) under exactly-once",
+            "the watermark belongs to the old topic id")
 
-    def unhealthy() -> dict[str, Any] | None:
-        try:
-            answer = httpx.get(url, timeout=5)
-        except httpx.HTTPError:
-            return None  # not listening yet
-        return answer.json() if answer.status_code == 503 else None
 
-    problems = wait_for(unhealthy, 60, "/health to name the re-created topic")["problems"]
-    assert any(f"{stack.name}: failed" in p and "re-created" in p for p in problems), problems
-    assert stack.count() == 50  # nothing of the new topic inserted, nothing skipped silently
-    assert committed_offsets(stack.group, stack.name)[0] < 5
-    account(stack.ch, stack.name, [f"e{i}" for i in range(50)],
-            "10. topic re-created under an exactly-once table",
-            "pipeline failed with the reason, new records left uncommitted")
+def test_a_table_switched_to_exactly_once_inserts_offset_0_of_every_partition(
+        make_stack: MakeStack, admin: Any) -> None:
+    """A table with rows becomes exactly-once: the added position columns read partition 0
+    offset 0 in the old rows, and topic id ''. With no committed offset, the worker starts at
+    the earliest offset of every partition and inserts offset 0 too."""
+    from chute.kafka import producer
+
+    from tests.e2e.stack import event
+    from tests.support import KAFKA
+
+    partitions = 3
+    before = make_stack({"partitions": partitions, "max_batch_wait": 0.3})
+    p = producer(KAFKA)
+    p.deliver(before.name, [orjson.dumps(event(i)) for i in range(30)], 10)
+    p.close(timeout=10)
+    worker = before.start_worker()
+    before.wait_count(30)
+    worker.terminate()
+    after = make_stack({"partitions": partitions, "max_batch_wait": 0.3,
+                        "delivery": "exactly_once"}, name=before.name)
+    after.group = f"g2_{after.name}"  # a group that never committed
+    topic_id = admin.topic_ids([after.name])[after.name]
+    assert dict(after.ch.execute(
+        f"SELECT _chute_topic_id, count() FROM `{after.name}` GROUP BY _chute_topic_id")) == {
+        "": 30}
+    after.start_worker()
+    after.wait_count(60)
+    ends = end_offsets(after.name)
+    assert all(ends[part] > 0 for part in range(partitions)), ends
+    per_partition = dict(after.ch.execute(
+        f"SELECT _chute_partition, countIf(_chute_offset = 0) FROM `{after.name}` "
+        "WHERE _chute_topic_id = %(id)s GROUP BY _chute_partition", {"id": topic_id}))
+    assert per_partition == {part: 1 for part in range(partitions)}
+    assert after.count(where=f"WHERE _chute_topic_id = '{topic_id}'") == 30
+
