@@ -20,9 +20,8 @@ from chute import (
     Key,
     LowCardinality,
     OlapTable,
-    Stream,
 )
-from chute.ddl import render_create_table
+from chute.ddl import render_backfill_topic_id, render_create_table
 from chute.registry import load_definitions
 from pydantic import BaseModel
 
@@ -133,14 +132,16 @@ def test_every_engine_option_creates(current_ch: CurrentServer, options: dict[st
 
 def test_exactly_once_table_and_its_watermark_query(current_ch: CurrentServer) -> None:
     table = OlapTable[Versioned]("t")
-    Stream[Versioned]("t", {"destination": table, "delivery": "exactly_once"})
     current_ch.execute("CREATE DATABASE db")
-    current_ch.execute(render_create_table(table.definition(current_ch.profile), "db"))
-    current_ch.execute("INSERT INTO db.t (id, at, version, sign, _chute_partition, _chute_offset)"
-                       " VALUES ('a', now(), 1, 1, 0, 41), ('b', now(), 1, 1, 2, 7)")
+    current_ch.execute(render_create_table(
+        table.definition(current_ch.profile, exactly_once=True), "db"))
+    current_ch.execute("INSERT INTO db.t (id, at, version, sign, _chute_partition, _chute_offset,"
+                       " _chute_topic_id) VALUES ('a', now(), 1, 1, 0, 41, 'x'),"
+                       " ('b', now(), 1, 1, 2, 7, 'x'), ('c', now(), 1, 1, 2, 90, 'old')")
     rows = current_ch.rows("SELECT _chute_partition AS p, max(_chute_offset) AS o FROM db.t "
-                           "GROUP BY _chute_partition ORDER BY p")
+                           "WHERE _chute_topic_id = 'x' GROUP BY _chute_partition ORDER BY p")
     assert rows == [{"p": 0, "o": 41}, {"p": 2, "o": 7}]
+    current_ch.execute(render_backfill_topic_id("db", "t", "y"))  # a mutation parses and runs
 
 
 def test_the_example_schemas_create_with_their_dead_letter_tables(
