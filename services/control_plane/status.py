@@ -1,6 +1,8 @@
 """`chute status`: per pipeline, the topic's partitions and the sync group's lag (read from Kafka:
 committed offsets against end offsets), records/s into the topic and rows/s into the table
-(growth between two readings), the table's row count and its dead letters (rows of `<name>_dlq`).
+(growth between two readings), the table's row count and its dead letters (rows of `<name>_dlq`);
+then the sync workers in the group (as the group coordinator describes them: worker id, host,
+assigned partitions), so a stack where no worker runs says so.
 
 The view is a pure function of readings (`render`, `rates`); `StatusSource` takes the readings
 from Kafka and ClickHouse, and `run` prints once or, with `--watch`, redraws until Ctrl-C.
@@ -75,6 +77,7 @@ class Snapshot:
     group: str
     pipelines: tuple[PipelineState, ...]
     problems: tuple[str, ...] = ()  # servers that could not be read
+    workers: tuple[kafka.GroupMember, ...] | None = None  # the group's members; None: not read
 
 
 @dataclass(frozen=True)
@@ -174,6 +177,7 @@ def render(current: Snapshot, previous: Snapshot | None = None, *, source: str =
         lines.extend(extra.get(index, []))
     if not current.pipelines:
         lines.append("(no streams defined: check CHUTE_SCHEMAS)")
+    lines += render_workers(current)
     notes = [f"{p.name}: {note}" for p in current.pipelines for note in p.notes]
     if previous is None and current.pipelines:
         notes.append("IN/S and OUT/S appear from the second reading" if watch is not None
@@ -183,6 +187,27 @@ def render(current: Snapshot, previous: Snapshot | None = None, *, source: str =
     lines.extend(f"! {problem}" for problem in current.problems)
     lines.extend(f"  {note}" for note in notes)
     return "\n".join(lines) + "\n"
+
+
+def _partition_list(partitions: Sequence[TopicPartition]) -> str:
+    by_topic: dict[str, list[int]] = {}
+    for tp in sorted(partitions):
+        by_topic.setdefault(tp.topic, []).append(tp.partition)
+    return " ".join(f"{topic}:{','.join(map(str, parts))}" for topic, parts in by_topic.items())
+
+
+def render_workers(current: Snapshot) -> list[str]:
+    """The sync workers in the group, or the warning that none runs."""
+    if current.workers is None:
+        return []
+    if not current.workers:
+        if not any(p.table for p in current.pipelines):
+            return []
+        return ["", f"! no sync worker runs in group {current.group}: nothing moves records "
+                    "from the topics to the tables"]
+    rows = [[m.client_id, m.host, _partition_list(m.partitions) or "(none assigned)"]
+            for m in current.workers]
+    return ["", *_table(("WORKER", "HOST", "ASSIGNED PARTITIONS"), rows, right=set())]
 
 
 def schema_note(definition: TableDefinition, have: ExistingTable, database: str) -> str | None:
@@ -229,6 +254,7 @@ class StatusSource:
         problems: list[str] = []
         notes: dict[str, list[str]] = {s.name: [] for s in self.streams}
         offsets = self._read_kafka(problems, notes)
+        workers = self._read_workers(problems) if offsets is not None else None
         counts = self._read_clickhouse(problems, notes)
         pipelines = []
         for stream in self.streams:
@@ -243,7 +269,15 @@ class StatusSource:
                 notes=tuple(notes[stream.name]),
             ))
         return Snapshot(self.clock(), datetime.now(UTC), self.settings.sync_group,
-                        tuple(pipelines), tuple(problems))
+                        tuple(pipelines), tuple(problems), workers)
+
+    def _read_workers(self, problems: list[str]) -> tuple[kafka.GroupMember, ...] | None:
+        try:
+            return tuple(self._admin.describe_group(self.settings.sync_group))
+        except Exception as exc:
+            problems.append(f"Kafka: the members of group {self.settings.sync_group}: "
+                            f"{_error(exc)}")
+            return None
 
     def _read_kafka(self, problems: list[str],
                     notes: dict[str, list[str]]) -> dict[str, tuple[PartitionState, ...]] | None:

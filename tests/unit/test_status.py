@@ -191,3 +191,25 @@ def test_watch_interval_must_be_positive_seconds(value: str,
         main(["status", "--watch", value])
     assert exit_info.value.code == 2
     assert "--watch" in capsys.readouterr().err
+
+
+def test_render_lists_the_workers_or_says_that_none_runs() -> None:
+    from dataclasses import replace
+
+    from chute.kafka import GroupMember, TopicPartition
+
+    members = (
+        GroupMember("w1-a", "w1", "10.0.0.5", (TopicPartition("events", 0),
+                                               TopicPartition("events", 1),
+                                               TopicPartition("clicks", 0))),
+        GroupMember("w2-b", "w2", "10.0.0.6", ()),
+    )
+    text = render(replace(snapshot(1.0, pipeline()), workers=members))
+    assert (
+        "WORKER  HOST      ASSIGNED PARTITIONS\n"
+        "w1      10.0.0.5  clicks:0 events:0,1\n"
+        "w2      10.0.0.6  (none assigned)\n") in text
+    none = render(replace(snapshot(1.0, pipeline()), workers=()))
+    assert "! no sync worker runs in group chute-sync" in none
+    unread = render(snapshot(1.0, pipeline()))
+    assert "WORKER" not in unread and "no sync worker" not in unread

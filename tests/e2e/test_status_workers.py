@@ -1,0 +1,52 @@
+"""`chute status` lists the sync workers of the group from the real broker, and says so when
+none runs (a stopped worker, or one never started)."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from chute.kafka import TopicPartition
+from chute.registry import load_definitions
+from control_plane.status import StatusSettings, StatusSource
+
+from tests.e2e.stack import Stack
+from tests.support import CH_HOST, CH_PORT, KAFKA, PYTHON, ROOT, wait_for
+
+pytestmark = pytest.mark.e2e
+
+PARTITIONS = 2
+
+
+def test_status_lists_the_workers_and_says_when_none_runs(
+        make_stack: Callable[..., Stack]) -> None:
+    stack = make_stack({"partitions": PARTITIONS, "max_batch_wait": 0.3})
+    settings = StatusSettings(kafka_bootstrap=KAFKA, clickhouse_host=CH_HOST,
+                              clickhouse_port=CH_PORT, sync_group=stack.group)
+    source = StatusSource(settings, load_definitions(str(stack.schema_dir)))
+    try:
+        assert source.snapshot().workers == ()
+        worker = stack.start_worker()
+
+        def assigned() -> Any:
+            workers = source.snapshot().workers
+            return workers if workers and workers[0].partitions else None
+
+        [member] = wait_for(assigned, 30, "the worker in chute status")
+        assert member.client_id == "w1" and member.host == "127.0.0.1"
+        dlq = f"{stack.name}_dlq"  # the dead-letter stream syncs into its table too
+        assert set(member.partitions) == {TopicPartition(dlq, 0), *(
+            TopicPartition(stack.name, p) for p in range(PARTITIONS))}
+        shown = subprocess.run([PYTHON, "-m", "control_plane", "status"], cwd=ROOT,
+                               env=stack.env(), capture_output=True, text=True, timeout=60)
+        assert shown.returncode == 0, shown.stderr
+        assert f"w1      127.0.0.1  {stack.name}:0,1 {dlq}:0" in shown.stdout, shown.stdout
+        worker.terminate()
+        wait_for(lambda: source.snapshot().workers == (), 30, "the worker to leave the group")
+    finally:
+        source.close()
+    shown = subprocess.run([PYTHON, "-m", "control_plane", "status"], cwd=ROOT,
+                           env=stack.env(), capture_output=True, text=True, timeout=60)
+    assert f"! no sync worker runs in group {stack.group}" in shown.stdout, shown.stdout
