@@ -2,7 +2,8 @@
 committed offsets against end offsets), records/s into the topic and rows/s into the table
 (growth between two readings), the table's row count and its dead letters (rows of `<name>_dlq`);
 then the sync workers in the group (as the group coordinator describes them: worker id, host,
-assigned partitions), so a stack where no worker runs says so.
+assigned partitions) with the state each reports for its pipelines (`chute.sync_status`), so a
+stack where no worker runs, or a pipeline that is stuck, says so with the reason.
 
 The view is a pure function of readings (`render`, `rates`); `StatusSource` takes the readings
 from Kafka and ClickHouse, and `run` prints once or, with `--watch`, redraws until Ctrl-C.
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol, TextIO
 
-from chute import clickhouse, kafka
+from chute import clickhouse, kafka, sync_status
 from chute.clickhouse import ExistingTable
 from chute.ddl import TableDefinition
 from chute.kafka import TopicPartition
@@ -78,6 +79,7 @@ class Snapshot:
     pipelines: tuple[PipelineState, ...]
     problems: tuple[str, ...] = ()  # servers that could not be read
     workers: tuple[kafka.GroupMember, ...] | None = None  # the group's members; None: not read
+    reports: tuple[sync_status.PipelineReport, ...] = ()  # what those members last reported
 
 
 @dataclass(frozen=True)
@@ -205,9 +207,28 @@ def render_workers(current: Snapshot) -> list[str]:
             return []
         return ["", f"! no sync worker runs in group {current.group}: nothing moves records "
                     "from the topics to the tables"]
-    rows = [[m.client_id, m.host, _partition_list(m.partitions) or "(none assigned)"]
-            for m in current.workers]
-    return ["", *_table(("WORKER", "HOST", "ASSIGNED PARTITIONS"), rows, right=set())]
+    by_worker: dict[str, list[sync_status.PipelineReport]] = {}
+    for report in current.reports:
+        by_worker.setdefault(report.worker, []).append(report)
+    rows = []
+    stuck = []
+    for m in current.workers:
+        mine = by_worker.get(m.client_id, [])
+        rows.append([m.client_id, m.host, _pipeline_summary(mine),
+                     _partition_list(m.partitions) or "(none assigned)"])
+        stuck += [f"! {r.worker}: pipeline {r.pipeline} {r.state} for {r.stopped_seconds:.0f}s"
+                  f": {r.reason}" for r in mine if r.state != "flowing"]
+    table = _table(("WORKER", "HOST", "PIPELINES", "ASSIGNED PARTITIONS"), rows, right=set())
+    return ["", *table, *stuck]
+
+
+def _pipeline_summary(reports: Sequence[sync_status.PipelineReport]) -> str:
+    if not reports:
+        return "(no report yet)"
+    counts: dict[str, int] = {}
+    for report in reports:
+        counts[report.state] = counts.get(report.state, 0) + 1
+    return ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
 
 
 def schema_note(definition: TableDefinition, have: ExistingTable, database: str) -> str | None:
@@ -256,6 +277,7 @@ class StatusSource:
         offsets = self._read_kafka(problems, notes)
         workers = self._read_workers(problems) if offsets is not None else None
         counts = self._read_clickhouse(problems, notes)
+        reports = self._read_reports(workers, problems) if counts is not None else ()
         pipelines = []
         for stream in self.streams:
             table = stream.destination.name if stream.destination is not None else None
@@ -269,7 +291,20 @@ class StatusSource:
                 notes=tuple(notes[stream.name]),
             ))
         return Snapshot(self.clock(), datetime.now(UTC), self.settings.sync_group,
-                        tuple(pipelines), tuple(problems), workers)
+                        tuple(pipelines), tuple(problems), workers, reports)
+
+    def _read_reports(self, workers: tuple[kafka.GroupMember, ...] | None,
+                      problems: list[str]) -> tuple[sync_status.PipelineReport, ...]:
+        names = sorted({m.client_id for m in workers or ()})
+        # Only the pipelines defined here: a worker id may have run other definitions before.
+        defined = set(self.defs.streams)
+        try:
+            found = sync_status.read_reports(self._ch, self.settings.clickhouse_database, names)
+            return tuple(r for r in found if r.pipeline in defined)
+        except Exception as exc:
+            problems.append(f"ClickHouse: the workers' pipeline states: {_error(exc)}")
+            self._close_clickhouse()
+            return ()
 
     def _read_workers(self, problems: list[str]) -> tuple[kafka.GroupMember, ...] | None:
         try:

@@ -20,6 +20,7 @@ from chute.typemap import UnsupportedTypeError
 from sync_worker.http import serve
 from sync_worker.pipeline_state import health as pipelines_health
 from sync_worker.settings import SyncSettings
+from sync_worker.status_report import StatusReporter
 from sync_worker.worker import MODEL_MISMATCH, SyncWorker, build_routes
 from sync_worker.writer import ClickHouseWriter
 
@@ -92,6 +93,9 @@ def main() -> int:
         }
 
     serve(settings.sync_host, settings.sync_port, health)
+    StatusReporter(lambda: clickhouse.connect(settings, profile), settings.clickhouse_database,
+                   settings.sync_worker_id, worker.pipeline_states, worker.clock,
+                   settings.sync_status_interval_seconds).start()
 
     def on_signal(signum: int, _frame: Any) -> None:
         log.info("signal received", signal=signal.Signals(signum).name)

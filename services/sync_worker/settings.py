@@ -25,6 +25,8 @@ class SyncSettings(CommonSettings):
     sync_retry_budget: int = Field(5, ge=0)
     # /health answers 503 when a pipeline failed or has not flowed for this many seconds.
     sync_health_paused_seconds: float = Field(30.0, gt=0)
+    # How often each pipeline's state is written for `chute status` (chute.sync_status).
+    sync_status_interval_seconds: float = Field(5.0, gt=0)
     # On shutdown, how long a last flush may take before its rows are dropped
     # (they are re-delivered, since their offsets are not committed).
     sync_shutdown_flush_seconds: float = Field(20.0, gt=0)

@@ -10,10 +10,12 @@ import orjson
 import pytest
 from chute.fingerprint import FINGERPRINT_HEADER
 from chute.kafka import producer
+from chute.registry import load_definitions
+from control_plane.status import StatusSettings, StatusSource, render
 
 from tests.e2e.stack import EVENT_SCHEMA, Stack, event
 from tests.faults.accounting import committed_offsets
-from tests.support import KAFKA, wait_for
+from tests.support import CH_HOST, CH_PORT, KAFKA, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -52,6 +54,25 @@ def test_a_pipeline_stuck_on_a_missing_column_does_not_stall_the_other(
     assert "No such column" in report["pipelines"][stuck.name]["reason"]
     assert report["pipelines"][flowing.name]["state"] == "flowing"
     assert any(p.startswith(f"{stuck.name}: paused") for p in report["problems"])
+    # `chute status` names the stuck pipeline and its error, from the worker's own report.
+    status = StatusSource(StatusSettings(kafka_bootstrap=KAFKA, clickhouse_host=CH_HOST,
+                                         clickhouse_port=CH_PORT, sync_group=flowing.group),
+                          load_definitions(f"{flowing.schema_dir},{stuck.schema_dir}"))
+    try:
+        def reported() -> dict[str, Any] | None:
+            snap = status.snapshot()
+            states = {r.pipeline: r for r in snap.reports}
+            return states if stuck.name in states and states[stuck.name].state == "paused" \
+                else None
+
+        states = wait_for(reported, 20, f"chute status to name {stuck.name}")
+        snapshot = status.snapshot()
+    finally:
+        status.close()
+    assert "No such column" in states[stuck.name].reason
+    assert states[flowing.name].state == "flowing"
+    screen = render(snapshot)
+    assert f"! w1: pipeline {stuck.name} paused for " in screen and "No such column" in screen
     # The other pipeline keeps its rows arriving within seconds, batch after batch.
     for round_ in range(1, 4):
         send(flowing, round_ * 50, 50)

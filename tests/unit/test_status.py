@@ -197,6 +197,7 @@ def test_render_lists_the_workers_or_says_that_none_runs() -> None:
     from dataclasses import replace
 
     from chute.kafka import GroupMember, TopicPartition
+    from chute.sync_status import PipelineReport
 
     members = (
         GroupMember("w1-a", "w1", "10.0.0.5", (TopicPartition("events", 0),
@@ -204,11 +205,18 @@ def test_render_lists_the_workers_or_says_that_none_runs() -> None:
                                                TopicPartition("clicks", 0))),
         GroupMember("w2-b", "w2", "10.0.0.6", ()),
     )
-    text = render(replace(snapshot(1.0, pipeline()), workers=members))
+    reports = (
+        PipelineReport("w1", "clicks", "flowing", "", 0.0, TAKEN),
+        PipelineReport("w1", "events", "paused", "schema error: No such column n", 42.0, TAKEN),
+        PipelineReport("gone", "events", "failed", "an old worker", 1.0, TAKEN),
+    )
+    text = render(replace(snapshot(1.0, pipeline()), workers=members, reports=reports))
     assert (
-        "WORKER  HOST      ASSIGNED PARTITIONS\n"
-        "w1      10.0.0.5  clicks:0 events:0,1\n"
-        "w2      10.0.0.6  (none assigned)\n") in text
+        "WORKER  HOST      PIPELINES            ASSIGNED PARTITIONS\n"
+        "w1      10.0.0.5  1 flowing, 1 paused  clicks:0 events:0,1\n"
+        "w2      10.0.0.6  (no report yet)      (none assigned)\n"
+        "! w1: pipeline events paused for 42s: schema error: No such column n\n") in text
+    assert "gone" not in text  # not a member of the group: its report is not current
     none = render(replace(snapshot(1.0, pipeline()), workers=()))
     assert "! no sync worker runs in group chute-sync" in none
     unread = render(snapshot(1.0, pipeline()))
