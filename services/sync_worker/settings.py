@@ -5,6 +5,9 @@ import socket
 from chute.settings import CommonSettings
 from pydantic import Field, model_validator
 
+# What SyncWorker.shutdown gives the dead-letter producer after the last flush.
+SHUTDOWN_PRODUCER_FLUSH_SECONDS = 5.0
+
 
 class SyncSettings(CommonSettings):
     sync_host: str = "127.0.0.1"
@@ -30,6 +33,10 @@ class SyncSettings(CommonSettings):
     # On shutdown, how long a last flush may take before its rows are dropped
     # (they are re-delivered, since their offsets are not committed).
     sync_shutdown_flush_seconds: float = Field(20.0, gt=0)
+    # How long the supervisor waits after SIGTERM before SIGKILL (compose's stop_grace_period
+    # and the dev runner's grace are 30 s): the shutdown flush, the dead-letter producer's
+    # flush and leaving the group must fit in it.
+    sync_stop_grace_seconds: float = Field(30.0, gt=0)
     # On revocation, how long the flush of the buffered rows may keep retrying before they
     # are dropped (the next owner re-reads them). An insert under way finishes first. The
     # rebalance waits for it, inside poll(), while the client keeps heartbeating.
@@ -42,6 +49,22 @@ class SyncSettings(CommonSettings):
     # Fault injection for the fault suite: SIGKILL this process right after its N-th insert,
     # before the offsets are committed (the worst moment for duplicates). 0 = off.
     sync_fault_kill_after_inserts: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _timeouts_agree(self) -> SyncSettings:
+        if self.sync_retry_initial_seconds > self.sync_retry_max_seconds:
+            raise ValueError(
+                f"sync_retry_initial_seconds ({self.sync_retry_initial_seconds:g}) is above "
+                f"sync_retry_max_seconds ({self.sync_retry_max_seconds:g})")
+        needed = self.sync_shutdown_flush_seconds + SHUTDOWN_PRODUCER_FLUSH_SECONDS
+        if needed >= self.sync_stop_grace_seconds:
+            raise ValueError(
+                f"sync_shutdown_flush_seconds ({self.sync_shutdown_flush_seconds:g}) plus the "
+                f"dead-letter producer's flush ({SHUTDOWN_PRODUCER_FLUSH_SECONDS:g} s) must end "
+                f"before sync_stop_grace_seconds ({self.sync_stop_grace_seconds:g}), when the "
+                "supervisor sends SIGKILL: lower the flush, or raise the grace (and compose's "
+                "stop_grace_period with it)")
+        return self
 
     @model_validator(mode="after")
     def _rebalance_budget_fits(self) -> SyncSettings:

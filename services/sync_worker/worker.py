@@ -39,7 +39,7 @@ from sync_worker.rows import (
     field_names,
     fits_model,
 )
-from sync_worker.settings import SyncSettings
+from sync_worker.settings import SHUTDOWN_PRODUCER_FLUSH_SECONDS, SyncSettings
 from sync_worker.writer import InsertStillRunning, Isolator, Writer, first_missing, new_query_id
 
 log = structlog.get_logger()
@@ -198,7 +198,7 @@ class SyncWorker:
             log.warning("shutdown flush abandoned; rows will be re-delivered", error=str(exc))
         self.closing = True
         self.consumer.close()
-        self.producer.flush(timeout=5)
+        self.producer.flush(timeout=SHUTDOWN_PRODUCER_FLUSH_SECONDS)
         log.info("left the consumer group")
 
     # --- the loop -----------------------------------------------------------------------
