@@ -7,14 +7,18 @@ seam's promise (callbacks on the polling thread), `KafkaPythonConsumer.poll()` h
 client's own `poll()` to a private thread and waits on a queue; the listener posts each group
 event on that queue and awaits a `kafka.future.Future` that the polling thread completes once
 the caller's callback returned. Heartbeats continue meanwhile (the IO thread only awaits), and
-the polling thread may commit revoked partitions while the join waits.
+the polling thread may commit revoked partitions while the join waits. While the caller does
+not poll (a long insert), that thread keeps polling with every partition paused, so a group
+join in flight completes and heartbeats resume (`KafkaPythonConsumer._keep_alive`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import queue
 import threading
+import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -150,6 +154,8 @@ class KafkaPythonProducer:
 
 # --- consumer ----------------------------------------------------------------------------
 
+_LOG = logging.getLogger("chute.kafka.kafkapython")
+
 
 @dataclass
 class _GroupEvent:
@@ -218,6 +224,12 @@ class KafkaPythonConsumer:
         self.results: queue.Queue[_GroupEvent | _Fetched] = queue.Queue()
         self._requests: queue.Queue[tuple[int, int] | None] = queue.Queue()
         self._poller: threading.Thread | None = None
+        # Keep-alive polls while the caller is busy elsewhere (an insert): see _keep_alive.
+        self._keep_alive_seconds = options.heartbeat_interval_ms / 1000
+        self._max_poll_interval = options.max_poll_interval_ms / 1000
+        self._last_caller_poll = time.monotonic()
+        self._caller_paused: set[TopicPartition] = set()
+        self._paused_lock = threading.Lock()
 
     @property
     def cooperative(self) -> bool:
@@ -234,7 +246,11 @@ class KafkaPythonConsumer:
 
     def _poll_forever(self) -> None:
         while True:
-            request = self._requests.get()
+            try:
+                request = self._requests.get(timeout=self._keep_alive_seconds)
+            except queue.Empty:
+                self._keep_alive()
+                continue
             if request is None:
                 return
             timeout_ms, max_records = request
@@ -250,6 +266,7 @@ class KafkaPythonConsumer:
             self._poller = threading.Thread(target=self._poll_forever, name="kafka-poll",
                                             daemon=True)
             self._poller.start()
+        self._last_caller_poll = time.monotonic()
         self._requests.put((max(0, int(timeout * 1000)),
                             max_records or self._consumer.config["max_poll_records"]))
         failure: BaseException | None = None
@@ -269,6 +286,37 @@ class KafkaPythonConsumer:
             if item.error is not None:
                 raise _error(item.error, "poll") from item.error
             return self._convert(item.records or {})
+
+    def _keep_alive(self) -> None:
+        """kafka-python stops heartbeating while its JoinGroup/SyncGroup round trip is in
+        flight and starts again only in the next poll() after it completed. A rebalance that
+        begins just before the caller starts a long insert would leave the member silent for
+        longer than the session timeout, and the broker evicts it. So while the caller does
+        not poll, this thread polls with every partition paused: the group protocol goes on
+        (rebalance callbacks are queued for the caller's next poll, as always) and no record
+        is taken. Records of a partition assigned during this poll, which was not paused yet,
+        are put back by seeking to the first of them."""
+        if time.monotonic() - self._last_caller_poll > self._max_poll_interval / 2:
+            # The caller hangs: let max_poll_interval remove the member, as it should (the
+            # client counts from its last poll, a keep-alive one too: at most 1.5 times it).
+            return
+        try:
+            assigned = set(self._consumer.assignment())
+            with self._paused_lock:
+                paused_here = {p for p in assigned if _tp(p) not in self._caller_paused}
+            if paused_here:
+                self._consumer.pause(*paused_here)
+            fetched = self._consumer.poll(timeout_ms=100)
+            for ktp, messages in fetched.items():
+                if messages:
+                    self._consumer.seek(ktp, messages[0].offset)
+            with self._paused_lock:
+                resume = [p for p in paused_here | set(self._consumer.assignment())
+                          if _tp(p) not in self._caller_paused]
+            if resume:
+                self._consumer.resume(*resume)
+        except Exception:  # the caller's next poll reports the client's trouble
+            _LOG.debug("keep-alive poll failed", exc_info=True)
 
     def _wake_io_loop(self) -> None:
         """Completing the event's future from this thread only queues the listener's
@@ -311,10 +359,16 @@ class KafkaPythonConsumer:
             raise _error(exc, f"seek {partition.topic}:{partition.partition}") from None
 
     def pause(self, partitions: Iterable[TopicPartition]) -> None:
-        self._consumer.pause(*[_ktp(tp) for tp in partitions])
+        tps = list(partitions)
+        with self._paused_lock:
+            self._caller_paused.update(tps)
+            self._consumer.pause(*[_ktp(tp) for tp in tps])
 
     def resume(self, partitions: Iterable[TopicPartition]) -> None:
-        self._consumer.resume(*[_ktp(tp) for tp in partitions])
+        tps = list(partitions)
+        with self._paused_lock:
+            self._caller_paused.difference_update(tps)
+            self._consumer.resume(*[_ktp(tp) for tp in tps])
 
     def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
         if not offsets:
