@@ -320,8 +320,9 @@ class IngestService:
                     self.executor, self._decode_and_send, pipeline, body, content_type,
                     waiter, deadline), remaining())
             else:
-                # First request to this topic: decode (bad input is answered as such even
-                # when Kafka is down), then wait for the topic's metadata in the other pool.
+                # First request to this topic, or its partitions are due for a refresh:
+                # decode (bad input is answered as such even when Kafka is down), then wait
+                # for the topic's metadata in the other pool.
                 batch = await asyncio.wait_for(loop.run_in_executor(
                     self.executor, pipeline.codec.decode, body, content_type), remaining())
                 if len(batch):

@@ -8,6 +8,10 @@ Partitions are chosen here, not by kafka-python's partitioner:
 - records without a key are dealt round-robin over the partitions, continuing from request to
   request, so even single-record requests spread evenly.
 
+A topic's partitions are looked up once and then again every PARTITIONS_REFRESH_SECONDS (a
+metadata request to the broker takes milliseconds: asking on every request capped the API at a
+few hundred requests per second); partitions added in between are used after the refresh.
+
 Every record carries the header `chute-model` (`chute.fingerprint`): the fingerprint of the
 model that validated it, computed once per topic when the sink is made.
 
@@ -22,8 +26,9 @@ import asyncio
 import contextlib
 import itertools
 import threading
+import time
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 from chute.fingerprint import FINGERPRINT_HEADER, model_fingerprint
@@ -31,6 +36,8 @@ from chute.kafka import DeliveryCallback, Headers, KafkaClientError
 from pydantic import BaseModel
 
 from ingest_api.body import EncodedBatch
+
+PARTITIONS_REFRESH_SECONDS = 10.0
 
 
 class Producer(Protocol):
@@ -113,26 +120,35 @@ class AckWaiter:
 class KafkaSink:
     """Sends batches to topics; one per app, shared by all pipelines."""
 
-    def __init__(self, producer: Producer, models: Mapping[str, type[BaseModel]]) -> None:
+    def __init__(self, producer: Producer, models: Mapping[str, type[BaseModel]],
+                 clock: Callable[[], float] = time.monotonic) -> None:
         """`models`: the model of each topic's records, whose fingerprint goes on each one."""
         self.producer = producer
         self._headers: dict[str, Headers] = {
             topic: ((FINGERPRINT_HEADER, model_fingerprint(model).encode()),)
             for topic, model in models.items()}
         self._round_robin = RoundRobin()
-        self._known: set[str] = set()  # topics whose metadata the producer has had
+        self._clock = clock
+        # topic -> (its partitions, when they were looked up); replaced whole, never mutated
+        self._partitions: dict[str, tuple[list[int], float]] = {}
 
     def knows(self, topic: str) -> bool:
-        """True once the producer had the topic's metadata: send() will not wait for it."""
-        return topic in self._known
+        """True while the topic's partitions are fresh: send() will not ask the broker."""
+        known = self._partitions.get(topic)
+        return known is not None and self._clock() - known[1] < PARTITIONS_REFRESH_SECONDS
 
     def partitions(self, topic: str) -> list[int]:
-        """The topic's partitions; blocks up to the producer's max_block_ms for metadata."""
+        """Looks the topic's partitions up; blocks up to the producer's max_block_ms."""
         found = self.producer.partitions_for(topic)
         if not found:
             raise LookupError(f"no partitions known for topic {topic!r}")
-        self._known.add(topic)
-        return sorted(found)
+        partitions = sorted(found)
+        self._partitions[topic] = (partitions, self._clock())
+        return partitions
+
+    def _known_partitions(self, topic: str) -> list[int]:
+        known = self._partitions.get(topic)
+        return known[0] if known is not None else self.partitions(topic)
 
     def send(self, topic: str, batch: EncodedBatch, waiter: AckWaiter) -> None:
         """Hand every record to the producer (no flush); waiter learns of each outcome.
@@ -144,7 +160,7 @@ class KafkaSink:
         waiter.expect(count)
         if count == 0:
             return
-        partitions = self.partitions(topic)
+        partitions = self._known_partitions(topic)
         if batch.keys is not None:
             chosen = key_partitions(batch.keys, partitions)
             keys: Sequence[bytes | None] = batch.keys
