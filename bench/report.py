@@ -86,6 +86,9 @@ def ingest_rows(ingest: dict[str, Any]) -> list[Row]:
                   f"p99 {_n(run['p99_ms'])} ms")
         if bad or run["errors"]:
             detail += f"; non-200: {bad or ''} {run['errors'] or ''}".rstrip()
+        if run.get("generator_cpu_s") is not None:
+            detail += (f"; {run['generator']} used {run['generator_cpu_s']:.1f} CPU-s in "
+                       f"{run['seconds']:.1f} s")
         rows.append(("ingest", run["label"], _n(run["records_per_s"], "records/s"), detail))
     for key in ("kcat", "kafka_python"):
         run = ingest.get(key)
