@@ -29,7 +29,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Mapping, Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from chute.fingerprint import FINGERPRINT_HEADER, model_fingerprint
 from chute.kafka import DeliveryCallback, Headers, KafkaClientError
@@ -48,6 +48,17 @@ class Producer(Protocol):
              on_delivery: DeliveryCallback | None = None) -> None: ...
 
     def partitions_for(self, topic: str) -> list[int]: ...
+
+
+@runtime_checkable
+class BatchProducer(Producer, Protocol):
+    """A producer that takes many records in one call (chute.kafka's confluent-kafka one) and
+    can refuse at once instead of blocking when its queue is full."""
+
+    def send_batch(self, topic: str, values: Sequence[bytes],
+                   keys: Sequence[bytes | None], partitions: Sequence[int],
+                   headers: Headers, on_delivery: DeliveryCallback,
+                   block: bool = True) -> None: ...
 
 
 def key_partitions(keys: Sequence[bytes], partitions: Sequence[int]) -> list[int]:
@@ -128,6 +139,7 @@ class KafkaSink:
             topic: ((FINGERPRINT_HEADER, model_fingerprint(model).encode()),)
             for topic, model in models.items()}
         self._round_robin = RoundRobin()
+        self._batch = producer if isinstance(producer, BatchProducer) else None
         self._clock = clock
         # topic -> (its partitions, when they were looked up); replaced whole, never mutated
         self._partitions: dict[str, tuple[list[int], float]] = {}
@@ -150,11 +162,18 @@ class KafkaSink:
         known = self._partitions.get(topic)
         return known[0] if known is not None else self.partitions(topic)
 
-    def send(self, topic: str, batch: EncodedBatch, waiter: AckWaiter) -> None:
+    @property
+    def sends_without_blocking(self) -> bool:
+        """True when send(block=False) never blocks: it may run on the event loop."""
+        return self._batch is not None
+
+    def send(self, topic: str, batch: EncodedBatch, waiter: AckWaiter,
+             block: bool = True) -> None:
         """Hand every record to the producer (no flush); waiter learns of each outcome.
 
         May block up to max_block_ms (metadata unknown, buffer full) and raise; records handed
         over before the exception may still reach Kafka (the client retries: at-least-once).
+        `block` False (only where sends_without_blocking): a full buffer raises at once.
         """
         count = len(batch)
         waiter.expect(count)
@@ -167,9 +186,13 @@ class KafkaSink:
         else:
             chosen = self._round_robin.take(topic, count, partitions)
             keys = [None] * count
+        headers = self._headers[topic]
+        if self._batch is not None:
+            self._batch.send_batch(topic, batch.values, keys, chosen, headers,
+                                   waiter.on_delivery, block)
+            return
         send = self.producer.send
         on_delivery = waiter.on_delivery
-        headers = self._headers[topic]
         for value, key, partition in zip(batch.values, keys, chosen, strict=True):
             send(topic, value, key=key, partition=partition, headers=headers,
                  on_delivery=on_delivery)
