@@ -10,11 +10,13 @@ the API)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import zlib
 from dataclasses import dataclass
 from typing import Any
 
+import psutil
 from chute.kafka import KafkaClientError, ProducerOptions, client_from_env
 from chute.kafka import producer as kafka_producer
 
@@ -22,6 +24,7 @@ from bench import wrk
 from bench.context import Context, Pipeline
 from bench.infra import BenchError, kcat_produce
 from bench.records import array_body, keyed_records, object_body, write_keyed_ndjson
+from bench.sync import cpu_seconds, server_pid
 from testkit.httpload import Connection, LoadResult, closed_loop, encode_request
 from testkit.processes import ServiceProcess
 from testkit.stats import percentile
@@ -78,6 +81,42 @@ def summarize(result: LoadResult, batch: int, concurrency: int) -> dict[str, Any
     }
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process and its children (an API started with several processes)."""
+    total = 0.0
+    with contextlib.suppress(psutil.Error):
+        root = psutil.Process(pid)
+        for proc in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                times = proc.cpu_times()
+                total += times.user + times.system
+    return total
+
+
+class CpuMeter:
+    """CPU seconds of the API (with its children) and of the broker over one measurement."""
+
+    def __init__(self, api_pid: int) -> None:
+        self.api_pid = api_pid
+        self.kafka_pid = server_pid("kafka")
+        self.used: dict[str, float] = {}
+        self._start: dict[str, float | None] = {}
+
+    def _read(self) -> dict[str, float | None]:
+        kafka = cpu_seconds(self.kafka_pid) if self.kafka_pid is not None else None
+        return {"ingest-api": tree_cpu_seconds(self.api_pid), "kafka": kafka}
+
+    def start(self) -> None:
+        self._start = self._read()
+
+    def stop(self) -> None:
+        end = self._read()
+        for label, value in end.items():
+            first = self._start.get(label)
+            if value is not None and first is not None:
+                self.used[label] = round(value - first, 2)
+
+
 def summarize_wrk(result: wrk.WrkResult, batch: int, concurrency: int) -> dict[str, Any]:
     seconds = result.seconds
     ok = result.ok
@@ -105,19 +144,24 @@ def run_http(ctx: Context, ingest: ServiceProcess, pipeline: Pipeline, options: 
     """One measurement; with wrk when `bodies` are given and wrk is installed."""
     kind = "1-record" if batch == 1 else f"{batch:,}-record"
     label = f"{prefix}ingest-api {kind} requests, {concurrency} connection{'s' * (concurrency > 1)}"
+    cpu = CpuMeter(ingest.pid)
     if bodies is not None and wrk.available():
         ctx.progress.status(f"{label}: wrk for {options.seconds:g} s")
         profile = ctx.profiler.start(profile_label, ingest.pid) if profile_label else None
+        cpu.start()
         try:
             measured = wrk.run("127.0.0.1", ingest.port, f"/ingest/{pipeline.name}", bodies,
                                concurrency, options.seconds, ctx.run_dir)
         finally:
+            cpu.stop()
             ctx.profiler.stop(profile)
         ctx.progress.done()
         summary = summarize_wrk(measured, batch, concurrency)
         summary["label"] = label
+        _add_cpu(summary, cpu.used)
         _report(ctx, summary)
         return summary
+    cpu.start()
 
     def tick(result: LoadResult, elapsed: float) -> None:
         rate = result.records / elapsed if elapsed else 0
@@ -129,21 +173,35 @@ def run_http(ctx: Context, ingest: ServiceProcess, pipeline: Pipeline, options: 
         result = asyncio.run(closed_loop("127.0.0.1", ingest.port, requests, concurrency,
                                          options.seconds, tick))
     finally:
+        cpu.stop()
         ctx.profiler.stop(profile)
     ctx.progress.done()
     summary = summarize(result, batch, concurrency)
     summary["label"] = label
     summary["generator"] = "python (testkit.httpload, in the bench process)"
+    _add_cpu(summary, cpu.used)
     _report(ctx, summary)
     return summary
+
+
+def _add_cpu(summary: dict[str, Any], used: dict[str, float]) -> None:
+    """CPU seconds of the API and the broker during the measurement, and the API's CPU
+    microseconds per acknowledged record: comparable across runs on a busy machine, where
+    records/s depend on what else runs."""
+    summary["cpu_s"] = used
+    api = used.get("ingest-api")
+    records = summary["records"]
+    summary["api_cpu_us_per_record"] = round(api * 1e6 / records, 1) if api and records else None
 
 
 def _report(ctx: Context, summary: dict[str, Any]) -> None:
     bad = {k: v for k, v in summary["statuses"].items() if k != "200"}
     cpu = summary.get("generator_cpu_s")
+    per_record = summary.get("api_cpu_us_per_record")
     ctx.progress.step(f"ingest: {summary['label']}: {summary['records_per_s']:,} records/s, "
                       f"p50 {summary['p50_ms']} ms, p99 {summary['p99_ms']} ms"
                       + (f", generator CPU {cpu} s" if cpu is not None else "")
+                      + (f", API {per_record} CPU-us/record" if per_record else "")
                       + (f", non-200: {bad}" if bad else ""))
 
 

@@ -64,6 +64,10 @@ class IngestSettings(CommonSettings):
     # GIL: one thread is fastest (measured: 60k vs 41k records/s with two). Scale with
     # processes (replicas), not threads.
     ingest_worker_threads: int = Field(1, ge=1, le=64)
+    # Processes serving the port together (SO_REUSEPORT; ingest_api.replicas): each uses one
+    # core at most. 1: this process serves. Each process has its own metrics: /metrics shows
+    # the one process that answered the scrape.
+    ingest_processes: int = Field(1, ge=1, le=64)
     # How often the pipelines' tables are checked for a column per field of their model
     # (ingest_api.gate: records are refused with 503 until they are).
     ingest_column_check_seconds: float = Field(5.0, gt=0, le=3600)
