@@ -58,6 +58,10 @@ class IngestSettings(CommonSettings):
     # decompressed) by all requests; beyond either, answer 503 at once instead of queueing.
     ingest_max_in_flight_requests: int = Field(64, ge=1)
     ingest_max_in_flight_bytes: int = Field(256 * MIB, ge=1024)
+    # How long the producer waits for more records before it sends a batch to Kafka. A few
+    # milliseconds let the records of concurrent requests share one produce request (fewer,
+    # larger requests for the client and the broker); it adds at most this much to an answer.
+    ingest_linger_ms: int = Field(0, ge=0, le=1000)
     # Retry-After (seconds) sent with 503 answers.
     ingest_retry_after_seconds: int = Field(1, ge=1, le=3600)
     # Threads that decode bodies and hand records to the Kafka producer. The work holds the
@@ -113,7 +117,7 @@ class IngestSettings(CommonSettings):
         do not linger in the producer's buffer for the default two minutes.
         """
         ack_ms = int(self.ingest_ack_timeout_seconds * 1000)
-        linger_ms = 0  # a request's records are sent together anyway; no wait for more
+        linger_ms = self.ingest_linger_ms
         request_timeout_ms = max(1000, min(10_000, ack_ms))
         return ProducerOptions(
             client_id="chute-ingest",
