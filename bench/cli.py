@@ -106,6 +106,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="connections for batch requests")
     g.add_argument("--ingest-batch-size", type=_positive(int), default=1000,
                    help="records per batch request")
+    g.add_argument("--ingest-processes", type=_positive(int), default=1,
+                   help="CHUTE_INGEST_PROCESSES of the measured ingest API (SO_REUSEPORT "
+                        "copies on one port)")
     g.add_argument("--ingest-baseline", type=Path, metavar="DIR",
                    help="also measure the ingest API of another source tree (its services/ "
                         "and shared/, e.g. an export of main), each measurement right "
@@ -289,7 +292,8 @@ def run_ingest_and_latency(ctx: Context, args: argparse.Namespace,
     ctx.progress.step("ingest/latency: creating topics and tables, starting the ingest API")
     ctx.servers.apply([p.schema_dir for p in pipelines.values()],
                       ctx.run_dir / "apply-ingest.log")
-    api = ctx.service("ingest-api", "ingest_api", list(pipelines.values()))
+    api = ctx.service("ingest-api", "ingest_api", list(pipelines.values()),
+                      CHUTE_INGEST_PROCESSES=str(args.ingest_processes))
     api.start(wait_healthy=False)
     ctx.sampler.track(api.label, api.pid)
     baseline = None
