@@ -73,5 +73,8 @@ def supervise(count: int) -> int:
                 stop_all()
         time.sleep(POLL_SECONDS)
     if code == 0:
-        code = next((c.returncode for c in children if c.returncode), 0)
+        # uvicorn re-raises the SIGTERM it stopped on once it has shut down: a copy ended by
+        # it stopped cleanly.
+        code = next((c.returncode for c in children
+                     if c.returncode not in (0, -signal.SIGTERM)), 0)
     return code if code >= 0 else 128 - code  # killed by a signal: 128 + its number
