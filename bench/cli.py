@@ -106,6 +106,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="connections for batch requests")
     g.add_argument("--ingest-batch-size", type=_positive(int), default=1000,
                    help="records per batch request")
+    g.add_argument("--ingest-processes", type=_positive(int), default=1,
+                   help="CHUTE_INGEST_PROCESSES of the measured ingest API (SO_REUSEPORT "
+                        "copies on one port)")
+    g.add_argument("--ingest-baseline", type=Path, metavar="DIR",
+                   help="also measure the ingest API of another source tree (its services/ "
+                        "and shared/, e.g. an export of main), each measurement right "
+                        "before this tree's, on the same pipeline")
     g.add_argument("--kcat-records", type=_positive(int), default=1_000_000,
                    help="records produced with kcat -P")
     g.add_argument("--kafka-python-records", type=_positive(int), default=300_000,
@@ -285,11 +292,20 @@ def run_ingest_and_latency(ctx: Context, args: argparse.Namespace,
     ctx.progress.step("ingest/latency: creating topics and tables, starting the ingest API")
     ctx.servers.apply([p.schema_dir for p in pipelines.values()],
                       ctx.run_dir / "apply-ingest.log")
-    api = ctx.service("ingest-api", "ingest_api", list(pipelines.values()))
+    api = ctx.service("ingest-api", "ingest_api", list(pipelines.values()),
+                      CHUTE_INGEST_PROCESSES=str(args.ingest_processes))
     api.start(wait_healthy=False)
     ctx.sampler.track(api.label, api.pid)
+    baseline = None
+    if args.ingest_baseline is not None and "ingest" in pipelines:
+        tree = args.ingest_baseline.resolve()
+        baseline = ctx.service("ingest-api-baseline", "ingest_api", [pipelines["ingest"]],
+                               PYTHONPATH=f"{tree / 'services'}:{tree / 'shared'}")
+        baseline.start(wait_healthy=False)
     try:
         api.wait_healthy(timeout=120)
+        if baseline is not None:
+            baseline.wait_healthy(timeout=120)
         if "ingest" in pipelines:
             section("ingest", lambda: ingest.run(ctx, ingest.IngestOptions(
                 seconds=args.ingest_seconds,
@@ -297,7 +313,8 @@ def run_ingest_and_latency(ctx: Context, args: argparse.Namespace,
                 batch_concurrency=args.ingest_batch_concurrency,
                 batch_size=args.ingest_batch_size,
                 kcat_records=args.kcat_records,
-                kafka_python_records=args.kafka_python_records), api, pipelines["ingest"]))
+                kafka_python_records=args.kafka_python_records), api, pipelines["ingest"],
+                baseline))
         if "latency" in pipelines:
             section("latency", lambda: latency.run(ctx, latency.LatencyOptions(
                 rate=args.latency_rate, batch=args.latency_batch,
@@ -307,6 +324,8 @@ def run_ingest_and_latency(ctx: Context, args: argparse.Namespace,
     finally:
         ctx.sampler.untrack(api.label)
         api.stop()
+        if baseline is not None:
+            baseline.stop()
 
 
 if __name__ == "__main__":

@@ -1,24 +1,30 @@
 """Ingest throughput: records/s the ingest API acknowledges (HTTP 200: Kafka acknowledged every
 record with acks=all) for 1-record and 1,000-record requests at a few concurrencies, each for
-a fixed time with every connection sending its next request as soon as it has an answer;
-next to the same records produced straight to Kafka by kcat (librdkafka, acks=all: the
-broker's limit here) and by kafka-python in-process with the ingest API's producer settings
-(the Python client's limit, which bounds the API)."""
+a fixed time with every connection sending its next request as soon as it has an answer
+(with wrk where it is installed, else with the Python generator in testkit.httpload; the
+generator and its own CPU time are in each result); next to the same records produced straight
+to Kafka by kcat (librdkafka, acks=all: the broker's limit here) and by the configured Python
+client in-process with the ingest API's producer settings (the client's limit, which bounds
+the API)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import zlib
 from dataclasses import dataclass
 from typing import Any
 
+import psutil
 from chute.kafka import KafkaClientError, ProducerOptions, client_from_env
 from chute.kafka import producer as kafka_producer
 
+from bench import wrk
 from bench.context import Context, Pipeline
 from bench.infra import BenchError, kcat_produce
 from bench.records import array_body, keyed_records, object_body, write_keyed_ndjson
+from bench.sync import cpu_seconds, server_pid
 from testkit.httpload import Connection, LoadResult, closed_loop, encode_request
 from testkit.processes import ServiceProcess
 from testkit.stats import percentile
@@ -75,11 +81,87 @@ def summarize(result: LoadResult, batch: int, concurrency: int) -> dict[str, Any
     }
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process and its children (an API started with several processes)."""
+    total = 0.0
+    with contextlib.suppress(psutil.Error):
+        root = psutil.Process(pid)
+        for proc in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                times = proc.cpu_times()
+                total += times.user + times.system
+    return total
+
+
+class CpuMeter:
+    """CPU seconds of the API (with its children) and of the broker over one measurement."""
+
+    def __init__(self, api_pid: int) -> None:
+        self.api_pid = api_pid
+        self.kafka_pid = server_pid("kafka")
+        self.used: dict[str, float] = {}
+        self._start: dict[str, float | None] = {}
+
+    def _read(self) -> dict[str, float | None]:
+        kafka = cpu_seconds(self.kafka_pid) if self.kafka_pid is not None else None
+        return {"ingest-api": tree_cpu_seconds(self.api_pid), "kafka": kafka}
+
+    def start(self) -> None:
+        self._start = self._read()
+
+    def stop(self) -> None:
+        end = self._read()
+        for label, value in end.items():
+            first = self._start.get(label)
+            if value is not None and first is not None:
+                self.used[label] = round(value - first, 2)
+
+
+def summarize_wrk(result: wrk.WrkResult, batch: int, concurrency: int) -> dict[str, Any]:
+    seconds = result.seconds
+    ok = result.ok
+    return {
+        "batch": batch,
+        "concurrency": concurrency,
+        "seconds": round(seconds, 3),
+        "requests": result.requests,
+        "records": ok * batch,
+        "records_per_s": round(ok * batch / seconds) if seconds else 0,
+        "requests_per_s": round(ok / seconds) if seconds else 0,
+        "p50_ms": round(result.p50_ms, 2),
+        "p99_ms": round(result.p99_ms, 2),
+        "statuses": dict(sorted(result.statuses.items())),
+        "errors": result.errors,
+        "generator": f"wrk -t{result.threads}",
+        "generator_cpu_s": round(result.cpu_seconds, 2),
+    }
+
+
 def run_http(ctx: Context, ingest: ServiceProcess, pipeline: Pipeline, options: IngestOptions,
              batch: int, concurrency: int, requests: list[tuple[bytes, int]],
-             profile_label: str | None) -> dict[str, Any]:
+             profile_label: str | None, bodies: list[bytes] | None = None,
+             prefix: str = "") -> dict[str, Any]:
+    """One measurement; with wrk when `bodies` are given and wrk is installed."""
     kind = "1-record" if batch == 1 else f"{batch:,}-record"
-    label = f"ingest-api {kind} requests, {concurrency} connection{'s' * (concurrency > 1)}"
+    label = f"{prefix}ingest-api {kind} requests, {concurrency} connection{'s' * (concurrency > 1)}"
+    cpu = CpuMeter(ingest.pid)
+    if bodies is not None and wrk.available():
+        ctx.progress.status(f"{label}: wrk for {options.seconds:g} s")
+        profile = ctx.profiler.start(profile_label, ingest.pid) if profile_label else None
+        cpu.start()
+        try:
+            measured = wrk.run("127.0.0.1", ingest.port, f"/ingest/{pipeline.name}", bodies,
+                               concurrency, options.seconds, ctx.run_dir)
+        finally:
+            cpu.stop()
+            ctx.profiler.stop(profile)
+        ctx.progress.done()
+        summary = summarize_wrk(measured, batch, concurrency)
+        summary["label"] = label
+        _add_cpu(summary, cpu.used)
+        _report(ctx, summary)
+        return summary
+    cpu.start()
 
     def tick(result: LoadResult, elapsed: float) -> None:
         rate = result.records / elapsed if elapsed else 0
@@ -91,15 +173,36 @@ def run_http(ctx: Context, ingest: ServiceProcess, pipeline: Pipeline, options: 
         result = asyncio.run(closed_loop("127.0.0.1", ingest.port, requests, concurrency,
                                          options.seconds, tick))
     finally:
+        cpu.stop()
         ctx.profiler.stop(profile)
     ctx.progress.done()
     summary = summarize(result, batch, concurrency)
     summary["label"] = label
-    bad = {k: v for k, v in summary["statuses"].items() if k != "200"}
-    ctx.progress.step(f"ingest: {label}: {summary['records_per_s']:,} records/s, "
-                      f"p50 {summary['p50_ms']} ms, p99 {summary['p99_ms']} ms"
-                      + (f", non-200: {bad}" if bad else ""))
+    summary["generator"] = "python (testkit.httpload, in the bench process)"
+    _add_cpu(summary, cpu.used)
+    _report(ctx, summary)
     return summary
+
+
+def _add_cpu(summary: dict[str, Any], used: dict[str, float]) -> None:
+    """CPU seconds of the API and the broker during the measurement, and the API's CPU
+    microseconds per acknowledged record: comparable across runs on a busy machine, where
+    records/s depend on what else runs."""
+    summary["cpu_s"] = used
+    api = used.get("ingest-api")
+    records = summary["records"]
+    summary["api_cpu_us_per_record"] = round(api * 1e6 / records, 1) if api and records else None
+
+
+def _report(ctx: Context, summary: dict[str, Any]) -> None:
+    bad = {k: v for k, v in summary["statuses"].items() if k != "200"}
+    cpu = summary.get("generator_cpu_s")
+    per_record = summary.get("api_cpu_us_per_record")
+    ctx.progress.step(f"ingest: {summary['label']}: {summary['records_per_s']:,} records/s, "
+                      f"p50 {summary['p50_ms']} ms, p99 {summary['p99_ms']} ms"
+                      + (f", generator CPU {cpu} s" if cpu is not None else "")
+                      + (f", API {per_record} CPU-us/record" if per_record else "")
+                      + (f", non-200: {bad}" if bad else ""))
 
 
 def run_kcat(ctx: Context, pipeline: Pipeline, records: int) -> dict[str, Any]:
@@ -151,12 +254,19 @@ def run_kafka_python(ctx: Context, pipeline: Pipeline, records: int) -> dict[str
 
 
 def run(ctx: Context, options: IngestOptions, ingest: ServiceProcess,
-        pipeline: Pipeline) -> dict[str, Any]:
+        pipeline: Pipeline, baseline: ServiceProcess | None = None) -> dict[str, Any]:
+    """`baseline`: another ingest API on the same pipeline, measured right before `ingest`
+    in each measurement (labels start with "baseline")."""
     ctx.progress.step(f"ingest: {options.seconds:g} s per measurement against "
                       f"{ingest.label} (pid {ingest.pid})")
     singles = _requests(pipeline, ingest.port, 1, 20_000, "s")
     batches = _requests(pipeline, ingest.port, options.batch_size, 32, "b")
+    single_bodies = [object_body("s", n) for n in range(20_000)]
+    batch_bodies = [array_body("b", n * options.batch_size, options.batch_size)
+                    for n in range(32)]
     asyncio.run(_warm_up(ingest.port, [singles[0], batches[0]]))
+    if baseline is not None:
+        asyncio.run(_warm_up(baseline.port, [singles[0], batches[0]]))
     runs = []
     plan = [(1, c) for c in options.single_concurrency]
     plan += [(options.batch_size, c) for c in options.batch_concurrency]
@@ -164,8 +274,13 @@ def run(ctx: Context, options: IngestOptions, ingest: ServiceProcess,
         same_kind = [c for b, c in plan if b == batch]
         profile = (f"ingest-api-batch{batch}-c{concurrency}"
                    if concurrency == max(same_kind) else None)
+        bodies = single_bodies if batch == 1 else batch_bodies
+        if baseline is not None:
+            base = run_http(ctx, baseline, pipeline, options, batch, concurrency,
+                            singles if batch == 1 else batches, None, bodies, "baseline ")
+            runs.append(base)
         runs.append(run_http(ctx, ingest, pipeline, options, batch, concurrency,
-                             singles if batch == 1 else batches, profile))
+                             singles if batch == 1 else batches, profile, bodies))
     result: dict[str, Any] = {"pipeline": pipeline.name, "seconds_each": options.seconds,
                               "http": runs}
     result["kcat"] = run_kcat(ctx, pipeline, options.kcat_records)

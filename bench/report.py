@@ -86,6 +86,13 @@ def ingest_rows(ingest: dict[str, Any]) -> list[Row]:
                   f"p99 {_n(run['p99_ms'])} ms")
         if bad or run["errors"]:
             detail += f"; non-200: {bad or ''} {run['errors'] or ''}".rstrip()
+        if run.get("api_cpu_us_per_record"):
+            used = run.get("cpu_s", {})
+            detail += (f"; API {run['api_cpu_us_per_record']:,} CPU-us/record (CPU-s: API "
+                       f"{used.get('ingest-api', 0):.1f}, Kafka {used.get('kafka', 0):.1f})")
+        if run.get("generator_cpu_s") is not None:
+            detail += (f"; {run['generator']} used {run['generator_cpu_s']:.1f} CPU-s in "
+                       f"{run['seconds']:.1f} s")
         rows.append(("ingest", run["label"], _n(run["records_per_s"], "records/s"), detail))
     for key in ("kcat", "kafka_python"):
         run = ingest.get(key)

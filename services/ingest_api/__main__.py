@@ -18,6 +18,7 @@ from chute.server import ServerProfile, parse_version
 from chute.settings import load_settings
 from chute.typemap import UnsupportedTypeError
 
+from ingest_api import replicas
 from ingest_api.app import create_app
 from ingest_api.gate import ColumnGate, GateRefresher, table_needs
 from ingest_api.server import bounded_headers_protocol
@@ -109,6 +110,8 @@ def start_gate(settings: IngestSettings, definitions: Definitions,
 def main() -> int:
     settings = load_settings(IngestSettings)
     configure_logging(settings.log_format, settings.log_level, service="ingest-api")
+    if settings.ingest_processes > 1 and not replicas.is_replica():
+        return replicas.supervise(settings.ingest_processes)
     try:
         definitions = load_definitions(settings.schemas)
     except DefinitionError as exc:
@@ -161,7 +164,11 @@ def main() -> int:
             server.should_exit = True
         DefinitionsWatcher(settings.schemas, definitions, restart,
                            settings.reload_interval_seconds, service="ingest-api").start()
-    server.run()
+    if replicas.is_replica():
+        server.run(sockets=[replicas.reuse_port_socket(settings.ingest_host,
+                                                       settings.ingest_port)])
+    else:
+        server.run()
     if reload.is_set():
         reexec()
     return 0

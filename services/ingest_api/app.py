@@ -26,7 +26,9 @@ counted (chute_ingest_client_faults_total{kind="disconnected"}, code 499), not a
 
 The body is read and decoded by this module, not by FastAPI: a thread pool decodes, validates
 and hands the records to the producer (which may block for metadata or buffer space); the event
-loop only waits for the acknowledgements, collectively, through producer callbacks.
+loop only waits for the acknowledgements, collectively, through producer callbacks. Small
+bodies are decoded on the event loop itself when the producer can refuse instead of blocking
+(confluent-kafka): the hop to the pool and back cost more than the work.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ from fastapi.openapi.utils import get_openapi
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Receive, Scope, Send
 
 from ingest_api.body import BodyError, EncodedBatch, RecordCodec, SchemaError
 from ingest_api.decompress import CorruptBodyError, UnsupportedEncodingError, encoding_of
@@ -81,6 +84,10 @@ log = structlog.get_logger()
 
 UNKNOWN_PIPELINE = "_unknown"  # metric label for requests to names that are not pipelines
 CLIENT_GONE = "499"  # code label of requests whose client went away before its body arrived
+# Bodies up to this size are decoded and sent on the event loop (tens of microseconds for a
+# few records); larger ones in the pool, so that the loop keeps serving other connections.
+INLINE_BODY_BYTES = 8 * 1024
+INGEST_PREFIX = "/ingest/"
 
 
 def json_response(status: int, body: dict[str, Any],
@@ -94,6 +101,16 @@ class Pipeline:
     name: str
     topic: str
     codec: RecordCodec
+
+
+class SuccessMetrics:
+    """The series every acknowledged request of one pipeline updates, looked up once
+    (`labels()` costs several microseconds a call)."""
+
+    def __init__(self, name: str) -> None:
+        self.accepted = INGEST_RECORDS.labels(name, "accepted")
+        self.requests = INGEST_REQUESTS.labels(name, "200")
+        self.seconds = INGEST_REQUEST_SECONDS.labels(name)
 
 
 class Rejected(Exception):
@@ -133,6 +150,7 @@ class IngestService:
         }
         for name in self.pipelines:
             init_ingest_pipeline(name)
+        self._success = {name: SuccessMetrics(name) for name in self.pipelines}
         self.sink = KafkaSink(producer, {p.topic: p.codec.model for p in self.pipelines.values()})
         # Decoding and send() are CPU-bound under the GIL: one thread does it best (more
         # threads contend for the GIL and the accumulator locks). The first send to a topic
@@ -189,10 +207,6 @@ class IngestService:
         status = 500
         try:
             accepted = await self._ingest(request, pipeline, name)
-            status = 200
-            if accepted:
-                INGEST_RECORDS.labels(label, "accepted").inc(accepted)
-            return json_response(200, {"accepted": accepted})
         except Rejected as rejected:
             status = rejected.status
             if rejected.records:
@@ -206,9 +220,18 @@ class IngestService:
         except Exception:
             log.exception("ingest request failed", pipeline=label)
             return json_response(500, {"error": "internal error"})
+        else:
+            status = 200
+            success = self._success[name]
+            if accepted:
+                success.accepted.inc(accepted)
+            success.requests.inc()
+            success.seconds.observe(time.perf_counter() - started)
+            return json_response(200, {"accepted": accepted})
         finally:
-            INGEST_REQUESTS.labels(label, str(status)).inc()
-            INGEST_REQUEST_SECONDS.labels(label).observe(time.perf_counter() - started)
+            if status != 200:
+                INGEST_REQUESTS.labels(label, str(status)).inc()
+                INGEST_REQUEST_SECONDS.labels(label).observe(time.perf_counter() - started)
 
     async def _ingest(self, request: Request, pipeline: Pipeline | None, name: str) -> int:
         refused = self._check_key(request) if self.keys else None
@@ -315,13 +338,20 @@ class IngestService:
             return max(deadline - time.monotonic(), 0.001)
 
         try:
-            if self.sink.knows(pipeline.topic):  # the common case: one hop to the pool
+            if (len(body) <= INLINE_BODY_BYTES and self.sink.sends_without_blocking
+                    and self.sink.knows(pipeline.topic)):
+                # A small body costs less to decode and send here than the hop to the pool
+                # and back; a full producer queue is refused at once instead of waited on.
+                batch = pipeline.codec.decode(body, content_type)
+                self._send(pipeline, batch, waiter, deadline, block=False)
+            elif self.sink.knows(pipeline.topic):  # a large body: one hop to the pool
                 batch = await asyncio.wait_for(loop.run_in_executor(
                     self.executor, self._decode_and_send, pipeline, body, content_type,
                     waiter, deadline), remaining())
             else:
-                # First request to this topic: decode (bad input is answered as such even
-                # when Kafka is down), then wait for the topic's metadata in the other pool.
+                # First request to this topic, or its partitions are due for a refresh:
+                # decode (bad input is answered as such even when Kafka is down), then wait
+                # for the topic's metadata in the other pool.
                 batch = await asyncio.wait_for(loop.run_in_executor(
                     self.executor, pipeline.codec.decode, body, content_type), remaining())
                 if len(batch):
@@ -357,10 +387,10 @@ class IngestService:
         return batch
 
     def _send(self, pipeline: Pipeline, batch: EncodedBatch, waiter: AckWaiter,
-              deadline: float) -> None:
+              deadline: float, block: bool = True) -> None:
         if len(batch) and time.monotonic() >= deadline:
             raise TimeoutError  # the request was already answered 503: send nothing
-        self.sink.send(pipeline.topic, batch, waiter)
+        self.sink.send(pipeline.topic, batch, waiter, block)
 
     def _timed_out(self, pipeline: Pipeline, count: int | None) -> Rejected:
         timeout = self.settings.ingest_ack_timeout_seconds
@@ -450,6 +480,29 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+class IngestApp(FastAPI):
+    """FastAPI, except that POST /ingest/<name> (and /ingest/<name>/) goes straight to the
+    service: FastAPI's middlewares, routing and dependency solving cost more CPU than the
+    rest of a 1-record request. The service answers every outcome of it itself, errors
+    included. Everything else (health, metrics, docs, other methods, lifespan) is FastAPI's;
+    the ingest routes stay declared there for the OpenAPI schema."""
+
+    service: IngestService  # set by create_app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            path: str = scope["path"]
+            if path.startswith(INGEST_PREFIX):
+                name = path[len(INGEST_PREFIX):]
+                if name.endswith("/"):
+                    name = name[:-1]
+                if name and "/" not in name:
+                    response = await self.service.handle(Request(scope, receive), name)
+                    await response(scope, receive, send)
+                    return
+        await super().__call__(scope, receive, send)
+
+
 def create_app(settings: IngestSettings, definitions: Definitions, producer: Producer,
                on_shutdown: Callable[[], None] | None = None,
                profile: ServerProfile = OLD_SERVER, gate: ColumnGate | None = None) -> FastAPI:
@@ -471,12 +524,13 @@ def create_app(settings: IngestSettings, definitions: Definitions, producer: Pro
     # are configured: they list every pipeline and its fields). No redirects: POST
     # /ingest/<name>/ is served like /ingest/<name> instead of a 307 that drops the body.
     public = settings.docs_public
-    app = FastAPI(title="chute ingest API", version="0.1.0", lifespan=lifespan,
+    app = IngestApp(title="chute ingest API", version="0.1.0", lifespan=lifespan,
                   openapi_url="/openapi.json" if public else None,
                   docs_url="/docs" if public else None,
                   redoc_url="/redoc" if public else None,
                   redirect_slashes=False)
     app.state.service = service
+    app.service = service
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException) -> Response:

@@ -8,6 +8,10 @@ Partitions are chosen here, not by kafka-python's partitioner:
 - records without a key are dealt round-robin over the partitions, continuing from request to
   request, so even single-record requests spread evenly.
 
+A topic's partitions are looked up once and then again every PARTITIONS_REFRESH_SECONDS (a
+metadata request to the broker takes milliseconds: asking on every request capped the API at a
+few hundred requests per second); partitions added in between are used after the refresh.
+
 Every record carries the header `chute-model` (`chute.fingerprint`): the fingerprint of the
 model that validated it, computed once per topic when the sink is made.
 
@@ -22,15 +26,18 @@ import asyncio
 import contextlib
 import itertools
 import threading
+import time
 import zlib
-from collections.abc import Mapping, Sequence
-from typing import Protocol
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol, runtime_checkable
 
 from chute.fingerprint import FINGERPRINT_HEADER, model_fingerprint
 from chute.kafka import DeliveryCallback, Headers, KafkaClientError
 from pydantic import BaseModel
 
 from ingest_api.body import EncodedBatch
+
+PARTITIONS_REFRESH_SECONDS = 10.0
 
 
 class Producer(Protocol):
@@ -41,6 +48,17 @@ class Producer(Protocol):
              on_delivery: DeliveryCallback | None = None) -> None: ...
 
     def partitions_for(self, topic: str) -> list[int]: ...
+
+
+@runtime_checkable
+class BatchProducer(Producer, Protocol):
+    """A producer that takes many records in one call (chute.kafka's confluent-kafka one) and
+    can refuse at once instead of blocking when its queue is full."""
+
+    def send_batch(self, topic: str, values: Sequence[bytes],
+                   keys: Sequence[bytes | None], partitions: Sequence[int],
+                   headers: Headers, on_delivery: DeliveryCallback,
+                   block: bool = True) -> None: ...
 
 
 def key_partitions(keys: Sequence[bytes], partitions: Sequence[int]) -> list[int]:
@@ -113,47 +131,68 @@ class AckWaiter:
 class KafkaSink:
     """Sends batches to topics; one per app, shared by all pipelines."""
 
-    def __init__(self, producer: Producer, models: Mapping[str, type[BaseModel]]) -> None:
+    def __init__(self, producer: Producer, models: Mapping[str, type[BaseModel]],
+                 clock: Callable[[], float] = time.monotonic) -> None:
         """`models`: the model of each topic's records, whose fingerprint goes on each one."""
         self.producer = producer
         self._headers: dict[str, Headers] = {
             topic: ((FINGERPRINT_HEADER, model_fingerprint(model).encode()),)
             for topic, model in models.items()}
         self._round_robin = RoundRobin()
-        self._known: set[str] = set()  # topics whose metadata the producer has had
+        self._batch = producer if isinstance(producer, BatchProducer) else None
+        self._clock = clock
+        # topic -> (its partitions, when they were looked up); replaced whole, never mutated
+        self._partitions: dict[str, tuple[list[int], float]] = {}
 
     def knows(self, topic: str) -> bool:
-        """True once the producer had the topic's metadata: send() will not wait for it."""
-        return topic in self._known
+        """True while the topic's partitions are fresh: send() will not ask the broker."""
+        known = self._partitions.get(topic)
+        return known is not None and self._clock() - known[1] < PARTITIONS_REFRESH_SECONDS
 
     def partitions(self, topic: str) -> list[int]:
-        """The topic's partitions; blocks up to the producer's max_block_ms for metadata."""
+        """Looks the topic's partitions up; blocks up to the producer's max_block_ms."""
         found = self.producer.partitions_for(topic)
         if not found:
             raise LookupError(f"no partitions known for topic {topic!r}")
-        self._known.add(topic)
-        return sorted(found)
+        partitions = sorted(found)
+        self._partitions[topic] = (partitions, self._clock())
+        return partitions
 
-    def send(self, topic: str, batch: EncodedBatch, waiter: AckWaiter) -> None:
+    def _known_partitions(self, topic: str) -> list[int]:
+        known = self._partitions.get(topic)
+        return known[0] if known is not None else self.partitions(topic)
+
+    @property
+    def sends_without_blocking(self) -> bool:
+        """True when send(block=False) never blocks: it may run on the event loop."""
+        return self._batch is not None
+
+    def send(self, topic: str, batch: EncodedBatch, waiter: AckWaiter,
+             block: bool = True) -> None:
         """Hand every record to the producer (no flush); waiter learns of each outcome.
 
         May block up to max_block_ms (metadata unknown, buffer full) and raise; records handed
         over before the exception may still reach Kafka (the client retries: at-least-once).
+        `block` False (only where sends_without_blocking): a full buffer raises at once.
         """
         count = len(batch)
         waiter.expect(count)
         if count == 0:
             return
-        partitions = self.partitions(topic)
+        partitions = self._known_partitions(topic)
         if batch.keys is not None:
             chosen = key_partitions(batch.keys, partitions)
             keys: Sequence[bytes | None] = batch.keys
         else:
             chosen = self._round_robin.take(topic, count, partitions)
             keys = [None] * count
+        headers = self._headers[topic]
+        if self._batch is not None:
+            self._batch.send_batch(topic, batch.values, keys, chosen, headers,
+                                   waiter.on_delivery, block)
+            return
         send = self.producer.send
         on_delivery = waiter.on_delivery
-        headers = self._headers[topic]
         for value, key, partition in zip(batch.values, keys, chosen, strict=True):
             send(topic, value, key=key, partition=partition, headers=headers,
                  on_delivery=on_delivery)

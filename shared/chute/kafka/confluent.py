@@ -160,6 +160,34 @@ class ConfluentProducer:
             except KafkaException as exc:
                 raise _from_exception(exc, f"produce to {topic}") from None
 
+    def send_batch(self, topic: str, values: Sequence[bytes],
+                   keys: Sequence[bytes | None], partitions: Sequence[int],
+                   headers: Headers, on_delivery: DeliveryCallback,
+                   block: bool = True) -> None:
+        """send() for many records with one delivery callback and one header list: no
+        per-record closure or keyword dict (a third of the per-record cost of send()).
+
+        `block` False: a full local queue raises KafkaTimeout at once instead of waiting up
+        to max_block for space (for callers on an event loop). Records handed over before an
+        exception may still be delivered (their reports still arrive).
+        """
+        header_list: list[tuple[str, str | bytes | None]] = list(headers)
+
+        def report(err: KafkaError | None, _msg: Message) -> None:
+            on_delivery(None if err is None else _error(err, f"produce to {topic}"))
+
+        produce = self._producer.produce
+        for value, key, partition in zip(values, keys, partitions, strict=True):
+            try:
+                produce(topic, value, key, partition, report, headers=header_list)
+            except BufferError:
+                if not block:
+                    raise KafkaTimeout(f"producer buffer full (topic {topic})") from None
+                self.send(topic, value, key=key, partition=partition, headers=headers,
+                          on_delivery=on_delivery)  # waits for space up to max_block
+            except KafkaException as exc:
+                raise _from_exception(exc, f"produce to {topic}") from None
+
     def deliver(self, topic: str, values: Sequence[bytes], timeout: float) -> None:
         waiter = Waiter(len(values))
         for value in values:
