@@ -24,6 +24,7 @@ from chute.kafka.seam import (
     ProducerOptions,
     RebalanceListener,
     Record,
+    RecordBatch,
     RecordTooLarge,
     TopicConfig,
     TopicExists,
@@ -37,7 +38,7 @@ DEFAULT_CLIENT: KafkaClient = "confluent-kafka"
 __all__ = [
     "CLIENTS", "DEFAULT_CLIENT", "Admin", "CommitRebalanced", "Consumer", "ConsumerOptions",
     "DeliveryCallback", "Headers", "KafkaClient", "KafkaClientError", "KafkaTimeout",
-    "Producer", "ProducerOptions", "RebalanceListener", "Record", "RecordTooLarge",
+    "Producer", "ProducerOptions", "RebalanceListener", "Record", "RecordBatch", "RecordTooLarge",
     "TopicConfig", "TopicExists", "TopicPartition", "admin", "client_from_env", "consumer",
     "producer",
 ]
