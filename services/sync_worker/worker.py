@@ -14,16 +14,15 @@ import os
 import signal
 import threading
 import time
-from bisect import bisect_left, bisect_right
+from bisect import bisect_right
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import accumulate
 from typing import Any
 
 import structlog
 from chute import kafka, metrics
-from chute.fingerprint import FINGERPRINT_HEADER, model_fingerprint
-from chute.kafka import CommitRebalanced, Headers, KafkaClientError, RecordBatch, TopicPartition
+from chute.fingerprint import model_fingerprint
+from chute.kafka import CommitRebalanced, KafkaClientError, RecordBatch, TopicPartition
 from chute.pipeline import Stream
 from chute.registry import Definitions
 from chute.server import ServerProfile
@@ -31,6 +30,7 @@ from pydantic import BaseModel
 
 from sync_worker.buffer import TableBuffer
 from sync_worker.errors import DATA, UNKNOWN, classify
+from sync_worker.intake import model_header, one_model, run_end
 from sync_worker.pipeline_state import PipelineState, Status
 from sync_worker.policy import Backoff, BatchLimits, DeadLetterGuard, FlushReason
 from sync_worker.rows import (
@@ -249,7 +249,7 @@ class SyncWorker:
             buf.note_offset(tp, offsets[start - 1], self.clock())
         try:
             while start < n:
-                end = n if route.held is not None else _run_end(buf, batch.values, start, n)
+                end = n if route.held is not None else run_end(buf, batch.values, start, n)
                 if not self._accept_run(route, tp, batch, start, end):
                     return  # the pipeline takes nothing more
                 start = end
@@ -269,7 +269,7 @@ class SyncWorker:
         records (held for another model, or failed)."""
         values = batch.values[start:end]
         rows = None
-        if _one_model(batch.headers[start:end], route.fingerprint_bytes):
+        if one_model(batch.headers[start:end], route.fingerprint_bytes):
             rows = route.decoder.decode_all(values)
         if rows is None:
             return self._accept_each(route, tp, batch, start, end)
@@ -305,7 +305,7 @@ class SyncWorker:
         for i in range(start, end):
             offset = batch.offsets[i]
             value = batch.values[i]
-            model = _model_header(batch.headers[i])
+            model = model_header(batch.headers[i])
             row = decode(value)
             if (model is not None and model != fingerprint
                     and not fits_model(row, value, route.field_names)):
@@ -826,40 +826,6 @@ class SyncWorker:
             if end is None or done is None:
                 continue
             metrics.SYNC_CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, end - done))
-
-
-def _model_header(headers: Headers) -> bytes | None:
-    """The fingerprint of the model that validated the record (raw header bytes), if the
-    producer set one. Compared as bytes, decoded only to be logged."""
-    for key, value in headers:
-        if key == FINGERPRINT_HEADER:
-            return value
-    return None
-
-
-def _one_model(headers: list[Headers], fingerprint: bytes) -> bool:
-    """Whether every record of a run was validated by this model or carries no fingerprint:
-    true without a Python frame per record when they all carry the same headers."""
-    if not any(headers):
-        return True
-    first = headers[0]
-    if headers.count(first) != len(headers):
-        return False
-    model = _model_header(first)
-    return model is None or model == fingerprint
-
-
-def _run_end(buf: TableBuffer, values: list[bytes], start: int, n: int) -> int:
-    """Where the run of records from `start` ends: at the last one the buffer takes before
-    it is full, by rows or by bytes (the bytes of a record are those of its value)."""
-    end = min(n, start + max(1, buf.room))
-    run = values[start:end]
-    sizes = map(len, run) if None not in run else (len(v) if v else 0 for v in run)
-    if buf.size + sum(sizes) < buf.limits.max_bytes:
-        return end
-    sizes = map(len, run) if None not in run else (len(v) if v else 0 for v in run)
-    cumulative = list(accumulate(sizes, initial=buf.size))
-    return start + max(1, bisect_left(cumulative, buf.limits.max_bytes, 1))
 
 
 def _names(tps: Iterable[TopicPartition]) -> str:
