@@ -1,7 +1,8 @@
 """Memory per buffered row of the sync worker, measured with tracemalloc on the worker's own
-code: the same decoder (sync_worker.rows.RowDecoder) filling the same buffer
-(sync_worker.buffer.TableBuffer) with one full batch of Event records, then the columns the
-writer builds from it at flush time (ColumnBuilder.build), which exist next to the buffer
+code: the same decoder (sync_worker.rows.RowDecoder) and column builder filling the same
+columnar buffer (sync_worker.buffer.TableBuffer) with one full batch of Event records, in runs
+of one poll's size as the worker takes them; then what the insert adds on top (the columns
+with the exactly-once positions, ColumnBuilder.with_positions), which exists next to the buffer
 until the insert returns."""
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import gc
 import tracemalloc
 from typing import Any
 
-from chute.kafka import TopicPartition
+from chute.kafka import ConsumerOptions, TopicPartition
 from chute.pipeline import StreamConfig
 from chute.server import OLD_SERVER, ServerProfile
 from chute.typemap import columns_for
@@ -28,19 +29,25 @@ def buffered_row_bytes(rows: int, server: ServerProfile | None = None) -> dict[s
     limits = BatchLimits(max(rows, cfg.max_batch_rows), 1 << 40, cfg.max_batch_wait)
     decoder = RowDecoder(Event)
     profile = server or OLD_SERVER
-    builder = ColumnBuilder(columns_for(Event, profile), exactly_once=False)
+    builder = ColumnBuilder(columns_for(Event, profile), exactly_once=True)
+    run = ConsumerOptions("bench").max_poll_records
     gc.collect()
     tracemalloc.start()
     try:
         before, _ = tracemalloc.get_traced_memory()
-        buffer = TableBuffer("bench", "bench", limits)
+        buffer = TableBuffer("bench", "bench", limits, width=len(builder.columns))
         tp = TopicPartition("bench", 0)
-        for offset, value in enumerate(values):
-            row = decoder.decode(value)
-            buffer.note_offset(tp, offset, 0.0)
-            buffer.add(row, value, 0, offset, 1_714_564_800_000 + offset, 0.0)  # type: ignore[arg-type]
+        for start in range(0, rows, run):
+            chunk = values[start:start + run]
+            decoded = decoder.decode_all(chunk)
+            assert decoded is not None
+            offsets = list(range(start, start + len(chunk)))
+            buffer.extend(builder.columns_of(decoded), chunk, 0, offsets,
+                          [1_714_564_800_000 + o for o in offsets], 0.0)
+            buffer.note_offset(tp, offsets[-1], 0.0)
+            del chunk, decoded, offsets
         buffered, _ = tracemalloc.get_traced_memory()
-        columns = builder.build(buffer.rows, buffer.partitions, buffer.offsets)
+        columns = builder.with_positions(buffer.columns, buffer.partitions, buffer.offsets)
         built, _ = tracemalloc.get_traced_memory()
         del columns
     finally:
@@ -53,6 +60,6 @@ def buffered_row_bytes(rows: int, server: ServerProfile | None = None) -> dict[s
         "columns_bytes_per_row": round((built - buffered) / rows, 1),
         "batch_rows": cfg.max_batch_rows,
         "batch_buffer_mib": round((buffered - before) / rows * cfg.max_batch_rows / 2**20, 1),
-        "method": "tracemalloc around RowDecoder.decode + TableBuffer.add, then "
-                  "ColumnBuilder.build (Python heap only)",
+        "method": "tracemalloc around RowDecoder.decode_all + ColumnBuilder.columns_of + "
+                  "TableBuffer.extend, then ColumnBuilder.with_positions (Python heap only)",
     }

@@ -25,6 +25,8 @@ from sync_worker.worker import MODEL_MISMATCH, SyncWorker, build_routes
 from sync_worker.writer import ClickHouseWriter
 
 log = structlog.get_logger()
+# What the consumer fetches ahead of the worker (bounds its client-side queue too).
+_PREFETCH_BYTES = 8 * 1024 * 1024
 
 
 def _connect_clickhouse(settings: SyncSettings, deadline: float) -> Any:
@@ -65,7 +67,10 @@ def main() -> int:
         group_id=settings.sync_group, client_id=settings.sync_worker_id,
         session_timeout_ms=settings.sync_session_timeout_ms,
         heartbeat_interval_ms=settings.sync_session_timeout_ms // 4,
-        max_poll_interval_ms=settings.sync_max_poll_interval_ms))
+        max_poll_interval_ms=settings.sync_max_poll_interval_ms,
+        # Prefetched records cost the client several times their bytes in bookkeeping (small
+        # records: ~400 B each): 8 MiB is a few polls ahead, not hundreds of MiB of RSS.
+        fetch_max_bytes=_PREFETCH_BYTES, max_partition_fetch_bytes=_PREFETCH_BYTES // 4))
     producer = kafka.producer(settings.kafka_bootstrap, kafka.ProducerOptions(
         client_id=f"{settings.sync_worker_id}-dlq", linger_ms=20))
     admin = kafka.admin(settings.kafka_bootstrap)  # topic ids for exactly-once watermarks

@@ -14,20 +14,23 @@ import os
 import signal
 import threading
 import time
+from bisect import bisect_right
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
 from chute import kafka, metrics
-from chute.fingerprint import FINGERPRINT_HEADER, model_fingerprint
-from chute.kafka import CommitRebalanced, KafkaClientError, Record, TopicPartition
+from chute.fingerprint import model_fingerprint
+from chute.kafka import CommitRebalanced, KafkaClientError, RecordBatch, TopicPartition
 from chute.pipeline import Stream
 from chute.registry import Definitions
 from chute.server import ServerProfile
+from pydantic import BaseModel
 
 from sync_worker.buffer import TableBuffer
 from sync_worker.errors import DATA, UNKNOWN, classify
+from sync_worker.intake import model_header, one_model, run_end
 from sync_worker.pipeline_state import PipelineState, Status
 from sync_worker.policy import Backoff, BatchLimits, DeadLetterGuard, FlushReason
 from sync_worker.rows import (
@@ -94,6 +97,10 @@ class Route:
     held: HeldBatch | None = None
 
     @property
+    def fingerprint_bytes(self) -> bytes:
+        return self.fingerprint.encode()
+
+    @property
     def name(self) -> str:
         return self.stream.name
 
@@ -120,7 +127,7 @@ def build_routes(defs: Definitions, profile: ServerProfile,
             table=table.name,
             decoder=RowDecoder(stream.model, profile, cfg.extra),
             builder=ColumnBuilder(columns, exactly_once=stream.exactly_once),
-            buffer=TableBuffer(table.name, stream.topic, limits),
+            buffer=TableBuffer(table.name, stream.topic, limits, width=len(columns)),
             dead_letter_topic=stream.dead_letter.topic if stream.dead_letter else None,
             exactly_once=stream.exactly_once,
             state=PipelineState(Backoff(settings.sync_retry_initial_seconds,
@@ -224,9 +231,12 @@ class SyncWorker:
             self._next_lag_update = now + 5.0
             self.update_lag()
 
-    def accept(self, route: Route, tp: TopicPartition, messages: list[Record]) -> None:
-        """Decode one partition's messages into the route's buffer; flush whenever it is
-        full, so batches are exactly max_batch_rows. The hot loop of the worker.
+    def accept(self, route: Route, tp: TopicPartition, batch: RecordBatch) -> None:
+        """Validate one partition's records into the route's buffer; flush whenever it is
+        full, so batches are exactly max_batch_rows (or reach max_batch_bytes). The hot path
+        of the worker: runs of records are validated in one pass and appended column by
+        column; a run holding an invalid record, an empty one or one of another model
+        definition is taken record by record (`_accept_each`).
 
         A route that is retrying keeps what was already fetched (its partitions are paused,
         so that is bounded); a failed or held route takes nothing more: those records are
@@ -235,52 +245,92 @@ class SyncWorker:
         if not state.flowing and state.next_attempt is None:
             return
         buf = route.buffer
-        decode = route.decoder.decode
-        guard = route.guard
-        fingerprint = route.fingerprint.encode()
-        mark = self.watermarks.get(tp, -1) if route.exactly_once else -1
-        now = self.clock()
-        good = 0
+        offsets = batch.offsets
+        start, n = 0, len(offsets)
+        if route.exactly_once and n and offsets[0] <= self.watermarks.get(tp, -1):
+            # Already in the table (offsets ascend): skipped, but committed.
+            start = bisect_right(offsets, self.watermarks[tp])
+            buf.note_offset(tp, offsets[start - 1], self.clock())
         try:
-            for message in messages:
-                offset = message.offset
-                if offset <= mark:
-                    buf.note_offset(tp, offset, now)
-                    continue  # exactly-once: already in the table; skipped but committed
-                model = model_header(message)
-                value = message.value
-                row = decode(value)
-                if (model is not None and model != fingerprint
-                        and not fits_model(row, value, route.field_names)):
-                    guard.record(False, good)
-                    self._hold_for_model(route, tp, offset, model)
-                    return
-                buf.note_offset(tp, offset, now)
-                if isinstance(row, DecodeFailure):
-                    metrics.SYNC_ERRORS.labels(route.table, "decode").inc()
-                    guard.record(False, good)  # the good ones before it count first
-                    good = 0
-                    position = Position(tp.topic, tp.partition, offset, message.timestamp_ms)
-                    envelope = self.dead_letter(route, position, value, row.error_type,
-                                                row.error_message)
-                    if envelope is not None:
-                        buf.add_dead_letter(envelope, tp, offset, now)
-                    continue
-                buf.add(row, value, tp.partition, offset, message.timestamp_ms, now)
-                good += 1
+            while start < n:
+                end = n if route.held is not None else run_end(buf, batch.values, start, n)
+                if not self._accept_run(route, tp, batch, start, end):
+                    return  # the pipeline takes nothing more
+                start = end
                 if buf.full and route.held is None:
-                    guard.record(False, good)
-                    good = 0
-                    self.flush(route, FlushReason.ROWS if len(buf.rows) >= buf.limits.max_rows
+                    self.flush(route, FlushReason.ROWS if buf.count >= buf.limits.max_rows
                                else FlushReason.BYTES)
-                    now = self.clock()
                     if not state.flowing and state.next_attempt is None:
                         return
         except DeadLetterRatioExceeded as exc:
             self._stop_pipeline(route, str(exc))
             return
-        guard.record(False, good)
-        metrics.SYNC_BUFFERED_ROWS.labels(route.table).set(len(buf.rows))
+        metrics.SYNC_BUFFERED_ROWS.labels(route.table).set(buf.count)
+
+    def _accept_run(self, route: Route, tp: TopicPartition, batch: RecordBatch, start: int,
+                    end: int) -> bool:
+        """Records [start, end) into the buffer; False when the pipeline stopped taking
+        records (held for another model, or failed)."""
+        values = batch.values[start:end]
+        rows = None
+        if one_model(batch.headers[start:end], route.fingerprint_bytes):
+            rows = route.decoder.decode_all(values)
+        if rows is None:
+            return self._accept_each(route, tp, batch, start, end)
+        now = self.clock()
+        buf = route.buffer
+        buf.extend(route.builder.columns_of(rows), values, tp.partition,
+                   batch.offsets[start:end], batch.timestamps[start:end], now)
+        buf.note_offset(tp, batch.offsets[end - 1], now)
+        route.guard.record(False, len(rows))
+        return True
+
+    def _accept_each(self, route: Route, tp: TopicPartition, batch: RecordBatch, start: int,
+                     end: int) -> bool:
+        """Records [start, end) one at a time: invalid ones are dead-lettered, one of another
+        model definition that does not fit this one holds the pipeline. The valid ones are
+        buffered in one go at the end, in order."""
+        buf = route.buffer
+        decode = route.decoder.decode
+        guard = route.guard
+        fingerprint = route.fingerprint_bytes
+        now = self.clock()
+        good: list[int] = []
+        rows: list[BaseModel] = []
+        counted = 0  # of `good`, already told to the guard
+
+        def keep() -> None:
+            if good:
+                buf.extend(route.builder.columns_of(rows), [batch.values[i] for i in good],
+                           tp.partition, [batch.offsets[i] for i in good],
+                           [batch.timestamps[i] for i in good], now)
+            guard.record(False, len(good) - counted)
+
+        for i in range(start, end):
+            offset = batch.offsets[i]
+            value = batch.values[i]
+            model = model_header(batch.headers[i])
+            row = decode(value)
+            if (model is not None and model != fingerprint
+                    and not fits_model(row, value, route.field_names)):
+                keep()
+                self._hold_for_model(route, tp, offset, model)
+                return False
+            buf.note_offset(tp, offset, now)
+            if isinstance(row, DecodeFailure):
+                metrics.SYNC_ERRORS.labels(route.table, "decode").inc()
+                guard.record(False, len(good) - counted)  # the good ones before it first
+                counted = len(good)
+                position = Position(tp.topic, tp.partition, offset, batch.timestamps[i])
+                envelope = self.dead_letter(route, position, value, row.error_type,
+                                            row.error_message)
+                if envelope is not None:
+                    buf.add_dead_letter(envelope, tp, offset, now)
+                continue
+            good.append(i)
+            rows.append(row)
+        keep()
+        return True
 
     def dead_letter(self, route: Route, position: Position, payload: bytes | None,
                     error_type: str, message: str) -> bytes | None:
@@ -439,7 +489,7 @@ class SyncWorker:
         offsets to commit, or None when it failed (the route's state says what next)."""
         if route.held is None and route.buffer.pending:
             batch = route.buffer.detach()
-            route.held = HeldBatch(batch, reason, Isolator(len(batch.rows)))
+            route.held = HeldBatch(batch, reason, Isolator(batch.count))
         held = route.held
         offsets: dict[TopicPartition, int] = {}
         if held is not None:  # else the held batch was dropped (rebalance): nothing to retry
@@ -483,9 +533,9 @@ class SyncWorker:
         if not held.dead_letters_sent:
             self._produce_dead_letters(route, batch.dead_letters)
             held.dead_letters_sent = True
-        if batch.rows and not held.isolator.done:
+        if batch.count and not held.isolator.done:
             self._insert(route, held)
-        rows = len(batch.rows)
+        rows = batch.count
         self._maybe_inject_fault(rows)
         duration = time.perf_counter() - started
         if rows:
@@ -509,8 +559,9 @@ class SyncWorker:
         is unknown is reconciled against the table's watermark before anything is resent."""
         buf = held.batch
         if held.columns is None:
-            held.columns = route.builder.build(buf.rows, buf.partitions, buf.offsets,
-                                               self.topic_ids.get(route.stream.topic, ""))
+            held.columns = route.builder.with_positions(
+                buf.columns, buf.partitions, buf.offsets,
+                self.topic_ids.get(route.stream.topic, ""))
         data = held.columns
         names = route.builder.names
         isolator = held.isolator
@@ -625,7 +676,7 @@ class SyncWorker:
             metrics.SYNC_COMMITS.labels(tp.topic).inc()
 
     def _observe(self, route: Route, buf: TableBuffer, rows: int) -> None:
-        metrics.SYNC_ROWS_INSERTED.labels(route.table).inc(len(buf.rows))
+        metrics.SYNC_ROWS_INSERTED.labels(route.table).inc(buf.count)
         metrics.SYNC_BATCH_ROWS.labels(route.table).observe(rows)
         metrics.SYNC_BATCH_BYTES.labels(route.table).observe(buf.size)
         now_ms = time.time() * 1000
@@ -803,17 +854,6 @@ class SyncWorker:
             if end is None or done is None:
                 continue
             metrics.SYNC_CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, end - done))
-
-
-def model_header(message: Record) -> bytes | None:
-    """The fingerprint of the model that validated the record (raw header bytes), if the
-    producer set one. On the hot path: compared as bytes, decoded only to be logged."""
-    headers = message.headers
-    if headers:
-        for key, value in headers:
-            if key == FINGERPRINT_HEADER:
-                return value
-    return None
 
 
 def _names(tps: Iterable[TopicPartition]) -> str:

@@ -4,7 +4,7 @@ isolation on top of it."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from chute.ddl import OFFSET_COLUMN, PARTITION_COLUMN, TOPIC_ID_COLUMN
@@ -154,7 +154,7 @@ class Isolator:
             self.cursor = end
 
 
-def first_missing(partitions: list[int], offsets: list[int], lo: int, hi: int,
+def first_missing(partitions: Sequence[int], offsets: Sequence[int], lo: int, hi: int,
                   watermarks: dict[int, int]) -> int:
     """The first row of rows [lo, hi) whose offset is above its partition's watermark.
 

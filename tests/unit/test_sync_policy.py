@@ -6,7 +6,6 @@ import struct
 import pytest
 from chute.kafka import TopicPartition
 from clickhouse_driver import errors as ch_errors
-from pydantic import BaseModel
 from sync_worker.buffer import TableBuffer
 from sync_worker.errors import DATA, SCHEMA, TRANSIENT, UNKNOWN, classify
 from sync_worker.policy import Backoff, BatchLimits, DeadLetterGuard, flush_reason
@@ -24,32 +23,37 @@ def test_flush_by_rows_bytes_and_age() -> None:
     assert flush_reason(LIMITS, 0, 0, None, 99.0) is None
 
 
-class Row(BaseModel):
-    a: int
-
-
 def test_buffer_tracks_offsets_ranges_and_dead_letters() -> None:
-    buf = TableBuffer("t", "t", LIMITS)
+    buf = TableBuffer("t", "t", LIMITS, width=1)
     assert buf.due(10.0) is None
     t0, t1 = TopicPartition("t", 0), TopicPartition("t", 1)
     buf.note_offset(t0, 5, now=1.0)
-    buf.add(Row(a=1), b'{"a": 1}', 0, 5, 111, now=1.0)
+    buf.extend([[1]], [b'{"a": 1}'], 0, [5], [111], now=1.0)
     buf.note_offset(t1, 7, now=1.2)
-    buf.add(Row(a=2), b'{"a": 2}', 1, 7, 222, now=1.2)
+    buf.extend([[2]], [b'{"a": 2}'], 1, [7], [222], now=1.2)
     buf.add_dead_letter(b"{}", t0, 6, now=1.3)
     assert buf.last_offsets == {t0: 6, t1: 7}
     assert buf.describe_offsets() == "0:5-5,1:7-7"
     assert buf.position(1) == Position("t", 1, 7, 222)
+    assert buf.size == 16 and buf.room == 1
     assert not buf.full
-    buf.add(Row(a=3), b'{"a": 3}', 1, 8, 333, now=1.4)
+    buf.extend([[3]], [b'{"a": 3}'], 1, [8], [333], now=1.4)
     assert buf.full
     buf.remove({0})
-    assert buf.offsets == [7, 8] and buf.partitions == [1, 1] and len(buf.rows) == 2
-    assert buf.values == [b'{"a": 2}', b'{"a": 3}']  # the original bytes follow their rows
+    assert list(buf.offsets) == [7, 8] and list(buf.partitions) == [1, 1] and buf.count == 2
+    assert buf.columns == [[2, 3]]
+    assert [buf.values[0], buf.values[1]] == [b'{"a": 2}', b'{"a": 3}']  # bytes follow rows
     assert buf.due(1.5) is None
     assert buf.due(2.0) == "wait"
-    buf.clear()
-    assert not buf.pending
+    batch = buf.detach()
+    assert batch.count == 2 and buf.count == 0 and buf.columns == [[]] and not buf.pending
+
+
+def test_buffer_is_full_by_bytes() -> None:
+    buf = TableBuffer("t", "t", LIMITS, width=1)
+    buf.extend([[1, 2]], [b"x" * 60, b"y" * 40], 0, [0, 1], [0, 0], now=0.0)
+    assert buf.count == 2 and buf.size == 100 and buf.full
+    assert buf.values[1] == b"y" * 40
 
 
 def test_backoff_is_capped_and_jittered() -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 from chute import IngestPipeline
-from chute.kafka import Record, TopicPartition
+from chute.kafka import Record, RecordBatch, TopicPartition
 from chute.registry import Definitions
 from chute.server import ServerProfile
 from clickhouse_driver import errors as ch_errors
@@ -93,10 +93,10 @@ def make_worker(consumer: MemoryConsumer, writer: MemoryWriter,
     return worker, slept
 
 
-def records(tp: TopicPartition, start: int, count: int) -> list[Record]:
-    return [Record(tp.topic, tp.partition, o, 1_700_000_000_000, None, orjson.dumps({
+def records(tp: TopicPartition, start: int, count: int) -> RecordBatch:
+    return RecordBatch.of([Record(tp.topic, tp.partition, o, 1_700_000_000_000, None, orjson.dumps({
         "id": f"{tp.partition}-{o}", "user_id": "u", "timestamp": "2024-05-01T12:00:00Z",
-        "event_type": "click"}), ()) for o in range(start, start + count)]
+        "event_type": "click"}), ()) for o in range(start, start + count)])
 
 
 def test_new_partitions_start_at_their_commit_or_the_earliest() -> None:
@@ -135,7 +135,7 @@ def test_revocation_that_cannot_insert_in_time_drops_and_rewinds() -> None:
     worker.flush_for_revocation([P1])
     assert writer.rows == [] and consumer.commits == []
     assert sum(slept) <= 3.0  # the budget, not the shutdown's 20 s
-    assert route.buffer.rows == [] and not route.buffer.pending
+    assert route.buffer.count == 0 and not route.buffer.pending
     assert consumer.seeks == [(P0, 10)]  # P0's five rows are read again
     assert worker.assigned == {P0}
     assert worker.stop_deadline is None  # later flushes retry without a deadline again
@@ -150,7 +150,7 @@ def test_lost_partitions_are_never_inserted() -> None:
     worker.accept(route, P0, records(P0, 0, 5))
     worker.accept(route, P1, records(P1, 7, 5))
     worker.on_lost([P0])
-    assert route.buffer.rows == [] and not route.buffer.pending
+    assert route.buffer.count == 0 and not route.buffer.pending
     assert consumer.seeks == [(P1, 7)]  # the partition still owned is read again
     worker.flush_all("rows")
     assert writer.rows == [] and consumer.commits == []

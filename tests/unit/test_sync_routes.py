@@ -12,7 +12,7 @@ import orjson
 import pytest
 from chute import IngestPipeline, Key
 from chute.fingerprint import FINGERPRINT_HEADER, model_fingerprint
-from chute.kafka import Record, TopicPartition
+from chute.kafka import Record, RecordBatch, TopicPartition
 from chute.registry import Definitions
 from chute.server import OLD_SERVER
 from clickhouse_driver import errors as ch_errors
@@ -48,8 +48,9 @@ class FakeConsumer:
         self.pending.setdefault(tp, []).extend(messages)
 
     def poll(self, timeout: float, max_records: int | None = None
-             ) -> dict[TopicPartition, list[Record]]:
-        out = {tp: msgs for tp, msgs in self.pending.items() if msgs and tp not in self.paused}
+             ) -> dict[TopicPartition, RecordBatch]:
+        out = {tp: RecordBatch.of(msgs) for tp, msgs in self.pending.items()
+               if msgs and tp not in self.paused}
         for tp in out:
             self.pending[tp] = []
         return out

@@ -1,20 +1,25 @@
 from __future__ import annotations
 
+import random
 from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
 import orjson
 import pytest
 from chute import Key
 from chute.server import OLD_SERVER
 from chute.typemap import columns_for
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 from sync_worker.rows import (
     ColumnBuilder,
     DecodeFailure,
     Position,
     RowDecoder,
     dead_letter_envelope,
+    epoch_seconds,
 )
+
+from testkit.seed import TEST_SEED
 
 
 class Event(BaseModel):
@@ -63,3 +68,55 @@ def test_dead_letter_envelope_has_every_field() -> None:
         "failed_at": "2024-01-01T00:00:00+00:00", "source": "sync", "pipeline": "events",
         "topic": "events", "partition": 1, "offset": 42, "error_type": "InvalidJSON",
         "error_message": "bad", "payload": "\\xffgarbage"}
+
+
+def _datetimes(rng: random.Random, suffix: str, n: int) -> list[datetime]:
+    adapter: TypeAdapter[datetime] = TypeAdapter(datetime)
+    return [adapter.validate_json(
+        f'"{rng.randint(1970, 2105)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}T'
+        f'{rng.randint(0, 23):02d}:{rng.randint(0, 59):02d}:{rng.randint(0, 59):02d}'
+        f'.{rng.randint(0, 999_999):06d}{suffix}"') for _ in range(n)]
+
+
+@pytest.mark.parametrize("suffix", ["Z", "+00:00", "+05:30", "-08:00", "+14:00", ""])
+def test_epoch_seconds_of_a_column_equal_the_per_value_converter(suffix: str) -> None:
+    print(f"seed {TEST_SEED}")
+    rng = random.Random(f"{TEST_SEED}{suffix}")
+    values = _datetimes(rng, suffix, 2_000)
+    (timestamp,) = [c for c in columns_for(Event, OLD_SERVER) if c.name == "timestamp"]
+    assert timestamp.convert is not None
+    assert epoch_seconds(values, timestamp.convert) == [timestamp.convert(v) for v in values]
+
+
+def test_epoch_seconds_of_mixed_zones_fall_back_to_each_value() -> None:
+    rng = random.Random(TEST_SEED)
+    values = [*_datetimes(rng, "Z", 50), *_datetimes(rng, "+02:00", 50),
+              *_datetimes(rng, "", 50),
+              datetime(2024, 3, 31, 1, 30, tzinfo=ZoneInfo("Europe/Amsterdam"))]
+    rng.shuffle(values)
+    (timestamp,) = [c for c in columns_for(Event, OLD_SERVER) if c.name == "timestamp"]
+    assert timestamp.convert is not None
+    assert epoch_seconds(values, timestamp.convert) == [timestamp.convert(v) for v in values]
+    summer = [datetime(2024, 7, 1, 12, tzinfo=ZoneInfo("Europe/Amsterdam"))] * 3
+    assert epoch_seconds(summer, timestamp.convert) == [1_719_828_000] * 3  # 10:00 UTC
+
+
+def test_columns_of_many_rows_equal_those_built_one_at_a_time() -> None:
+    dec = RowDecoder(Event)
+    values = [GOOD.replace(b'"a"', f'"r{i}"'.encode()) for i in range(100)]
+    rows = dec.decode_all(values)
+    assert rows is not None
+    builder = ColumnBuilder(columns_for(Event, OLD_SERVER), exactly_once=True)
+    one_by_one = [builder.build([r], [0], [i]) for i, r in enumerate(rows)]
+    together = builder.build(rows, [0] * 100, list(range(100)))
+    assert together == [[c[0] for c in (built[k] for built in one_by_one)]
+                        for k in range(len(builder.names))]
+    assert together[2][0] == 1_704_067_201  # 2024-01-01T00:00:01Z
+
+
+def test_decode_all_gives_none_when_any_record_is_bad() -> None:
+    dec = RowDecoder(Event)
+    assert dec.decode_all([GOOD, GOOD]) is not None
+    assert dec.decode_all([GOOD, b'{"id": "a"}']) is None
+    assert dec.decode_all([GOOD, None]) is None  # type: ignore[list-item]
+    assert dec.decode_all([]) == []

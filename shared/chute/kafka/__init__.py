@@ -25,6 +25,7 @@ from chute.kafka.seam import (
     ProducerOptions,
     RebalanceListener,
     Record,
+    RecordBatch,
     RecordTooLarge,
     TopicConfig,
     TopicExists,
@@ -37,8 +38,9 @@ DEFAULT_CLIENT: KafkaClient = "confluent-kafka"
 
 __all__ = [
     "CLIENTS", "DEFAULT_CLIENT", "Admin", "CommitRebalanced", "Consumer", "ConsumerOptions",
-    "DeliveryCallback", "GroupMember", "Headers", "KafkaClient", "KafkaClientError", "KafkaTimeout",
-    "Producer", "ProducerOptions", "RebalanceListener", "Record", "RecordTooLarge",
+    "DeliveryCallback", "GroupMember", "Headers", "KafkaClient", "KafkaClientError",
+    "KafkaTimeout", "Producer", "ProducerOptions", "RebalanceListener", "Record", "RecordBatch",
+    "RecordTooLarge",
     "TopicConfig", "TopicExists", "TopicPartition", "admin", "client_from_env", "consumer",
     "producer",
 ]

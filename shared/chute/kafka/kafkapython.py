@@ -43,7 +43,7 @@ from chute.kafka.seam import (
     KafkaTimeout,
     ProducerOptions,
     RebalanceListener,
-    Record,
+    RecordBatch,
     RecordTooLarge,
     TopicConfig,
     TopicExists,
@@ -261,7 +261,7 @@ class KafkaPythonConsumer:
                 self.results.put(_Fetched(error=exc))
 
     def poll(self, timeout: float, max_records: int | None = None
-             ) -> dict[TopicPartition, list[Record]]:
+             ) -> dict[TopicPartition, RecordBatch]:
         if self._poller is None:
             self._poller = threading.Thread(target=self._poll_forever, name="kafka-poll",
                                             daemon=True)
@@ -339,14 +339,15 @@ class KafkaPythonConsumer:
             listener.on_lost(event.partitions)
 
     @staticmethod
-    def _convert(fetched: dict[Any, list[Any]]) -> dict[TopicPartition, list[Record]]:
+    def _convert(fetched: dict[Any, list[Any]]) -> dict[TopicPartition, RecordBatch]:
         result = {}
         for ktp, messages in fetched.items():
             topic, partition = ktp.topic, ktp.partition
-            result[TopicPartition(topic, partition)] = [
-                Record(topic, partition, m.offset, m.timestamp, m.key, m.value,
-                       tuple(m.headers) if m.headers else ())
-                for m in messages]
+            result[TopicPartition(topic, partition)] = RecordBatch(
+                topic, partition, [m.offset for m in messages],
+                [m.timestamp for m in messages], [m.key for m in messages],
+                [m.value for m in messages],
+                [tuple(m.headers) if m.headers else () for m in messages])
         return result
 
     def assignment(self) -> set[TopicPartition]:

@@ -17,9 +17,9 @@ Contract points the services rely on:
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, overload
 
 Headers = tuple[tuple[str, bytes], ...]
 
@@ -39,6 +39,72 @@ class Record(NamedTuple):
     key: bytes | None
     value: bytes
     headers: Headers
+
+
+class RecordBatch(Sequence[Record]):
+    """Consecutive records of one partition, as parallel lists (one entry per record).
+
+    What `Consumer.poll` returns per partition: the sync worker reads the lists (no object per
+    record on its hot path); indexing or iterating yields `Record`s. `headers[i]` is empty
+    when record i has none."""
+
+    __slots__ = ("headers", "keys", "offsets", "partition", "timestamps", "topic", "values")
+
+    def __init__(self, topic: str, partition: int, offsets: list[int], timestamps: list[int],
+                 keys: list[bytes | None], values: list[bytes], headers: list[Headers]
+                 ) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.offsets = offsets
+        self.timestamps = timestamps  # ms
+        self.keys = keys
+        self.values = values
+        self.headers = headers
+
+    @classmethod
+    def of(cls, records: Iterable[Record]) -> RecordBatch:
+        """A batch of Records, which all belong to one partition."""
+        items = list(records)
+        first = items[0] if items else Record("", 0, 0, 0, None, b"", ())
+        return cls(first.topic, first.partition, [r.offset for r in items],
+                   [r.timestamp_ms for r in items], [r.key for r in items],
+                   [r.value for r in items], [r.headers for r in items])
+
+    def extend(self, later: RecordBatch) -> None:
+        """Append the next records of the same partition."""
+        self.offsets += later.offsets
+        self.timestamps += later.timestamps
+        self.keys += later.keys
+        self.values += later.values
+        self.headers += later.headers
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    @overload
+    def __getitem__(self, index: int) -> Record: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> RecordBatch: ...
+
+    def __getitem__(self, index: int | slice) -> Record | RecordBatch:
+        if isinstance(index, slice):
+            return RecordBatch(self.topic, self.partition, self.offsets[index],
+                               self.timestamps[index], self.keys[index], self.values[index],
+                               self.headers[index])
+        return Record(self.topic, self.partition, self.offsets[index], self.timestamps[index],
+                      self.keys[index], self.values[index], self.headers[index])
+
+    def __iter__(self) -> Iterator[Record]:
+        topic, partition = self.topic, self.partition
+        for offset, timestamp, key, value, headers in zip(
+                self.offsets, self.timestamps, self.keys, self.values, self.headers,
+                strict=True):
+            yield Record(topic, partition, offset, timestamp, key, value, headers)
+
+    def __repr__(self) -> str:
+        span = f"{self.offsets[0]}-{self.offsets[-1]}" if self.offsets else "empty"
+        return f"RecordBatch({self.topic}:{self.partition} {span})"
 
 
 class KafkaClientError(Exception):
@@ -143,7 +209,9 @@ class Consumer(Protocol):
     def subscribe(self, topics: Sequence[str], listener: RebalanceListener) -> None: ...
 
     def poll(self, timeout: float, max_records: int | None = None
-             ) -> dict[TopicPartition, list[Record]]: ...
+             ) -> dict[TopicPartition, RecordBatch]:
+        """Fetched records, per partition in offset order; rebalance callbacks run in here."""
+        ...
 
     def assignment(self) -> set[TopicPartition]: ...
 
