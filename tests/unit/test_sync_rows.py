@@ -107,8 +107,8 @@ def test_columns_of_many_rows_equal_those_built_one_at_a_time() -> None:
     rows = dec.decode_all(values)
     assert rows is not None
     builder = ColumnBuilder(columns_for(Event, OLD_SERVER), exactly_once=True)
-    one_by_one = [builder.build([r], [0], [i]) for i, r in enumerate(rows)]
-    together = builder.build(rows, [0] * 100, list(range(100)))
+    one_by_one = [builder.build([r], [0], [i], "t-id") for i, r in enumerate(rows)]
+    together = builder.build(rows, [0] * 100, list(range(100)), "t-id")
     assert together == [[c[0] for c in (built[k] for built in one_by_one)]
                         for k in range(len(builder.names))]
     assert together[2][0] == 1_704_067_201  # 2024-01-01T00:00:01Z
