@@ -15,6 +15,7 @@ from chute.registry import DefinitionError, load_definitions
 from chute.reload import DefinitionsWatcher, models_changed, reexec
 from chute.runtime import tune_garbage_collector
 from chute.settings import load_settings
+from chute.startup_checks import check_servers
 from chute.typemap import UnsupportedTypeError
 
 from sync_worker.http import serve
@@ -48,6 +49,7 @@ def main() -> int:
     except DefinitionError as exc:
         log.error("cannot load definitions", error=str(exc))
         return 2
+    check_servers(settings, "sync-worker")  # exits when a server refuses these settings
     deadline = time.monotonic() + 120
     client, profile = _connect_clickhouse(settings, deadline)
     try:
@@ -64,9 +66,11 @@ def main() -> int:
         group_id=settings.sync_group, client_id=settings.sync_worker_id,
         session_timeout_ms=settings.sync_session_timeout_ms,
         heartbeat_interval_ms=settings.sync_session_timeout_ms // 4,
-        max_poll_interval_ms=settings.sync_max_poll_interval_ms))
+        max_poll_interval_ms=settings.sync_max_poll_interval_ms),
+        security=settings.kafka_security())
     producer = kafka.producer(settings.kafka_bootstrap, kafka.ProducerOptions(
-        client_id=f"{settings.sync_worker_id}-dlq", linger_ms=20))
+        client_id=f"{settings.sync_worker_id}-dlq", linger_ms=20),
+        security=settings.kafka_security())
     worker = SyncWorker(settings, consumer, producer,
                         ClickHouseWriter(client, settings.clickhouse_database), routes)
 

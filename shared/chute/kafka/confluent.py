@@ -35,6 +35,9 @@ from chute.kafka.seam import (
     TopicPartition,
     Waiter,
 )
+from chute.kafka.security import PLAINTEXT, Backend, KafkaSecurity, backend_config
+
+BACKEND: Backend = "confluent-kafka"
 
 # librdkafka's own log lines (connection refused, ...) go to Python logging, not stderr.
 _LOG = logging.getLogger("chute.kafka.librdkafka")
@@ -84,23 +87,26 @@ def _tp(ctp: CTopicPartition) -> TopicPartition:
 
 class ConfluentProducer:
     def __init__(self, bootstrap: str, options: ProducerOptions,
-                 extra: Mapping[str, Any] | None = None) -> None:
-        config: dict[str, Any] = {
-            "bootstrap.servers": bootstrap,
-            "client.id": options.client_id,
+                 extra: Mapping[str, Any] | None = None,
+                 security: KafkaSecurity = PLAINTEXT) -> None:
+        config = backend_config(BACKEND, {
+            "bootstrap": bootstrap,
+            "client_id": options.client_id,
             "acks": "all",
-            "linger.ms": options.linger_ms,
-            "request.timeout.ms": options.request_timeout_ms,
+            "linger_ms": options.linger_ms,
+            "request_timeout_ms": options.request_timeout_ms,
+            # Internal retries may duplicate a record (at-least-once, as a client retry
+            # would); they never outlive message.timeout.ms.
+            "enable_idempotence": False,
+            "reconnect_backoff_max_ms": 2_000,
+        }, security)
+        config.update({
             "message.timeout.ms": options.delivery_timeout_ms,
             "message.max.bytes": options.max_request_bytes,
             "compression.type": "none",
-            # Internal retries may duplicate a record (at-least-once, as a client retry
-            # would); they never outlive message.timeout.ms.
-            "enable.idempotence": False,
-            "reconnect.backoff.max.ms": 2_000,
             "socket.connection.setup.timeout.ms": max(1_000, options.request_timeout_ms),
             "logger": _LOG,
-        }
+        })
         config.update(extra or {})
         self._max_block = options.max_block_ms / 1000
         self._producer = confluent_kafka.Producer(config)
@@ -181,30 +187,33 @@ class ConfluentProducer:
 
 class ConfluentConsumer:
     def __init__(self, bootstrap: str, options: ConsumerOptions,
-                 extra: Mapping[str, Any] | None = None) -> None:
-        config: dict[str, Any] = {
-            "bootstrap.servers": bootstrap,
-            "group.id": options.group_id,
-            "client.id": options.client_id,
-            "enable.auto.commit": False,
+                 extra: Mapping[str, Any] | None = None,
+                 security: KafkaSecurity = PLAINTEXT) -> None:
+        config = backend_config(BACKEND, {
+            "bootstrap": bootstrap,
+            "group_id": options.group_id,
+            "client_id": options.client_id,
+            "enable_auto_commit": False,
+            "auto_offset_reset": "earliest",
+            "session_timeout_ms": options.session_timeout_ms,
+            "heartbeat_interval_ms": options.heartbeat_interval_ms,
+            "max_poll_interval_ms": options.max_poll_interval_ms,
+            "fetch_max_wait_ms": options.fetch_max_wait_ms,
+            "fetch_max_bytes": options.fetch_max_bytes,
+            "max_partition_fetch_bytes": options.max_partition_fetch_bytes,
+            "reconnect_backoff_max_ms": 2_000,
+        }, security)
+        config.update({
             "enable.auto.offset.store": False,
-            "auto.offset.reset": "earliest",
             # Incremental rebalances: a joining or leaving member moves only the partitions
             # that change owner; the others keep flowing.
             "partition.assignment.strategy": "cooperative-sticky",
-            "session.timeout.ms": options.session_timeout_ms,
-            "heartbeat.interval.ms": options.heartbeat_interval_ms,
-            "max.poll.interval.ms": options.max_poll_interval_ms,
-            "fetch.wait.max.ms": options.fetch_max_wait_ms,
-            "fetch.max.bytes": options.fetch_max_bytes,
-            "max.partition.fetch.bytes": options.max_partition_fetch_bytes,
             # Prefetched, not yet consumed data (KiB, one queue for all partitions): bounds the
             # client's own memory while leaving a full batch ready to consume.
             "queued.max.messages.kbytes": max(1024, options.fetch_max_bytes // 1024),
-            "reconnect.backoff.max.ms": 2_000,
             "enable.partition.eof": False,
             "logger": _LOG,
-        }
+        })
         config.update(extra or {})
         self._consumer = confluent_kafka.Consumer(config)
         self._max_records = options.max_poll_records
@@ -362,10 +371,12 @@ class ConfluentConsumer:
 
 class ConfluentAdmin:
     def __init__(self, bootstrap: str, timeout: float = 10.0,
-                 extra: Mapping[str, Any] | None = None) -> None:
-        config: dict[str, Any] = {"bootstrap.servers": bootstrap, "client.id": "chute-admin",
-                                  "socket.connection.setup.timeout.ms": int(timeout * 1000),
-                                  "logger": _LOG}
+                 extra: Mapping[str, Any] | None = None,
+                 security: KafkaSecurity = PLAINTEXT) -> None:
+        config = backend_config(BACKEND, {"bootstrap": bootstrap, "client_id": "chute-admin"},
+                                security)
+        config.update({"socket.connection.setup.timeout.ms": int(timeout * 1000),
+                       "logger": _LOG})
         config.update(extra or {})
         self._admin = AdminClient(config)
         self._timeout = timeout

@@ -44,6 +44,9 @@ from chute.kafka.seam import (
     TopicPartition,
     Waiter,
 )
+from chute.kafka.security import PLAINTEXT, Backend, KafkaSecurity, backend_config
+
+BACKEND: Backend = "kafka-python"
 
 _REBALANCED = (kerrors.CommitFailedError, kerrors.RebalanceInProgressError,
                kerrors.IllegalGenerationError, kerrors.UnknownMemberIdError)
@@ -80,28 +83,31 @@ def _tp(ktp: Any) -> TopicPartition:
 
 class KafkaPythonProducer:
     def __init__(self, bootstrap: str, options: ProducerOptions,
-                 extra: Mapping[str, Any] | None = None) -> None:
-        config: dict[str, Any] = {
-            "bootstrap_servers": bootstrap,
+                 extra: Mapping[str, Any] | None = None,
+                 security: KafkaSecurity = PLAINTEXT) -> None:
+        config = backend_config(BACKEND, {
+            "bootstrap": bootstrap,
             "client_id": options.client_id,
             "acks": "all",
             "linger_ms": options.linger_ms,
-            "batch_size": 512 * 1024,
-            "max_request_size": options.max_request_bytes,
-            "compression_type": None,
-            "delivery_timeout_ms": options.delivery_timeout_ms,
+            "request_timeout_ms": options.request_timeout_ms,
             # kafka-python 3.0.12's idempotent producer never recovers once batches expired
             # while the broker was down (seen in the Kafka-outage fault test), so: no
             # idempotence and no internal retries, which could then reorder or duplicate. A
             # failed send is reported to the caller.
             "enable_idempotence": False,
-            "retries": 0,
-            "request_timeout_ms": options.request_timeout_ms,
-            "metrics_enabled": False,  # kafka-python's own metrics cost CPU
             "reconnect_backoff_max_ms": 2_000,
+        }, security)
+        config.update({
+            "batch_size": 512 * 1024,
+            "max_request_size": options.max_request_bytes,
+            "compression_type": None,
+            "delivery_timeout_ms": options.delivery_timeout_ms,
+            "retries": 0,
+            "metrics_enabled": False,  # kafka-python's own metrics cost CPU
             "max_block_ms": options.max_block_ms,
             "bootstrap_timeout_ms": options.bootstrap_timeout_ms,
-        }
+        })
         config.update(extra or {})
         try:
             self._producer = KafkaProducer(**config)
@@ -188,24 +194,27 @@ class _Relay(AsyncConsumerRebalanceListener):  # type: ignore[misc]
 
 class KafkaPythonConsumer:
     def __init__(self, bootstrap: str, options: ConsumerOptions,
-                 extra: Mapping[str, Any] | None = None) -> None:
-        config: dict[str, Any] = {
-            "bootstrap_servers": bootstrap,
+                 extra: Mapping[str, Any] | None = None,
+                 security: KafkaSecurity = PLAINTEXT) -> None:
+        config = backend_config(BACKEND, {
+            "bootstrap": bootstrap,
             "group_id": options.group_id,
             "client_id": options.client_id,
             "enable_auto_commit": False,
             "auto_offset_reset": "earliest",
-            "partition_assignment_strategy": (CooperativeStickyAssignor,),
-            "max_poll_records": options.max_poll_records,
-            "fetch_max_bytes": options.fetch_max_bytes,
-            "max_partition_fetch_bytes": options.max_partition_fetch_bytes,
             "session_timeout_ms": options.session_timeout_ms,
             "heartbeat_interval_ms": options.heartbeat_interval_ms,
             "max_poll_interval_ms": options.max_poll_interval_ms,
             "fetch_max_wait_ms": options.fetch_max_wait_ms,
-            "metrics_enabled": False,
+            "fetch_max_bytes": options.fetch_max_bytes,
+            "max_partition_fetch_bytes": options.max_partition_fetch_bytes,
             "reconnect_backoff_max_ms": 2_000,
-        }
+        }, security)
+        config.update({
+            "partition_assignment_strategy": (CooperativeStickyAssignor,),
+            "max_poll_records": options.max_poll_records,
+            "metrics_enabled": False,
+        })
         config.update(extra or {})
         try:
             self._consumer = KafkaConsumer(**config)
@@ -359,11 +368,12 @@ class KafkaPythonConsumer:
 
 class KafkaPythonAdmin:
     def __init__(self, bootstrap: str, timeout: float = 10.0,
-                 extra: Mapping[str, Any] | None = None) -> None:
-        config: dict[str, Any] = {
-            "bootstrap_servers": bootstrap, "client_id": "chute-admin",
-            "request_timeout_ms": int(timeout * 1000),
-            "bootstrap_timeout_ms": int(timeout * 1000)}
+                 extra: Mapping[str, Any] | None = None,
+                 security: KafkaSecurity = PLAINTEXT) -> None:
+        config = backend_config(BACKEND, {
+            "bootstrap": bootstrap, "client_id": "chute-admin",
+            "request_timeout_ms": int(timeout * 1000)}, security)
+        config["bootstrap_timeout_ms"] = int(timeout * 1000)
         config.update(extra or {})
         try:
             self._admin = KafkaAdminClient(**config)
