@@ -226,11 +226,13 @@ def service_env(s: Settings) -> tuple[tuple[str, str], ...]:
     """What the chute services need to connect in secure mode (the password by file)."""
     f = files(s)
     return (
+        ("CHUTE_KAFKA_BOOTSTRAP", s.kafka_bootstrap),
         ("CHUTE_KAFKA_SECURITY_PROTOCOL", "SASL_SSL"),
         ("CHUTE_KAFKA_SASL_MECHANISM", MECHANISM),
         ("CHUTE_KAFKA_SASL_USERNAME", CLIENT_USER),
         ("CHUTE_KAFKA_SASL_PASSWORD_FILE", str(f.client_password)),
         ("CHUTE_KAFKA_SSL_CA_FILE", str(f.ca_cert)),
+        ("CHUTE_CLICKHOUSE_HOST", s.host),
         ("CHUTE_CLICKHOUSE_SECURE", "true"),
         ("CHUTE_CLICKHOUSE_PORT", str(s.clickhouse_secure_port)),
         ("CHUTE_CLICKHOUSE_CA_FILE", str(f.ca_cert)),

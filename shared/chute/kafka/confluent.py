@@ -19,6 +19,7 @@ from confluent_kafka import KafkaError, KafkaException, Message
 from confluent_kafka import TopicPartition as CTopicPartition
 from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic, OffsetSpec
 
+from chute.kafka.client_config import backend_config, consumer_settings, producer_settings
 from chute.kafka.seam import (
     CommitRebalanced,
     ConsumerOptions,
@@ -35,7 +36,7 @@ from chute.kafka.seam import (
     TopicPartition,
     Waiter,
 )
-from chute.kafka.security import PLAINTEXT, Backend, KafkaSecurity, backend_config
+from chute.kafka.security import PLAINTEXT, Backend, KafkaSecurity
 
 BACKEND: Backend = "confluent-kafka"
 
@@ -89,21 +90,12 @@ class ConfluentProducer:
     def __init__(self, bootstrap: str, options: ProducerOptions,
                  extra: Mapping[str, Any] | None = None,
                  security: KafkaSecurity = PLAINTEXT) -> None:
-        config = backend_config(BACKEND, {
-            "bootstrap": bootstrap,
-            "client_id": options.client_id,
-            "acks": "all",
-            "linger_ms": options.linger_ms,
-            "request_timeout_ms": options.request_timeout_ms,
-            # Internal retries may duplicate a record (at-least-once, as a client retry
-            # would); they never outlive message.timeout.ms.
-            "enable_idempotence": False,
-            "reconnect_backoff_max_ms": 2_000,
-        }, security)
+        config = backend_config(BACKEND, producer_settings(bootstrap, options), security)
         config.update({
             "message.timeout.ms": options.delivery_timeout_ms,
             "message.max.bytes": options.max_request_bytes,
             "compression.type": "none",
+            # Internal retries (no idempotence) never outlive message.timeout.ms.
             "socket.connection.setup.timeout.ms": max(1_000, options.request_timeout_ms),
             "logger": _LOG,
         })
@@ -189,20 +181,7 @@ class ConfluentConsumer:
     def __init__(self, bootstrap: str, options: ConsumerOptions,
                  extra: Mapping[str, Any] | None = None,
                  security: KafkaSecurity = PLAINTEXT) -> None:
-        config = backend_config(BACKEND, {
-            "bootstrap": bootstrap,
-            "group_id": options.group_id,
-            "client_id": options.client_id,
-            "enable_auto_commit": False,
-            "auto_offset_reset": "earliest",
-            "session_timeout_ms": options.session_timeout_ms,
-            "heartbeat_interval_ms": options.heartbeat_interval_ms,
-            "max_poll_interval_ms": options.max_poll_interval_ms,
-            "fetch_max_wait_ms": options.fetch_max_wait_ms,
-            "fetch_max_bytes": options.fetch_max_bytes,
-            "max_partition_fetch_bytes": options.max_partition_fetch_bytes,
-            "reconnect_backoff_max_ms": 2_000,
-        }, security)
+        config = backend_config(BACKEND, consumer_settings(bootstrap, options), security)
         config.update({
             "enable.auto.offset.store": False,
             # Incremental rebalances: a joining or leaving member moves only the partitions

@@ -28,6 +28,7 @@ from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssi
 from kafka.future import Future
 from kafka.structs import OffsetAndMetadata
 
+from chute.kafka.client_config import backend_config, consumer_settings, producer_settings
 from chute.kafka.seam import (
     CommitRebalanced,
     ConsumerOptions,
@@ -44,7 +45,7 @@ from chute.kafka.seam import (
     TopicPartition,
     Waiter,
 )
-from chute.kafka.security import PLAINTEXT, Backend, KafkaSecurity, backend_config
+from chute.kafka.security import PLAINTEXT, Backend, KafkaSecurity
 
 BACKEND: Backend = "kafka-python"
 
@@ -85,24 +86,16 @@ class KafkaPythonProducer:
     def __init__(self, bootstrap: str, options: ProducerOptions,
                  extra: Mapping[str, Any] | None = None,
                  security: KafkaSecurity = PLAINTEXT) -> None:
-        config = backend_config(BACKEND, {
-            "bootstrap": bootstrap,
-            "client_id": options.client_id,
-            "acks": "all",
-            "linger_ms": options.linger_ms,
-            "request_timeout_ms": options.request_timeout_ms,
-            # kafka-python 3.0.12's idempotent producer never recovers once batches expired
-            # while the broker was down (seen in the Kafka-outage fault test), so: no
-            # idempotence and no internal retries, which could then reorder or duplicate. A
-            # failed send is reported to the caller.
-            "enable_idempotence": False,
-            "reconnect_backoff_max_ms": 2_000,
-        }, security)
+        config = backend_config(BACKEND, producer_settings(bootstrap, options), security)
         config.update({
             "batch_size": 512 * 1024,
             "max_request_size": options.max_request_bytes,
             "compression_type": None,
             "delivery_timeout_ms": options.delivery_timeout_ms,
+            # kafka-python 3.0.12's idempotent producer never recovers once batches expired
+            # while the broker was down (seen in the Kafka-outage fault test), so: no
+            # idempotence and no internal retries, which could then reorder or duplicate. A
+            # failed send is reported to the caller.
             "retries": 0,
             "metrics_enabled": False,  # kafka-python's own metrics cost CPU
             "max_block_ms": options.max_block_ms,
@@ -196,20 +189,7 @@ class KafkaPythonConsumer:
     def __init__(self, bootstrap: str, options: ConsumerOptions,
                  extra: Mapping[str, Any] | None = None,
                  security: KafkaSecurity = PLAINTEXT) -> None:
-        config = backend_config(BACKEND, {
-            "bootstrap": bootstrap,
-            "group_id": options.group_id,
-            "client_id": options.client_id,
-            "enable_auto_commit": False,
-            "auto_offset_reset": "earliest",
-            "session_timeout_ms": options.session_timeout_ms,
-            "heartbeat_interval_ms": options.heartbeat_interval_ms,
-            "max_poll_interval_ms": options.max_poll_interval_ms,
-            "fetch_max_wait_ms": options.fetch_max_wait_ms,
-            "fetch_max_bytes": options.fetch_max_bytes,
-            "max_partition_fetch_bytes": options.max_partition_fetch_bytes,
-            "reconnect_backoff_max_ms": 2_000,
-        }, security)
+        config = backend_config(BACKEND, consumer_settings(bootstrap, options), security)
         config.update({
             "partition_assignment_strategy": (CooperativeStickyAssignor,),
             "max_poll_records": options.max_poll_records,

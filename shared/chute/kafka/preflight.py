@@ -18,7 +18,8 @@ import time
 from typing import Any
 
 from chute.handshake import HandshakeError, tls_problem
-from chute.kafka.security import SETTING_NAMES, KafkaSecurity, backend_config
+from chute.kafka.client_config import backend_config
+from chute.kafka.security import SETTING_NAMES, KafkaSecurity
 
 _API_VERSIONS, _SASL_HANDSHAKE = 18, 17
 _CORRELATION = 7301
@@ -184,7 +185,12 @@ def _kafka_python_login(bootstrap: str, security: KafkaSecurity, timeout: float)
     config = backend_config("kafka-python", {"bootstrap": bootstrap,
                                              "client_id": "chute-check"}, security)
     refusals = _Refusals(kerrors.SaslAuthenticationFailedError)
-    logger = logging.getLogger("kafka")
+    # The connection manager logs the refusal (WARNING); services silence "kafka" (CRITICAL).
+    # For the check, its records go to `refusals` only.
+    logger = logging.getLogger("kafka.net.manager")
+    saved = logger.level, logger.propagate
+    logger.setLevel(logging.WARNING)
+    logger.propagate = False
     logger.addHandler(refusals)
     deadline = time.monotonic() + timeout
     try:
@@ -201,3 +207,5 @@ def _kafka_python_login(bootstrap: str, security: KafkaSecurity, timeout: float)
                 raise _credentials_refused(f"Kafka at {bootstrap}", security, detail)
     finally:
         logger.removeHandler(refusals)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]

@@ -1,48 +1,14 @@
-"""How a Kafka client reaches the brokers: the address and the security settings, defined once
-and translated here into each backend's own configuration keys.
-
-`CLIENT_KEYS` is the one table of option names: every setting chute gives both backends has a
-neutral name and its librdkafka and kafka-python spellings. The backends build their configs
-with `backend_config()` and add only what one of them alone has.
-"""
+"""TLS and SASL for a Kafka connection, as plain values (chute.kafka.client_config spells
+them in each backend's keys)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 Backend = Literal["confluent-kafka", "kafka-python"]
-
-# neutral name -> (librdkafka key, kafka-python key)
-CLIENT_KEYS: dict[str, tuple[str, str]] = {
-    "bootstrap": ("bootstrap.servers", "bootstrap_servers"),
-    "client_id": ("client.id", "client_id"),
-    "group_id": ("group.id", "group_id"),
-    "acks": ("acks", "acks"),
-    "linger_ms": ("linger.ms", "linger_ms"),
-    "request_timeout_ms": ("request.timeout.ms", "request_timeout_ms"),
-    "enable_idempotence": ("enable.idempotence", "enable_idempotence"),
-    "reconnect_backoff_max_ms": ("reconnect.backoff.max.ms", "reconnect_backoff_max_ms"),
-    "enable_auto_commit": ("enable.auto.commit", "enable_auto_commit"),
-    "auto_offset_reset": ("auto.offset.reset", "auto_offset_reset"),
-    "session_timeout_ms": ("session.timeout.ms", "session_timeout_ms"),
-    "heartbeat_interval_ms": ("heartbeat.interval.ms", "heartbeat_interval_ms"),
-    "max_poll_interval_ms": ("max.poll.interval.ms", "max_poll_interval_ms"),
-    "fetch_max_wait_ms": ("fetch.wait.max.ms", "fetch_max_wait_ms"),
-    "fetch_max_bytes": ("fetch.max.bytes", "fetch_max_bytes"),
-    "max_partition_fetch_bytes": ("max.partition.fetch.bytes", "max_partition_fetch_bytes"),
-    "security_protocol": ("security.protocol", "security_protocol"),
-    "sasl_mechanism": ("sasl.mechanism", "sasl_mechanism"),
-    "sasl_username": ("sasl.username", "sasl_plain_username"),
-    "sasl_password": ("sasl.password", "sasl_plain_password"),
-    "ca_file": ("ssl.ca.location", "ssl_cafile"),
-    "cert_file": ("ssl.certificate.location", "ssl_certfile"),
-    "key_file": ("ssl.key.location", "ssl_keyfile"),
-    "key_password": ("ssl.key.password", "ssl_password"),
-}
 
 # The environment variable behind each security field, for error messages.
 SETTING_NAMES = {
@@ -107,19 +73,3 @@ class KafkaSecurity:
 
 
 PLAINTEXT = KafkaSecurity()
-
-
-def backend_config(backend: Backend, neutral: Mapping[str, Any],
-                   security: KafkaSecurity = PLAINTEXT) -> dict[str, Any]:
-    """`neutral` and `security` in the backend's vocabulary (unknown names are an error)."""
-    column = 0 if backend == "confluent-kafka" else 1
-    merged = {**neutral, **security.neutral()}
-    config = {CLIENT_KEYS[name][column]: value for name, value in merged.items()}
-    if security.tls:
-        # Host names are checked by default; both libraries spell the switch differently.
-        if backend == "confluent-kafka":
-            config["ssl.endpoint.identification.algorithm"] = (
-                "https" if security.verify_hostname else "none")
-        else:
-            config["ssl_check_hostname"] = security.verify_hostname
-    return config
