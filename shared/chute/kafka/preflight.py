@@ -161,7 +161,8 @@ def check_credentials(bootstrap: str, security: KafkaSecurity, client: str,
             admin.poll(0)  # serves error_cb
         for error in errors:
             if error.code() == KafkaError._AUTHENTICATION:
-                raise _credentials_refused(where, security, error.str().rpartition(": ")[2])
+                detail = error.str().rpartition(": ")[2]
+                raise _credentials_refused(where, security, detail.split(" (after ")[0])
 
 
 class _Refusals(logging.Handler):
