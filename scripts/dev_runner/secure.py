@@ -173,7 +173,8 @@ def kafka_properties(rendered: str, s: Settings) -> str:
         f"ssl.keystore.location={f.kafka_keystore}",
         "ssl.truststore.type=PEM",
         f"ssl.truststore.location={f.ca_cert}",
-        "ssl.client.auth=none",
+        # Clients may present a certificate (mTLS settings are exercised); none is required.
+        "ssl.client.auth=requested",
     ]
     return "\n".join(lines) + "\n"
 

@@ -34,7 +34,7 @@ def tls_problem(exc: BaseException, host: str, ca_setting: str, verify_setting: 
         reason = (exc.reason or str(exc)).upper()
         if "WRONG_VERSION_NUMBER" in reason or "RECORD_LAYER_FAILURE" in reason:
             return f"the server does not speak TLS on this port; {protocol_hint}"
-        if "CERTIFICATE_REQUIRED" in reason or "CERTIFICATE" in reason:
+        if "ALERT" in reason:  # the server's alert: it refused our certificate (or none)
             return f"the server refused the client certificate ({exc.reason}); {protocol_hint}"
         return f"TLS handshake failed ({exc.reason or exc}); {protocol_hint}"
     return None
@@ -66,6 +66,10 @@ def network_problem(text: str, where: str, secure: bool) -> str | None:
                 "CHUTE_CLICKHOUSE_CA_FILE (the CA that signed the server's certificate)")
     if "WRONG_VERSION_NUMBER" in text or "RECORD_LAYER_FAILURE" in text:
         return f"{where}: the server does not speak TLS on this port; {ports}"
+    if "ALERT" in text:  # the server's alert: it refused the client certificate (or none)
+        return (f"{where}: the server refused the client certificate "
+                f"({text.split('(')[0].removeprefix('Code: 210. ').strip()}); check "
+                "CHUTE_CLICKHOUSE_CERT_FILE and CHUTE_CLICKHOUSE_KEY_FILE")
     if "[SSL" in text:
         return (f"{where}: TLS handshake failed ({text.split('(')[0].strip()}); check "
                 "CHUTE_CLICKHOUSE_CA_FILE, CHUTE_CLICKHOUSE_CERT_FILE/_KEY_FILE")

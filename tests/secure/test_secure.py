@@ -153,3 +153,45 @@ def test_sync_worker_with_a_wrong_password_exits_at_once(secure_env: dict[str, s
     assert line.startswith("sync-worker: Kafka at") and "CHUTE_KAFKA_SASL_PASSWORD" in line
     assert "wrong-again-5512" not in done.stderr + done.stdout
     assert not any("retry" in json.dumps(line).lower() for line in done.stdout.splitlines())
+
+
+def foreign_client_certificate(tmp_path: Path) -> tuple[str, str]:
+    """A client certificate signed by a CA the servers do not know."""
+    ca, ca_key = other_ca(tmp_path), tmp_path / "other-ca.key"
+    key, csr, cert = tmp_path / "c.key", tmp_path / "c.csr", tmp_path / "c.pem"
+    subprocess.run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+                    "-out", str(csr), "-subj", "/CN=stranger"], check=True, capture_output=True)
+    subprocess.run(["openssl", "x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey",
+                    str(ca_key), "-CAcreateserial", "-out", str(cert), "-days", "2"],
+                   check=True, capture_output=True)
+    return str(cert), str(key)
+
+
+@pytest.mark.parametrize("client", kafka.CLIENTS)
+def test_kafka_client_certificates(secure_stack: Settings, security: KafkaSecurity,
+                                   client: str) -> None:
+    """mTLS settings reach both backends (the broker requests a certificate and checks one
+    presented against its CA; it does not require one, so no refusal is tested here)."""
+    from chute.kafka import preflight
+
+    f = secure.files(secure_stack)
+    mtls = dataclasses.replace(security, cert_file=str(f.client_cert),
+                               key_file=str(f.client_key))
+    preflight.check(secure_stack.kafka_bootstrap, mtls, client)
+    admin = kafka.admin(secure_stack.kafka_bootstrap, client=client, security=mtls)
+    try:
+        assert "__consumer_offsets" not in admin.topic_partitions()
+    finally:
+        admin.close()
+
+
+def test_clickhouse_client_certificates(secure_stack: Settings, secure_env: dict[str, str],
+                                        tmp_path: Path) -> None:
+    f = secure.files(secure_stack)
+    code, stderr, _ = run_chute({**secure_env, "CHUTE_CLICKHOUSE_CERT_FILE": str(f.client_cert),
+                                 "CHUTE_CLICKHOUSE_KEY_FILE": str(f.client_key)}, "plan")
+    assert code == 0, stderr
+    cert, key = foreign_client_certificate(tmp_path)
+    code, stderr, _ = run_chute({**secure_env, "CHUTE_CLICKHOUSE_CERT_FILE": cert,
+                                 "CHUTE_CLICKHOUSE_KEY_FILE": key}, "plan")
+    assert code != 0 and "CHUTE_CLICKHOUSE_CERT_FILE" in refused_line(stderr)

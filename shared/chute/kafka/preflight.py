@@ -14,6 +14,7 @@ import logging
 import socket
 import ssl
 import struct
+import threading
 import time
 from typing import Any
 
@@ -63,15 +64,25 @@ def _read_exact(sock: socket.socket, size: int) -> bytes:
     return data
 
 
+class NoAnswerYet(Exception):
+    """The broker accepted the connection but did not answer in time: busy or hung, not a
+    refusal (the caller's retry decides)."""
+
+
 def response(sock: socket.socket) -> bytes | None:
     """The body of the answer to our request, or None when what came back is not Kafka's
-    answer (the connection closed, or other bytes: e.g. a TLS alert)."""
+    answer (the connection closed, or other bytes: e.g. a TLS alert). A TLS error (a client
+    certificate refused after the handshake) is raised as ssl.SSLError."""
     try:
         size, = struct.unpack(">i", _read_exact(sock, 4))
         if not 4 <= size <= 1 << 20:
             return None
         payload = _read_exact(sock, size)
-    except (ConnectionError, OSError):
+    except TimeoutError:
+        raise NoAnswerYet from None
+    except ssl.SSLError:
+        raise
+    except OSError:
         return None
     correlation, = struct.unpack(">i", payload[:4])
     return payload[4:] if correlation == _CORRELATION else None
@@ -97,37 +108,50 @@ def check(bootstrap: str, security: KafkaSecurity, client: str, timeout: float =
     except OSError:
         return  # not reachable (yet): the caller's retry decides
     with raw:
-        sock = raw
-        if security.tls:
-            try:
-                sock = tls_context(security).wrap_socket(raw, server_hostname=host)
-            except (ssl.SSLError, ssl.CertificateError) as exc:
-                problem = tls_problem(
-                    exc, host, SETTING_NAMES["ca_file"], SETTING_NAMES["verify_hostname"],
-                    f"check {SETTING_NAMES['protocol']}={security.protocol}")
-                raise HandshakeError(f"{where}: {problem}") from None
-            except OSError:
-                return
-        if security.sasl:
-            sock.sendall(request(_SASL_HANDSHAKE, 1, _string(security.sasl_mechanism)))
-            body = response(sock)
-            if body is not None:
-                error, offered = parse_sasl_handshake(body)
-                if error:
-                    raise HandshakeError(
-                        f"{where}: the broker does not offer SASL mechanism "
-                        f"{security.sasl_mechanism} (it offers {', '.join(offered) or 'none'}); "
-                        f"check {SETTING_NAMES['sasl_mechanism']}")
-        else:
-            sock.sendall(request(_API_VERSIONS, 0, b""))
-            body = response(sock)
-        if body is None:
-            expects = "TLS" if not security.tls else "another protocol"
-            raise HandshakeError(
-                f"{where}: the broker did not answer a {security.protocol} request (does the "
-                f"listener expect {expects} or SASL?); check {SETTING_NAMES['protocol']}")
+        try:
+            _look(raw, host, where, security)
+        except NoAnswerYet:
+            return
+        except ssl.SSLError as exc:
+            raise HandshakeError(f"{where}: {_tls_problem(exc, host, security)}") from None
     if security.sasl:
         check_credentials(bootstrap, security, client, timeout)
+
+
+def _tls_problem(exc: BaseException, host: str, security: KafkaSecurity) -> str | None:
+    return tls_problem(exc, host, SETTING_NAMES["ca_file"], SETTING_NAMES["verify_hostname"],
+                       f"check {SETTING_NAMES['protocol']}={security.protocol}, "
+                       f"{SETTING_NAMES['cert_file']} and {SETTING_NAMES['key_file']}")
+
+
+def _look(raw: socket.socket, host: str, where: str, security: KafkaSecurity) -> None:
+    """TLS handshake (when configured), then one request; raises what the answer means."""
+    sock = raw
+    if security.tls:
+        try:
+            sock = tls_context(security).wrap_socket(raw, server_hostname=host)
+        except ssl.SSLError:
+            raise  # check() says what it means
+        except OSError:  # timed out or reset during the handshake: not an answer
+            raise NoAnswerYet from None
+    if security.sasl:
+        sock.sendall(request(_SASL_HANDSHAKE, 1, _string(security.sasl_mechanism)))
+        body = response(sock)
+        if body is not None:
+            error, offered = parse_sasl_handshake(body)
+            if error:
+                raise HandshakeError(
+                    f"{where}: the broker does not offer SASL mechanism "
+                    f"{security.sasl_mechanism} (it offers {', '.join(offered) or 'none'}); "
+                    f"check {SETTING_NAMES['sasl_mechanism']}")
+    else:
+        sock.sendall(request(_API_VERSIONS, 0, b""))
+        body = response(sock)
+    if body is None:
+        expects = "TLS" if not security.tls else "another protocol"
+        raise HandshakeError(
+            f"{where}: the broker did not answer a {security.protocol} request (does the "
+            f"listener expect {expects} or SASL?); check {SETTING_NAMES['protocol']}")
 
 
 def _credentials_refused(where: str, security: KafkaSecurity, detail: str) -> HandshakeError:
@@ -193,19 +217,28 @@ def _kafka_python_login(bootstrap: str, security: KafkaSecurity, timeout: float)
     logger.setLevel(logging.WARNING)
     logger.propagate = False
     logger.addHandler(refusals)
-    deadline = time.monotonic() + timeout
+    # The client retries a refused login until its bootstrap timeout; it logs each refusal
+    # at once. So it logs in on a thread of its own and the first refusal logged ends the wait.
+    outcome: list[BaseException | None] = []
+
+    def login() -> None:
+        try:
+            KafkaAdminClient(**config, bootstrap_timeout_ms=int(timeout * 1000)).close()
+            outcome.append(None)
+        except Exception as exc:
+            outcome.append(exc)
+
+    threading.Thread(target=login, name="chute-kafka-check", daemon=True).start()
+    deadline = time.monotonic() + timeout + 1
     try:
-        while time.monotonic() < deadline:
-            try:
-                KafkaAdminClient(**config, bootstrap_timeout_ms=1_000).close()
-                return
-            except kerrors.SaslAuthenticationFailedError as exc:
-                refusals.seen.append(exc)
-            except kerrors.KafkaError:
-                pass
-            if refusals.seen:
-                detail = str(refusals.seen[0]).rpartition(": ")[2] or "refused"
-                raise _credentials_refused(f"Kafka at {bootstrap}", security, detail)
+        while not outcome and not refusals.seen and time.monotonic() < deadline:
+            time.sleep(0.05)
+        failure = outcome[0] if outcome else None
+        if isinstance(failure, kerrors.SaslAuthenticationFailedError):
+            refusals.seen.append(failure)
+        if refusals.seen:
+            detail = str(refusals.seen[0]).rpartition(": ")[2] or "refused"
+            raise _credentials_refused(f"Kafka at {bootstrap}", security, detail)
     finally:
         logger.removeHandler(refusals)
         logger.setLevel(saved[0])
