@@ -4,6 +4,7 @@ former with one line that names the setting to check (`HandshakeError`)."""
 
 from __future__ import annotations
 
+import socket
 import ssl
 
 from clickhouse_driver import errors as ch_errors
@@ -48,9 +49,20 @@ def clickhouse_problem(exc: BaseException, host: str, port: int, secure: bool) -
         reason = exc.message.split("Stack trace")[0].strip().rstrip(".")
         return (f"{where}: login refused ({reason}); check "
                 "CHUTE_CLICKHOUSE_USER and CHUTE_CLICKHOUSE_PASSWORD (or _PASSWORD_FILE)")
-    if isinstance(exc, ch_errors.NetworkError):
+    if isinstance(exc, ch_errors.NetworkError | ch_errors.UnexpectedPacketFromServerError |
+                  EOFError | ConnectionError) or "EOF" in str(exc).upper():
         # clickhouse-driver keeps only the text of the ssl error it caught.
-        return network_problem(exc.message, where, secure)
+        problem = network_problem(getattr(exc, "message", str(exc)), where, secure)
+        # The connection ended without a reason: a refusal only if the port is alive and
+        # speaks TLS (a proxy whose server is down ends connections too).
+        if problem is None and speaks_tls(host, port):
+            problem = (f"{where}: the server ended the TLS handshake (it refuses the client "
+                       "certificate, or its absence); check CHUTE_CLICKHOUSE_CERT_FILE and "
+                       "CHUTE_CLICKHOUSE_KEY_FILE" if secure else
+                       f"{where}: the port speaks TLS and this client does not; check "
+                       "CHUTE_CLICKHOUSE_SECURE and CHUTE_CLICKHOUSE_PORT (TLS: 9440 by "
+                       "convention)")
+        return problem
     return None
 
 
@@ -73,7 +85,20 @@ def network_problem(text: str, where: str, secure: bool) -> str | None:
     if "[SSL" in text:
         return (f"{where}: TLS handshake failed ({text.split('(')[0].strip()}); check "
                 "CHUTE_CLICKHOUSE_CA_FILE, CHUTE_CLICKHOUSE_CERT_FILE/_KEY_FILE")
-    if not secure and ("reset by peer" in text or "EOF" in text.upper()):
-        return (f"{where}: the server closed the connection on a plaintext hello (a TLS "
-                f"port?); {ports}")
     return None
+
+
+def speaks_tls(host: str, port: int, timeout: float = 3.0) -> bool:
+    """True when the server on host:port answers a TLS ClientHello (certificates unchecked:
+    only the protocol is asked)."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as raw, \
+                context.wrap_socket(raw, server_hostname=host):
+            return True
+    except ssl.SSLError as exc:
+        return "ALERT" in str(exc.reason or "").upper()  # TLS, refusing this client
+    except OSError:
+        return False

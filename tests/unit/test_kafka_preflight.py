@@ -1,6 +1,6 @@
 """The Kafka preflight against tiny local TCP servers: a broker that accepts and says nothing
-is busy (no refusal, the caller retries), one that hangs up on a request refuses it, and
-nothing listening is left to the caller."""
+is busy and one that hangs up may be a proxy without its broker (no refusal: the caller
+retries), a TLS alert in answer to a plaintext request is a refusal."""
 
 from __future__ import annotations
 
@@ -45,10 +45,16 @@ def test_a_silent_broker_is_not_a_refusal(server: Callable[..., int]) -> None:
     done.set()
 
 
-def test_a_broker_that_hangs_up_refuses_the_protocol(server: Callable[..., int]) -> None:
-    port = server(lambda conn: conn.recv(100))
+def test_a_tls_listener_refuses_a_plaintext_request(server: Callable[..., int]) -> None:
+    alert = b"\x15\x03\x03\x00\x02\x02\x50"  # what Kafka's TLS listener sends back
+    port = server(lambda conn: (conn.recv(100), conn.sendall(alert)))
     with pytest.raises(HandshakeError, match="CHUTE_KAFKA_SECURITY_PROTOCOL"):
         preflight.check(f"127.0.0.1:{port}", KafkaSecurity(), "confluent-kafka", timeout=2)
+
+
+def test_a_hang_up_without_a_word_is_left_to_the_caller(server: Callable[..., int]) -> None:
+    port = server(lambda conn: conn.recv(100))  # e.g. a proxy whose broker is down
+    preflight.check(f"127.0.0.1:{port}", KafkaSecurity(), "confluent-kafka", timeout=2)
 
 
 def test_a_plaintext_server_under_tls_is_named(server: Callable[..., int]) -> None:

@@ -24,6 +24,8 @@ from chute.kafka.security import SETTING_NAMES, KafkaSecurity
 
 _API_VERSIONS, _SASL_HANDSHAKE = 18, 17
 _CORRELATION = 7301
+# The first bytes of a TLS alert or handshake record (TLS 1.0-1.3 all say 3.x).
+_TLS_RECORDS = (b"\x15\x03", b"\x16\x03")
 # librdkafka's log lines of the check (its own view of the same failure) are not shown.
 _QUIET = logging.getLogger("chute.kafka.preflight")
 _QUIET.addHandler(logging.NullHandler())
@@ -71,19 +73,21 @@ class NoAnswerYet(Exception):
 
 def response(sock: socket.socket) -> bytes | None:
     """The body of the answer to our request, or None when what came back is not Kafka's
-    answer (the connection closed, or other bytes: e.g. a TLS alert). A TLS error (a client
-    certificate refused after the handshake) is raised as ssl.SSLError."""
+    answer (other bytes, e.g. a TLS alert); NoAnswerYet when nothing came back. A TLS error
+    (a client certificate refused after the handshake) is raised as ssl.SSLError."""
     try:
-        size, = struct.unpack(">i", _read_exact(sock, 4))
+        head = _read_exact(sock, 4)
+        if head[:2] in _TLS_RECORDS:
+            return None  # the listener speaks TLS
+        size, = struct.unpack(">i", head)
         if not 4 <= size <= 1 << 20:
             return None
         payload = _read_exact(sock, size)
-    except TimeoutError:
-        raise NoAnswerYet from None
     except ssl.SSLError:
         raise
     except OSError:
-        return None
+        # Timed out, or closed without a word: a proxy whose broker is down does that too.
+        raise NoAnswerYet from None
     correlation, = struct.unpack(">i", payload[:4])
     return payload[4:] if correlation == _CORRELATION else None
 
