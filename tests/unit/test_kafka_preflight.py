@@ -69,3 +69,10 @@ def test_nothing_listening_is_left_to_the_caller() -> None:
     port = probe.getsockname()[1]
     probe.close()
     preflight.check(f"127.0.0.1:{port}", KafkaSecurity(), "confluent-kafka", timeout=1)
+
+
+def test_a_hang_up_during_the_tls_handshake_is_left_to_the_caller(
+        server: Callable[..., int]) -> None:
+    port = server(lambda conn: conn.recv(1000))
+    preflight.check(f"127.0.0.1:{port}", KafkaSecurity(protocol="SSL"), "confluent-kafka",
+                    timeout=2)

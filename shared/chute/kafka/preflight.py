@@ -134,6 +134,8 @@ def _look(raw: socket.socket, host: str, where: str, security: KafkaSecurity) ->
     if security.tls:
         try:
             sock = tls_context(security).wrap_socket(raw, server_hostname=host)
+        except (ssl.SSLEOFError, ssl.SSLZeroReturnError):
+            raise NoAnswerYet from None  # closed without a word: no evidence of a refusal
         except ssl.SSLError:
             raise  # check() says what it means
         except OSError:  # timed out or reset during the handshake: not an answer
