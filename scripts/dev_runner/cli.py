@@ -52,6 +52,11 @@ def _parser() -> argparse.ArgumentParser:
         "--prometheus", action="store_true",
         help="also run Prometheus on 127.0.0.1:9090 (CHUTE_PROMETHEUS_PORT) scraping the services",
     )
+    cmd_up.add_argument(
+        "--secure", action="store_true",
+        help="Kafka on SASL_SSL (SCRAM-SHA-512) only and ClickHouse with a TLS native port "
+             "(CHUTE_CLICKHOUSE_SECURE_PORT), certificates under the state folder; stays on",
+    )
     commands.add_parser("down", help="stop everything")
     commands.add_parser("status", help="show services; exit 1 if one is down or unhealthy")
     cmd_start = commands.add_parser("start", help="start one service")
@@ -69,7 +74,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
-    print(status_table(supervise.up(args.workers, prometheus=args.prometheus)))
+    print(status_table(supervise.up(args.workers, prometheus=args.prometheus,
+                                    secure_mode=args.secure)))
     return 0
 
 

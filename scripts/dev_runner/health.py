@@ -8,7 +8,9 @@ import os
 from pathlib import Path
 
 import httpx
+from chute.kafka.security import PLAINTEXT, KafkaSecurity
 
+from dev_runner import secure
 from dev_runner.processes import port_open
 from dev_runner.services import Service
 from dev_runner.settings import Settings
@@ -27,7 +29,7 @@ def _http_ok(url: str, expect_body: str | None = None) -> bool:
 _kafka_logging_quiet = False
 
 
-def _kafka_lists_topics(bootstrap: str) -> bool:
+def _kafka_lists_topics(bootstrap: str, security: KafkaSecurity | None = None) -> bool:
     global _kafka_logging_quiet
     if not _kafka_logging_quiet:
         # Without a handler, Python would print the client's errors while the broker boots.
@@ -37,7 +39,7 @@ def _kafka_lists_topics(bootstrap: str) -> bool:
     from chute import kafka
 
     try:
-        admin = kafka.admin(bootstrap, timeout=5.0)
+        admin = kafka.admin(bootstrap, timeout=5.0, security=security or PLAINTEXT)
     except Exception:
         return False
     try:
@@ -53,7 +55,9 @@ def _kafka_lists_topics(bootstrap: str) -> bool:
 def probe(service: Service, s: Settings) -> bool:
     """Asks the service whether it is ready (does not look at pid files)."""
     if service.kind == "kafka":
-        return port_open(s.host, s.kafka_port) and _kafka_lists_topics(s.kafka_bootstrap)
+        security = secure.kafka_security(s) if secure.enabled(s) else None
+        return port_open(s.host, s.kafka_port) and _kafka_lists_topics(s.kafka_bootstrap,
+                                                                        security)
     if service.kind == "clickhouse":
         return _http_ok(service.health, expect_body="Ok.")
     return _http_ok(service.health)

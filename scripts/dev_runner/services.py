@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from dev_runner import secure
 from dev_runner.settings import RunnerError, Settings
 
 CORE_SERVICES = ("kafka", "clickhouse", "control-plane", "ingest-api")
@@ -97,6 +98,7 @@ def kafka_format_argv(s: Settings, cluster_id: str) -> tuple[str, ...]:
         cluster_id,
         "--standalone",
         "--ignore-formatted",
+        *(secure.format_args(s) if secure.enabled(s) else ()),
     )
 
 
@@ -148,7 +150,8 @@ def service_spec(name: str, s: Settings) -> Service:
             kind="clickhouse",
             argv=clickhouse_argv(s),
             port=s.clickhouse_http_port,
-            other_ports=(s.clickhouse_port,),
+            other_ports=(s.clickhouse_port,
+                         *((s.clickhouse_secure_port,) if secure.enabled(s) else ())),
             health=f"http://{s.host}:{s.clickhouse_http_port}/ping",
             marker="clickhouse-server",
             ready_timeout=timeout,
@@ -197,7 +200,9 @@ def service_spec(name: str, s: Settings) -> Service:
         marker=f"-m {module}",
         ready_timeout=timeout,
         env_defaults=python_service_env(s),
-        env_forced=(*forced, ("PYTHONUNBUFFERED", "1")),
+        # Secure mode's connection settings win over the caller's plaintext ones.
+        env_forced=(*forced, *(secure.service_env(s) if secure.enabled(s) else ()),
+                    ("PYTHONUNBUFFERED", "1")),
         pid_file=pid_file,
         logs=(log,),
     )

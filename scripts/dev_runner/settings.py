@@ -19,6 +19,7 @@ PORTS: dict[str, tuple[str, int]] = {
     "kafka_controller_port": ("CHUTE_KAFKA_CONTROLLER_PORT", 9093),
     "clickhouse_port": ("CHUTE_CLICKHOUSE_PORT", 9000),
     "clickhouse_http_port": ("CHUTE_CLICKHOUSE_HTTP_PORT", 8123),
+    "clickhouse_secure_port": ("CHUTE_CLICKHOUSE_SECURE_PORT", 9440),  # secure mode only
     "control_port": ("CHUTE_CONTROL_PORT", 4200),
     "ingest_port": ("CHUTE_INGEST_PORT", 4000),
     "sync_port_base": ("CHUTE_SYNC_PORT_BASE", 4100),
@@ -59,6 +60,7 @@ class Settings:
     kafka_controller_port: int = PORTS["kafka_controller_port"][1]
     clickhouse_port: int = PORTS["clickhouse_port"][1]
     clickhouse_http_port: int = PORTS["clickhouse_http_port"][1]
+    clickhouse_secure_port: int = PORTS["clickhouse_secure_port"][1]
     control_port: int = PORTS["control_port"][1]
     ingest_port: int = PORTS["ingest_port"][1]
     sync_port_base: int = PORTS["sync_port_base"][1]
@@ -114,6 +116,7 @@ class Settings:
             kafka_controller_port=_env_port(env, *PORTS["kafka_controller_port"]),
             clickhouse_port=_env_port(env, *PORTS["clickhouse_port"]),
             clickhouse_http_port=_env_port(env, *PORTS["clickhouse_http_port"]),
+            clickhouse_secure_port=_env_port(env, *PORTS["clickhouse_secure_port"]),
             control_port=_env_port(env, *PORTS["control_port"]),
             ingest_port=_env_port(env, *PORTS["ingest_port"]),
             sync_port_base=_env_port(env, *PORTS["sync_port_base"]),

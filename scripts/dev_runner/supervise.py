@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from dev_runner import secure
 from dev_runner.configs import (
     new_cluster_id,
     parse_meta_cluster_id,
@@ -135,7 +136,11 @@ def _prepare(service: Service, s: Settings) -> None:
         s.kafka_properties.parent.mkdir(parents=True, exist_ok=True)
         s.kafka_log_dirs.mkdir(parents=True, exist_ok=True)
         template = s.template("kafka/server.properties.tmpl").read_text()
-        s.kafka_properties.write_text(render_kafka_properties(template, s))
+        properties = render_kafka_properties(template, s)
+        if secure.enabled(s):
+            secure.ensure_certificates(s)
+            properties = secure.kafka_properties(properties, s)
+        s.kafka_properties.write_text(properties)
         ensure_kafka_formatted(s, service.log)
     elif service.kind == "clickhouse":
         if shutil.which(s.clickhouse_bin) is None:
@@ -145,7 +150,11 @@ def _prepare(service: Service, s: Settings) -> None:
         s.clickhouse_config.parent.mkdir(parents=True, exist_ok=True)
         s.clickhouse_data.mkdir(parents=True, exist_ok=True)
         template = s.template("clickhouse/config.xml.tmpl").read_text()
-        s.clickhouse_config.write_text(render_clickhouse_config(template, s))
+        config = render_clickhouse_config(template, s)
+        if secure.enabled(s):
+            secure.ensure_certificates(s)
+            config = secure.clickhouse_config(config, s)
+        s.clickhouse_config.write_text(config)
         s.clickhouse_users.write_text(s.template("clickhouse/users.xml").read_text())
     elif service.kind == "prometheus":
         if shutil.which(s.prometheus_bin) is None:
@@ -355,14 +364,16 @@ def _reload_prometheus(s: Settings) -> None:
 
 
 def up(workers: int = 1, settings: Settings | None = None,
-       prometheus: bool = False) -> list[ServiceStatus]:
+       prometheus: bool = False, secure_mode: bool = False) -> list[ServiceStatus]:
     """Starts every service that is not running, tier by tier, each waited for until healthy;
     with `prometheus`, also Prometheus scraping them. A running Prometheus is told about a
-    changed number of workers."""
+    changed number of workers. `secure_mode`: see dev_runner.secure (it stays on)."""
     if workers < 0:
         raise RunnerError("--workers must be 0 or more")
     s = _settings(settings)
     with _runner_lock(s):
+        if secure_mode:
+            secure.enable(s)
         s.run_dir.mkdir(parents=True, exist_ok=True)
         s.workers_file.write_text(f"{workers}\n")
         extra = [worker_name(i) for i in _worker_pid_files(s) if i > workers]

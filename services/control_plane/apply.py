@@ -27,7 +27,8 @@ class Connections:
     @classmethod
     def open(cls, settings: CommonSettings) -> Connections:
         ch, profile = clickhouse.connect_with_profile(settings)
-        return cls(kafka.admin(settings.kafka_bootstrap), ch, profile)
+        return cls(kafka.admin(settings.kafka_bootstrap, security=settings.kafka_security()),
+                   ch, profile)
 
     def close(self) -> None:
         self.admin.close()

@@ -9,6 +9,7 @@ import threading
 from chute.logging import configure_logging
 from chute.registry import DefinitionError, Definitions, load_definitions
 from chute.settings import load_settings
+from chute.startup_checks import check_servers
 
 from control_plane.settings import ControlPlaneSettings
 from control_plane.status import StatusSettings, StatusSource, run
@@ -52,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"chute: {exc}", file=sys.stderr)
         return 2
 
+    # A server that refuses these settings ends the command at once, with one line.
+    check_servers(settings, "chute" if args.command != "serve" else "control-plane")
     if args.command == "serve":
         return _serve(settings, defs)
     if args.command == "status":

@@ -318,7 +318,8 @@ class StatusSource:
                     notes: dict[str, list[str]]) -> dict[str, tuple[PartitionState, ...]] | None:
         try:
             if self._admin is None:
-                self._admin = kafka.admin(self.settings.kafka_bootstrap, timeout=5.0)
+                self._admin = kafka.admin(self.settings.kafka_bootstrap, timeout=5.0,
+                                          security=self.settings.kafka_security())
             admin = self._admin
             counts = admin.topic_partitions()
             tps = []

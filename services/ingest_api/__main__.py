@@ -16,6 +16,7 @@ from chute.reload import DefinitionsWatcher, reexec
 from chute.runtime import tune_garbage_collector
 from chute.server import ServerProfile, parse_version
 from chute.settings import load_settings
+from chute.startup_checks import check_servers
 from chute.typemap import UnsupportedTypeError
 
 from ingest_api import replicas
@@ -41,7 +42,8 @@ def connect_producer(settings: IngestSettings) -> kafka.Producer:
         remaining = deadline - time.monotonic()
         try:
             return kafka.producer(settings.kafka_bootstrap, settings.producer_options(
-                bootstrap_timeout_ms=int(max(1.0, min(10.0, remaining)) * 1000)))
+                bootstrap_timeout_ms=int(max(1.0, min(10.0, remaining)) * 1000)),
+                security=settings.kafka_security())
         except Exception as exc:  # broker unreachable (kafka-python checks at start), DNS...
             remaining = deadline - time.monotonic()
             error = f"{type(exc).__name__}: {exc}"
@@ -119,6 +121,7 @@ def main() -> int:
         return 2
     if not definitions.ingest_apis:
         log.warning("no ingest pipelines defined", schemas=settings.schemas)
+    check_servers(settings, "ingest-api")  # exits when a server refuses these settings
     tune_garbage_collector()
     if kafka.client_from_env() == "kafka-python" and importlib.util.find_spec("crc32c") is None:
         log.warning("package crc32c is not installed: kafka-python computes the CRC32C of "

@@ -15,6 +15,7 @@ from chute.registry import DefinitionError, load_definitions
 from chute.reload import DefinitionsWatcher, models_changed, reexec
 from chute.runtime import tune_garbage_collector
 from chute.settings import load_settings
+from chute.startup_checks import check_servers
 from chute.typemap import UnsupportedTypeError
 
 from sync_worker.http import serve
@@ -51,6 +52,7 @@ def main() -> int:
     except DefinitionError as exc:
         log.error("cannot load definitions", error=str(exc))
         return 2
+    check_servers(settings, "sync-worker")  # exits when a server refuses these settings
     deadline = time.monotonic() + 120
     client, profile = _connect_clickhouse(settings, deadline)
     try:
@@ -70,10 +72,13 @@ def main() -> int:
         max_poll_interval_ms=settings.sync_max_poll_interval_ms,
         # Prefetched records cost the client several times their bytes in bookkeeping (small
         # records: ~400 B each): 8 MiB is a few polls ahead, not hundreds of MiB of RSS.
-        fetch_max_bytes=_PREFETCH_BYTES, max_partition_fetch_bytes=_PREFETCH_BYTES // 4))
+        fetch_max_bytes=_PREFETCH_BYTES, max_partition_fetch_bytes=_PREFETCH_BYTES // 4),
+        security=settings.kafka_security())
     producer = kafka.producer(settings.kafka_bootstrap, kafka.ProducerOptions(
-        client_id=f"{settings.sync_worker_id}-dlq", linger_ms=20))
-    admin = kafka.admin(settings.kafka_bootstrap)  # topic ids for exactly-once watermarks
+        client_id=f"{settings.sync_worker_id}-dlq", linger_ms=20),
+        security=settings.kafka_security())
+    # topic ids for exactly-once watermarks
+    admin = kafka.admin(settings.kafka_bootstrap, security=settings.kafka_security())
     worker = SyncWorker(settings, consumer, producer,
                         ClickHouseWriter(client, settings.clickhouse_database), routes,
                         topic_ids=admin.topic_ids)

@@ -10,10 +10,23 @@ from clickhouse_driver import Client
 
 from chute.identifiers import quote_identifier
 from chute.server import ServerProfile, parse_version
-from chute.settings import CommonSettings
+from chute.settings import ClickHouseConnectionSettings
 
 
-def connect(settings: CommonSettings, profile: ServerProfile | None = None,
+def tls_options(settings: ClickHouseConnectionSettings) -> dict[str, Any]:
+    """clickhouse-driver's TLS arguments for the settings (none without CHUTE_CLICKHOUSE_SECURE).
+    verify=False turns off both the certificate and the host name check."""
+    if not settings.clickhouse_secure:
+        return {}
+    options: dict[str, Any] = {"secure": True, "verify": settings.clickhouse_verify}
+    optional = {"ca_certs": settings.clickhouse_ca_file, "certfile": settings.clickhouse_cert_file,
+                "keyfile": settings.clickhouse_key_file,
+                "keypass": settings.clickhouse_key_password}
+    options.update({k: v for k, v in optional.items() if v})
+    return options
+
+
+def connect(settings: ClickHouseConnectionSettings, profile: ServerProfile | None = None,
             **client_settings: Any) -> Client:
     """A client for chute's database. Pass the profile to send its required settings."""
     merged: dict[str, Any] = dict(profile.session_settings()) if profile else {}
@@ -27,6 +40,7 @@ def connect(settings: CommonSettings, profile: ServerProfile | None = None,
         connect_timeout=5,
         send_receive_timeout=60,
         settings=merged,
+        **tls_options(settings),
     )
 
 
@@ -35,7 +49,7 @@ def server_profile(client: Client) -> ServerProfile:
     return ServerProfile(parse_version(str(rows[0][0])))
 
 
-def connect_with_profile(settings: CommonSettings) -> tuple[Client, ServerProfile]:
+def connect_with_profile(settings: ClickHouseConnectionSettings) -> tuple[Client, ServerProfile]:
     probe = connect(settings)
     try:
         profile = server_profile(probe)

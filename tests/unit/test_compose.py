@@ -19,6 +19,7 @@ from typing import Any, cast
 import jsonschema
 import pytest
 import yaml
+from chute.settings import is_secret
 from control_plane.settings import ControlPlaneSettings
 from dev_runner.configs import render_prometheus_config
 from dev_runner.services import service_spec
@@ -76,8 +77,12 @@ def environment(service: Mapping[str, Any]) -> dict[str, str]:
 
 
 def variables_read_by(settings_type: type[BaseSettings]) -> set[str]:
+    """Each setting's variable, and <VARIABLE>_FILE for secrets (chute.secret_files)."""
     prefix = str(settings_type.model_config.get("env_prefix", ""))
-    return {f"{prefix}{name}".upper() for name in settings_type.model_fields}
+    names = {f"{prefix}{name}".upper() for name in settings_type.model_fields}
+    secrets = {f"{prefix}{name}_FILE".upper() for name in settings_type.model_fields
+               if is_secret(settings_type, (name,))}
+    return names | secrets
 
 
 def native_environment(name: str) -> dict[str, str]:

@@ -31,18 +31,40 @@ from chute.kafka.seam import (
     TopicExists,
     TopicPartition,
 )
+from chute.kafka.security import KafkaSecurity
 
 KafkaClient = Literal["confluent-kafka", "kafka-python"]
 CLIENTS: tuple[str, ...] = get_args(KafkaClient)
 DEFAULT_CLIENT: KafkaClient = "confluent-kafka"
 
 __all__ = [
-    "CLIENTS", "DEFAULT_CLIENT", "Admin", "CommitRebalanced", "Consumer", "ConsumerOptions",
-    "DeliveryCallback", "GroupMember", "Headers", "KafkaClient", "KafkaClientError",
-    "KafkaTimeout", "Producer", "ProducerOptions", "RebalanceListener", "Record", "RecordBatch",
+    "CLIENTS",
+    "DEFAULT_CLIENT",
+    "Admin",
+    "CommitRebalanced",
+    "Consumer",
+    "ConsumerOptions",
+    "DeliveryCallback",
+    "GroupMember",
+    "Headers",
+    "KafkaClient",
+    "KafkaClientError",
+    "KafkaSecurity",
+    "KafkaTimeout",
+    "Producer",
+    "ProducerOptions",
+    "RebalanceListener",
+    "Record",
+    "RecordBatch",
     "RecordTooLarge",
-    "TopicConfig", "TopicExists", "TopicPartition", "admin", "client_from_env", "consumer",
+    "TopicConfig",
+    "TopicExists",
+    "TopicPartition",
+    "admin",
+    "client_from_env",
+    "consumer",
     "producer",
+    "security_from_env",
 ]
 
 
@@ -54,32 +76,46 @@ def client_from_env() -> KafkaClient:
     return name  # type: ignore[return-value]
 
 
+def security_from_env() -> KafkaSecurity:
+    """The TLS/SASL settings of the CHUTE_KAFKA_* variables (and their _FILE forms)."""
+    from chute.settings import KafkaConnectionSettings, load_settings
+
+    return load_settings(KafkaConnectionSettings).kafka_security()
+
+
 def producer(bootstrap: str, options: ProducerOptions | None = None, *,
-             client: str | None = None, extra: Mapping[str, Any] | None = None) -> Producer:
+             client: str | None = None, extra: Mapping[str, Any] | None = None,
+             security: KafkaSecurity | None = None) -> Producer:
     """A producer that reports success only once every in-sync replica has the record.
-    `extra`: settings in the backend's own vocabulary (tests, special deployments)."""
+    `extra`: settings in the backend's own vocabulary (tests, special deployments);
+    `security`: TLS/SASL, by default from the environment (security_from_env)."""
     options = options or ProducerOptions()
+    security = security or security_from_env()
     if (client or client_from_env()) == "kafka-python":
         from chute.kafka.kafkapython import KafkaPythonProducer
-        return KafkaPythonProducer(bootstrap, options, extra)
+        return KafkaPythonProducer(bootstrap, options, extra, security)
     from chute.kafka.confluent import ConfluentProducer
-    return ConfluentProducer(bootstrap, options, extra)
+    return ConfluentProducer(bootstrap, options, extra, security)
 
 
 def consumer(bootstrap: str, options: ConsumerOptions, *, client: str | None = None,
-             extra: Mapping[str, Any] | None = None) -> Consumer:
+             extra: Mapping[str, Any] | None = None,
+             security: KafkaSecurity | None = None) -> Consumer:
     """A group consumer with manual commits, starting at the earliest offset of partitions
     that have no commit."""
+    security = security or security_from_env()
     if (client or client_from_env()) == "kafka-python":
         from chute.kafka.kafkapython import KafkaPythonConsumer
-        return KafkaPythonConsumer(bootstrap, options, extra)
+        return KafkaPythonConsumer(bootstrap, options, extra, security)
     from chute.kafka.confluent import ConfluentConsumer
-    return ConfluentConsumer(bootstrap, options, extra)
+    return ConfluentConsumer(bootstrap, options, extra, security)
 
 
-def admin(bootstrap: str, timeout: float = 10.0, *, client: str | None = None) -> Admin:
+def admin(bootstrap: str, timeout: float = 10.0, *, client: str | None = None,
+          security: KafkaSecurity | None = None) -> Admin:
+    security = security or security_from_env()
     if (client or client_from_env()) == "kafka-python":
         from chute.kafka.kafkapython import KafkaPythonAdmin
-        return KafkaPythonAdmin(bootstrap, timeout)
+        return KafkaPythonAdmin(bootstrap, timeout, security=security)
     from chute.kafka.confluent import ConfluentAdmin
-    return ConfluentAdmin(bootstrap, timeout)
+    return ConfluentAdmin(bootstrap, timeout, security=security)

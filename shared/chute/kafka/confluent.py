@@ -22,6 +22,7 @@ from confluent_kafka import KafkaError, KafkaException, Message
 from confluent_kafka import TopicPartition as CTopicPartition
 from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic, OffsetSpec
 
+from chute.kafka.client_config import backend_config, consumer_settings, producer_settings
 from chute.kafka.seam import (
     CommitRebalanced,
     ConsumerOptions,
@@ -39,6 +40,9 @@ from chute.kafka.seam import (
     TopicPartition,
     Waiter,
 )
+from chute.kafka.security import PLAINTEXT, Backend, KafkaSecurity
+
+BACKEND: Backend = "confluent-kafka"
 
 # librdkafka's own log lines (connection refused, ...) go to Python logging, not stderr.
 _LOG = logging.getLogger("chute.kafka.librdkafka")
@@ -95,23 +99,17 @@ def _uuid_text(value: confluent_kafka.Uuid) -> str:
 
 class ConfluentProducer:
     def __init__(self, bootstrap: str, options: ProducerOptions,
-                 extra: Mapping[str, Any] | None = None) -> None:
-        config: dict[str, Any] = {
-            "bootstrap.servers": bootstrap,
-            "client.id": options.client_id,
-            "acks": "all",
-            "linger.ms": options.linger_ms,
-            "request.timeout.ms": options.request_timeout_ms,
+                 extra: Mapping[str, Any] | None = None,
+                 security: KafkaSecurity = PLAINTEXT) -> None:
+        config = backend_config(BACKEND, producer_settings(bootstrap, options), security)
+        config.update({
             "message.timeout.ms": options.delivery_timeout_ms,
             "message.max.bytes": options.max_request_bytes,
             "compression.type": "none",
-            # Internal retries may duplicate a record (at-least-once, as a client retry
-            # would); they never outlive message.timeout.ms.
-            "enable.idempotence": False,
-            "reconnect.backoff.max.ms": 2_000,
+            # Internal retries (no idempotence) never outlive message.timeout.ms.
             "socket.connection.setup.timeout.ms": max(1_000, options.request_timeout_ms),
             "logger": _LOG,
-        }
+        })
         config.update(extra or {})
         self._max_block = options.max_block_ms / 1000
         self._producer = confluent_kafka.Producer(config)
@@ -220,30 +218,20 @@ class ConfluentProducer:
 
 class ConfluentConsumer:
     def __init__(self, bootstrap: str, options: ConsumerOptions,
-                 extra: Mapping[str, Any] | None = None) -> None:
-        config: dict[str, Any] = {
-            "bootstrap.servers": bootstrap,
-            "group.id": options.group_id,
-            "client.id": options.client_id,
-            "enable.auto.commit": False,
+                 extra: Mapping[str, Any] | None = None,
+                 security: KafkaSecurity = PLAINTEXT) -> None:
+        config = backend_config(BACKEND, consumer_settings(bootstrap, options), security)
+        config.update({
             "enable.auto.offset.store": False,
-            "auto.offset.reset": "earliest",
             # Incremental rebalances: a joining or leaving member moves only the partitions
             # that change owner; the others keep flowing.
             "partition.assignment.strategy": "cooperative-sticky",
-            "session.timeout.ms": options.session_timeout_ms,
-            "heartbeat.interval.ms": options.heartbeat_interval_ms,
-            "max.poll.interval.ms": options.max_poll_interval_ms,
-            "fetch.wait.max.ms": options.fetch_max_wait_ms,
-            "fetch.max.bytes": options.fetch_max_bytes,
-            "max.partition.fetch.bytes": options.max_partition_fetch_bytes,
             # Prefetched, not yet consumed data (KiB, one queue for all partitions): bounds the
             # client's own memory while leaving a full batch ready to consume.
             "queued.max.messages.kbytes": max(1024, options.fetch_max_bytes // 1024),
-            "reconnect.backoff.max.ms": 2_000,
             "enable.partition.eof": False,
             "logger": _LOG,
-        }
+        })
         config.update(extra or {})
         self._consumer = confluent_kafka.Consumer(config)
         self._max_records = options.max_poll_records
@@ -435,10 +423,12 @@ def _batches(messages: list[Message]) -> dict[TopicPartition, RecordBatch]:
 
 class ConfluentAdmin:
     def __init__(self, bootstrap: str, timeout: float = 10.0,
-                 extra: Mapping[str, Any] | None = None) -> None:
-        config: dict[str, Any] = {"bootstrap.servers": bootstrap, "client.id": "chute-admin",
-                                  "socket.connection.setup.timeout.ms": int(timeout * 1000),
-                                  "logger": _LOG}
+                 extra: Mapping[str, Any] | None = None,
+                 security: KafkaSecurity = PLAINTEXT) -> None:
+        config = backend_config(BACKEND, {"bootstrap": bootstrap, "client_id": "chute-admin"},
+                                security)
+        config.update({"socket.connection.setup.timeout.ms": int(timeout * 1000),
+                       "logger": _LOG})
         config.update(extra or {})
         self._admin = AdminClient(config)
         self._timeout = timeout

@@ -33,6 +33,7 @@ from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssi
 from kafka.future import Future
 from kafka.structs import OffsetAndMetadata
 
+from chute.kafka.client_config import backend_config, consumer_settings, producer_settings
 from chute.kafka.seam import (
     CommitRebalanced,
     ConsumerOptions,
@@ -50,6 +51,9 @@ from chute.kafka.seam import (
     TopicPartition,
     Waiter,
 )
+from chute.kafka.security import PLAINTEXT, Backend, KafkaSecurity
+
+BACKEND: Backend = "kafka-python"
 
 _REBALANCED = (kerrors.CommitFailedError, kerrors.RebalanceInProgressError,
                kerrors.IllegalGenerationError, kerrors.UnknownMemberIdError)
@@ -86,12 +90,10 @@ def _tp(ktp: Any) -> TopicPartition:
 
 class KafkaPythonProducer:
     def __init__(self, bootstrap: str, options: ProducerOptions,
-                 extra: Mapping[str, Any] | None = None) -> None:
-        config: dict[str, Any] = {
-            "bootstrap_servers": bootstrap,
-            "client_id": options.client_id,
-            "acks": "all",
-            "linger_ms": options.linger_ms,
+                 extra: Mapping[str, Any] | None = None,
+                 security: KafkaSecurity = PLAINTEXT) -> None:
+        config = backend_config(BACKEND, producer_settings(bootstrap, options), security)
+        config.update({
             "batch_size": 512 * 1024,
             "max_request_size": options.max_request_bytes,
             "compression_type": None,
@@ -100,14 +102,11 @@ class KafkaPythonProducer:
             # while the broker was down (seen in the Kafka-outage fault test), so: no
             # idempotence and no internal retries, which could then reorder or duplicate. A
             # failed send is reported to the caller.
-            "enable_idempotence": False,
             "retries": 0,
-            "request_timeout_ms": options.request_timeout_ms,
             "metrics_enabled": False,  # kafka-python's own metrics cost CPU
-            "reconnect_backoff_max_ms": 2_000,
             "max_block_ms": options.max_block_ms,
             "bootstrap_timeout_ms": options.bootstrap_timeout_ms,
-        }
+        })
         config.update(extra or {})
         try:
             self._producer = KafkaProducer(**config)
@@ -196,24 +195,14 @@ class _Relay(AsyncConsumerRebalanceListener):  # type: ignore[misc]
 
 class KafkaPythonConsumer:
     def __init__(self, bootstrap: str, options: ConsumerOptions,
-                 extra: Mapping[str, Any] | None = None) -> None:
-        config: dict[str, Any] = {
-            "bootstrap_servers": bootstrap,
-            "group_id": options.group_id,
-            "client_id": options.client_id,
-            "enable_auto_commit": False,
-            "auto_offset_reset": "earliest",
+                 extra: Mapping[str, Any] | None = None,
+                 security: KafkaSecurity = PLAINTEXT) -> None:
+        config = backend_config(BACKEND, consumer_settings(bootstrap, options), security)
+        config.update({
             "partition_assignment_strategy": (CooperativeStickyAssignor,),
             "max_poll_records": options.max_poll_records,
-            "fetch_max_bytes": options.fetch_max_bytes,
-            "max_partition_fetch_bytes": options.max_partition_fetch_bytes,
-            "session_timeout_ms": options.session_timeout_ms,
-            "heartbeat_interval_ms": options.heartbeat_interval_ms,
-            "max_poll_interval_ms": options.max_poll_interval_ms,
-            "fetch_max_wait_ms": options.fetch_max_wait_ms,
             "metrics_enabled": False,
-            "reconnect_backoff_max_ms": 2_000,
-        }
+        })
         config.update(extra or {})
         try:
             self._consumer = KafkaConsumer(**config)
@@ -416,11 +405,12 @@ class KafkaPythonConsumer:
 
 class KafkaPythonAdmin:
     def __init__(self, bootstrap: str, timeout: float = 10.0,
-                 extra: Mapping[str, Any] | None = None) -> None:
-        config: dict[str, Any] = {
-            "bootstrap_servers": bootstrap, "client_id": "chute-admin",
-            "request_timeout_ms": int(timeout * 1000),
-            "bootstrap_timeout_ms": int(timeout * 1000)}
+                 extra: Mapping[str, Any] | None = None,
+                 security: KafkaSecurity = PLAINTEXT) -> None:
+        config = backend_config(BACKEND, {
+            "bootstrap": bootstrap, "client_id": "chute-admin",
+            "request_timeout_ms": int(timeout * 1000)}, security)
+        config["bootstrap_timeout_ms"] = int(timeout * 1000)
         config.update(extra or {})
         try:
             self._admin = KafkaAdminClient(**config)

@@ -1,0 +1,251 @@
+"""A quick look at the first bootstrap broker before a service starts its clients: a refused
+TLS handshake, a SASL mechanism the broker does not offer, a plaintext client on a TLS listener
+or wrong credentials raise HandshakeError within seconds (the clients would retry them
+silently until their timeouts); a broker that cannot be reached is left to the caller's retry.
+
+TLS and the mechanism are checked here with the standard library and two requests of Kafka's
+protocol (ApiVersions v0, SaslHandshake v1); the credentials by the chosen backend, since each
+speaks SCRAM itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import struct
+import threading
+import time
+from typing import Any
+
+from chute.handshake import HandshakeError, tls_problem
+from chute.kafka.client_config import backend_config
+from chute.kafka.security import SETTING_NAMES, KafkaSecurity
+
+_API_VERSIONS, _SASL_HANDSHAKE = 18, 17
+_CORRELATION = 7301
+# The first bytes of a TLS alert or handshake record (TLS 1.0-1.3 all say 3.x).
+_TLS_RECORDS = (b"\x15\x03", b"\x16\x03")
+# librdkafka's log lines of the check (its own view of the same failure) are not shown.
+_QUIET = logging.getLogger("chute.kafka.preflight")
+_QUIET.addHandler(logging.NullHandler())
+_QUIET.propagate = False
+
+
+def first_address(bootstrap: str) -> tuple[str, int]:
+    host, _, port = bootstrap.split(",")[0].strip().rpartition(":")
+    return host.strip("[]") or "127.0.0.1", int(port or 9092)
+
+
+def tls_context(security: KafkaSecurity) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=security.ca_file)
+    context.check_hostname = security.verify_hostname
+    if security.cert_file:
+        context.load_cert_chain(security.cert_file, security.key_file,
+                                security.key_password or None)
+    return context
+
+
+def _string(text: str) -> bytes:
+    data = text.encode()
+    return struct.pack(">h", len(data)) + data
+
+
+def request(api_key: int, version: int, body: bytes) -> bytes:
+    message = struct.pack(">hhi", api_key, version, _CORRELATION) + _string("chute-check") + body
+    return struct.pack(">i", len(message)) + message
+
+
+def _read_exact(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise ConnectionError("closed by the server")
+        data += chunk
+    return data
+
+
+class NoAnswerYet(Exception):
+    """The broker accepted the connection but did not answer in time: busy or hung, not a
+    refusal (the caller's retry decides)."""
+
+
+def response(sock: socket.socket) -> bytes | None:
+    """The body of the answer to our request, or None when what came back is not Kafka's
+    answer (other bytes, e.g. a TLS alert); NoAnswerYet when nothing came back. A TLS error
+    (a client certificate refused after the handshake) is raised as ssl.SSLError."""
+    try:
+        head = _read_exact(sock, 4)
+        if head[:2] in _TLS_RECORDS:
+            return None  # the listener speaks TLS
+        size, = struct.unpack(">i", head)
+        if not 4 <= size <= 1 << 20:
+            return None
+        payload = _read_exact(sock, size)
+    except ssl.SSLError:
+        raise
+    except OSError:
+        # Timed out, or closed without a word: a proxy whose broker is down does that too.
+        raise NoAnswerYet from None
+    correlation, = struct.unpack(">i", payload[:4])
+    return payload[4:] if correlation == _CORRELATION else None
+
+
+def parse_sasl_handshake(body: bytes) -> tuple[int, list[str]]:
+    """(error code, the mechanisms the broker enables) of a SaslHandshake v1 answer."""
+    error, count = struct.unpack(">hi", body[:6])
+    mechanisms, at = [], 6
+    for _ in range(max(count, 0)):
+        size, = struct.unpack(">h", body[at:at + 2])
+        mechanisms.append(body[at + 2:at + 2 + size].decode())
+        at += 2 + size
+    return error, mechanisms
+
+
+def check(bootstrap: str, security: KafkaSecurity, client: str, timeout: float = 10.0) -> None:
+    """Raises HandshakeError when the first broker refuses this configuration."""
+    host, port = first_address(bootstrap)
+    where = f"Kafka at {host}:{port}"
+    try:
+        raw = socket.create_connection((host, port), timeout=min(timeout, 5.0))
+    except OSError:
+        return  # not reachable (yet): the caller's retry decides
+    with raw:
+        try:
+            _look(raw, host, where, security)
+        except NoAnswerYet:
+            return
+        except ssl.SSLError as exc:
+            raise HandshakeError(f"{where}: {_tls_problem(exc, host, security)}") from None
+    if security.sasl:
+        check_credentials(bootstrap, security, client, timeout)
+
+
+def _tls_problem(exc: BaseException, host: str, security: KafkaSecurity) -> str | None:
+    return tls_problem(exc, host, SETTING_NAMES["ca_file"], SETTING_NAMES["verify_hostname"],
+                       f"check {SETTING_NAMES['protocol']}={security.protocol}, "
+                       f"{SETTING_NAMES['cert_file']} and {SETTING_NAMES['key_file']}")
+
+
+def _look(raw: socket.socket, host: str, where: str, security: KafkaSecurity) -> None:
+    """TLS handshake (when configured), then one request; raises what the answer means."""
+    sock = raw
+    if security.tls:
+        try:
+            sock = tls_context(security).wrap_socket(raw, server_hostname=host)
+        except (ssl.SSLEOFError, ssl.SSLZeroReturnError):
+            raise NoAnswerYet from None  # closed without a word: no evidence of a refusal
+        except ssl.SSLError:
+            raise  # check() says what it means
+        except OSError:  # timed out or reset during the handshake: not an answer
+            raise NoAnswerYet from None
+    if security.sasl:
+        sock.sendall(request(_SASL_HANDSHAKE, 1, _string(security.sasl_mechanism)))
+        body = response(sock)
+        if body is not None:
+            error, offered = parse_sasl_handshake(body)
+            if error:
+                raise HandshakeError(
+                    f"{where}: the broker does not offer SASL mechanism "
+                    f"{security.sasl_mechanism} (it offers {', '.join(offered) or 'none'}); "
+                    f"check {SETTING_NAMES['sasl_mechanism']}")
+    else:
+        sock.sendall(request(_API_VERSIONS, 0, b""))
+        body = response(sock)
+    if body is None:
+        expects = "TLS" if not security.tls else "another protocol"
+        raise HandshakeError(
+            f"{where}: the broker did not answer a {security.protocol} request (does the "
+            f"listener expect {expects} or SASL?); check {SETTING_NAMES['protocol']}")
+
+
+def _credentials_refused(where: str, security: KafkaSecurity, detail: str) -> HandshakeError:
+    return HandshakeError(
+        f"{where}: SASL {security.sasl_mechanism} authentication of user "
+        f"{security.sasl_username!r} failed ({detail}); check "
+        f"{SETTING_NAMES['sasl_username']} and {SETTING_NAMES['sasl_password']} (or _FILE)")
+
+
+def check_credentials(bootstrap: str, security: KafkaSecurity, client: str,
+                      timeout: float) -> None:
+    """Logs in once with the backend; raises HandshakeError when the broker refuses."""
+    where = f"Kafka at {bootstrap}"
+    if client == "kafka-python":
+        _kafka_python_login(bootstrap, security, timeout)
+        return
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    errors: list[KafkaError] = []
+    config = backend_config("confluent-kafka", {"bootstrap": bootstrap,
+                                                "client_id": "chute-check"}, security)
+    callbacks: dict[str, Any] = {"error_cb": errors.append, "logger": _QUIET}
+    admin = AdminClient({**config, **callbacks})
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            admin.list_topics(timeout=0.25)
+            return
+        except KafkaException:
+            admin.poll(0)  # serves error_cb
+        for error in errors:
+            if error.code() == KafkaError._AUTHENTICATION:
+                detail = error.str().rpartition(": ")[2]
+                raise _credentials_refused(where, security, detail.split(" (after ")[0])
+
+
+class _Refusals(logging.Handler):
+    """Keeps the SASL refusals kafka-python logs (it retries them until its bootstrap timeout
+    instead of raising them)."""
+
+    def __init__(self, refused: type[BaseException]) -> None:
+        super().__init__()
+        self.refused = refused
+        self.seen: list[BaseException] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        args = record.args if isinstance(record.args, tuple) else ()
+        self.seen += [a for a in args if isinstance(a, self.refused)]
+
+
+def _kafka_python_login(bootstrap: str, security: KafkaSecurity, timeout: float) -> None:
+    import kafka.errors as kerrors
+    from kafka import KafkaAdminClient
+
+    config = backend_config("kafka-python", {"bootstrap": bootstrap,
+                                             "client_id": "chute-check"}, security)
+    refusals = _Refusals(kerrors.SaslAuthenticationFailedError)
+    # The connection manager logs the refusal (WARNING); services silence "kafka" (CRITICAL).
+    # For the check, its records go to `refusals` only.
+    logger = logging.getLogger("kafka.net.manager")
+    saved = logger.level, logger.propagate
+    logger.setLevel(logging.WARNING)
+    logger.propagate = False
+    logger.addHandler(refusals)
+    # The client retries a refused login until its bootstrap timeout; it logs each refusal
+    # at once. So it logs in on a thread of its own and the first refusal logged ends the wait.
+    outcome: list[BaseException | None] = []
+
+    def login() -> None:
+        try:
+            KafkaAdminClient(**config, bootstrap_timeout_ms=int(timeout * 1000)).close()
+            outcome.append(None)
+        except Exception as exc:
+            outcome.append(exc)
+
+    threading.Thread(target=login, name="chute-kafka-check", daemon=True).start()
+    deadline = time.monotonic() + timeout + 1
+    try:
+        while not outcome and not refusals.seen and time.monotonic() < deadline:
+            time.sleep(0.05)
+        failure = outcome[0] if outcome else None
+        if isinstance(failure, kerrors.SaslAuthenticationFailedError):
+            refusals.seen.append(failure)
+        if refusals.seen:
+            detail = str(refusals.seen[0]).rpartition(": ")[2] or "refused"
+            raise _credentials_refused(f"Kafka at {bootstrap}", security, detail)
+    finally:
+        logger.removeHandler(refusals)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]

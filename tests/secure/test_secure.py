@@ -1,0 +1,197 @@
+"""chute over SASL_SSL Kafka and TLS ClickHouse (real listeners, certificates made by the
+runner), and the one-line fast exits when a server refuses the settings."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+from chute import kafka
+from chute.kafka import KafkaSecurity, ProducerOptions
+from clickhouse_driver import Client
+from dev_runner import secure
+from dev_runner.settings import Settings
+
+from tests.support import PYTHON, ROOT, wait_for
+
+
+def secure_clickhouse(s: Settings) -> Client:
+    return Client(s.host, port=s.clickhouse_secure_port, secure=True,
+                  ca_certs=str(secure.files(s).ca_cert))
+
+
+def test_ingest_sync_table_over_sasl_ssl_and_tls(secure_stack: Settings) -> None:
+    marker = f"secure-{uuid.uuid4().hex[:8]}"
+    records = [{"id": f"{marker}-{i}", "user_id": "u", "timestamp": "2024-05-01T12:00:00Z",
+                "event_type": marker} for i in range(50)]
+    answer = httpx.post(f"http://{secure_stack.host}:{secure_stack.ingest_port}/ingest/events",
+                        json=records, timeout=30)
+    assert answer.status_code == 200, answer.text
+    ch = secure_clickhouse(secure_stack)
+    try:
+        def stored() -> list[tuple[str]]:
+            rows: list[tuple[str]] = ch.execute(
+                "SELECT id FROM events WHERE event_type = %(m)s ORDER BY id", {"m": marker})
+            return rows if len(rows) >= len(records) else []
+
+        rows = wait_for(stored, timeout=60, what="records in ClickHouse over TLS")
+    finally:
+        ch.disconnect()
+    assert sorted(r[0] for r in rows) == sorted(r["id"] for r in records)
+
+
+@pytest.mark.parametrize("client", kafka.CLIENTS)
+def test_both_backends_produce_and_consume_over_sasl_ssl(secure_stack: Settings,
+                                                         security: KafkaSecurity,
+                                                         client: str) -> None:
+    topic = f"secure_{uuid.uuid4().hex[:8]}"
+    admin = kafka.admin(secure_stack.kafka_bootstrap, client=client, security=security)
+    try:
+        assert admin.create_topic(kafka.TopicConfig(topic, 1, {}))
+        producer = kafka.producer(secure_stack.kafka_bootstrap, ProducerOptions(linger_ms=0),
+                                  client=client, security=security)
+        producer.deliver(topic, [b"one", b"two"], timeout=30)
+        producer.close(5)
+        ends = admin.end_offsets([kafka.TopicPartition(topic, 0)])
+        assert ends[kafka.TopicPartition(topic, 0)] == 2
+    finally:
+        admin.delete_topic(topic)
+        admin.close()
+
+
+def run_chute(env: dict[str, str], *args: str) -> tuple[int, str, float]:
+    started = time.monotonic()
+    done = subprocess.run([str(PYTHON), "-m", "control_plane", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+    elapsed = time.monotonic() - started
+    print(f"chute {' '.join(args)}: exit {done.returncode} after {elapsed:.2f} s: "
+          f"{done.stderr.strip()}")
+    return done.returncode, done.stderr, elapsed
+
+
+def other_ca(tmp_path: Path) -> Path:
+    ca = tmp_path / "other-ca.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                    str(tmp_path / "other-ca.key"), "-out", str(ca), "-days", "2",
+                    "-subj", "/CN=not the chute CA"], check=True, capture_output=True)
+    return ca
+
+
+def refused_line(stderr: str) -> str:
+    """The last line: a refusal must be one line, the last thing printed."""
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    assert lines, "nothing printed"
+    return lines[-1]
+
+
+@pytest.mark.parametrize("client", kafka.CLIENTS)
+def test_wrong_password_ends_chute_plan_with_one_line(secure_env: dict[str, str],
+                                                      tmp_path: Path, client: str) -> None:
+    wrong = tmp_path / "wrong"
+    wrong.write_text("not-the-password-7731\n")
+    env = {**secure_env, "CHUTE_KAFKA_SASL_PASSWORD_FILE": str(wrong),
+           "CHUTE_KAFKA_CLIENT": client}
+    code, stderr, _ = run_chute(env, "plan")
+    assert code != 0
+    line = refused_line(stderr)
+    assert "CHUTE_KAFKA_SASL_PASSWORD" in line and "authentication" in line
+    assert "not-the-password-7731" not in stderr
+
+
+def test_wrong_mechanism_is_named(secure_env: dict[str, str]) -> None:
+    code, stderr, _ = run_chute({**secure_env, "CHUTE_KAFKA_SASL_MECHANISM": "SCRAM-SHA-256"},
+                                "status")
+    assert code != 0
+    assert "CHUTE_KAFKA_SASL_MECHANISM" in refused_line(stderr)
+
+
+def test_untrusted_ca_is_named_for_kafka_and_clickhouse(secure_env: dict[str, str],
+                                                        tmp_path: Path) -> None:
+    ca = str(other_ca(tmp_path))
+    code, stderr, _ = run_chute({**secure_env, "CHUTE_KAFKA_SSL_CA_FILE": ca}, "plan")
+    assert code != 0 and "CHUTE_KAFKA_SSL_CA_FILE" in refused_line(stderr)
+    code, stderr, _ = run_chute({**secure_env, "CHUTE_CLICKHOUSE_CA_FILE": ca}, "apply")
+    assert code != 0 and "CHUTE_CLICKHOUSE_CA_FILE" in refused_line(stderr)
+
+
+def test_plaintext_clients_are_refused(secure_stack: Settings, secure_env: dict[str, str],
+                                       security: KafkaSecurity) -> None:
+    code, stderr, _ = run_chute({**secure_env, "CHUTE_KAFKA_SECURITY_PROTOCOL": "PLAINTEXT"},
+                                "plan")
+    assert code != 0 and "CHUTE_KAFKA_SECURITY_PROTOCOL" in refused_line(stderr)
+    code, stderr, _ = run_chute({**secure_env, "CHUTE_CLICKHOUSE_SECURE": "false"}, "plan")
+    assert code != 0 and "CHUTE_CLICKHOUSE_SECURE" in refused_line(stderr)
+    # The broker itself refuses them: a plaintext client gets no metadata.
+    plain = kafka.admin(secure_stack.kafka_bootstrap, timeout=3.0,
+                        security=dataclasses.replace(security, protocol="PLAINTEXT"))
+    try:
+        with pytest.raises(kafka.KafkaClientError):
+            plain.topic_partitions()
+    finally:
+        plain.close()
+
+
+def test_sync_worker_with_a_wrong_password_exits_at_once(secure_env: dict[str, str],
+                                                         tmp_path: Path) -> None:
+    wrong = tmp_path / "wrong"
+    wrong.write_text("wrong-again-5512")
+    env = {**secure_env, "CHUTE_KAFKA_SASL_PASSWORD_FILE": str(wrong),
+           "CHUTE_SYNC_PORT": "0", "CHUTE_SYNC_WORKER_ID": "refused"}
+    started = time.monotonic()
+    done = subprocess.run([str(PYTHON), "-m", "sync_worker"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+    print(f"sync-worker: exit {done.returncode} after {time.monotonic() - started:.2f} s: "
+          f"{done.stderr.strip()[-300:]}")
+    assert done.returncode != 0
+    line = refused_line(done.stderr)
+    assert line.startswith("sync-worker: Kafka at") and "CHUTE_KAFKA_SASL_PASSWORD" in line
+    assert "wrong-again-5512" not in done.stderr + done.stdout
+    assert not any("retry" in json.dumps(line).lower() for line in done.stdout.splitlines())
+
+
+def foreign_client_certificate(tmp_path: Path) -> tuple[str, str]:
+    """A client certificate signed by a CA the servers do not know."""
+    ca, ca_key = other_ca(tmp_path), tmp_path / "other-ca.key"
+    key, csr, cert = tmp_path / "c.key", tmp_path / "c.csr", tmp_path / "c.pem"
+    subprocess.run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+                    "-out", str(csr), "-subj", "/CN=stranger"], check=True, capture_output=True)
+    subprocess.run(["openssl", "x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey",
+                    str(ca_key), "-CAcreateserial", "-out", str(cert), "-days", "2"],
+                   check=True, capture_output=True)
+    return str(cert), str(key)
+
+
+@pytest.mark.parametrize("client", kafka.CLIENTS)
+def test_kafka_client_certificates(secure_stack: Settings, security: KafkaSecurity,
+                                   client: str) -> None:
+    """mTLS settings reach both backends (the broker requests a certificate and checks one
+    presented against its CA; it does not require one, so no refusal is tested here)."""
+    from chute.kafka import preflight
+
+    f = secure.files(secure_stack)
+    mtls = dataclasses.replace(security, cert_file=str(f.client_cert),
+                               key_file=str(f.client_key))
+    preflight.check(secure_stack.kafka_bootstrap, mtls, client)
+    admin = kafka.admin(secure_stack.kafka_bootstrap, client=client, security=mtls)
+    try:
+        assert "__consumer_offsets" not in admin.topic_partitions()
+    finally:
+        admin.close()
+
+
+def test_clickhouse_client_certificates(secure_stack: Settings, secure_env: dict[str, str],
+                                        tmp_path: Path) -> None:
+    f = secure.files(secure_stack)
+    code, stderr, _ = run_chute({**secure_env, "CHUTE_CLICKHOUSE_CERT_FILE": str(f.client_cert),
+                                 "CHUTE_CLICKHOUSE_KEY_FILE": str(f.client_key)}, "plan")
+    assert code == 0, stderr
+    cert, key = foreign_client_certificate(tmp_path)
+    code, stderr, _ = run_chute({**secure_env, "CHUTE_CLICKHOUSE_CERT_FILE": cert,
+                                 "CHUTE_CLICKHOUSE_KEY_FILE": key}, "plan")
+    assert code != 0 and "CHUTE_CLICKHOUSE_CERT_FILE" in refused_line(stderr)
