@@ -52,6 +52,14 @@ def _parser() -> argparse.ArgumentParser:
         "--prometheus", action="store_true",
         help="also run Prometheus on 127.0.0.1:9090 (CHUTE_PROMETHEUS_PORT) scraping the services",
     )
+    cmd_up.add_argument(
+        "--kafka-brokers", type=int, default=1, metavar="N",
+        help="N KRaft nodes kafka-1..N (default 1: the single node `kafka`)",
+    )
+    cmd_up.add_argument(
+        "--clickhouse-replicas", type=int, default=1, metavar="M",
+        help="M replicated ClickHouse servers clickhouse-1..M and ZooKeeper (default 1)",
+    )
     commands.add_parser("down", help="stop everything")
     commands.add_parser("status", help="show services; exit 1 if one is down or unhealthy")
     cmd_start = commands.add_parser("start", help="start one service")
@@ -69,7 +77,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
-    print(status_table(supervise.up(args.workers, prometheus=args.prometheus)))
+    print(status_table(supervise.up(args.workers, prometheus=args.prometheus,
+                                    kafka_brokers=args.kafka_brokers,
+                                    clickhouse_replicas=args.clickhouse_replicas)))
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 from pathlib import Path
 
 import httpx
@@ -50,10 +51,23 @@ def _kafka_lists_topics(bootstrap: str) -> bool:
     return True
 
 
+def _zookeeper_ok(host: str, port: int) -> bool:
+    """ZooKeeper's four-letter `ruok` answers `imok` once it serves."""
+    try:
+        with socket.create_connection((host, port), timeout=2.0) as conn:
+            conn.sendall(b"ruok")
+            return conn.recv(16) == b"imok"
+    except OSError:
+        return False
+
+
 def probe(service: Service, s: Settings) -> bool:
     """Asks the service whether it is ready (does not look at pid files)."""
     if service.kind == "kafka":
-        return port_open(s.host, s.kafka_port) and _kafka_lists_topics(s.kafka_bootstrap)
+        return (port_open(s.host, service.port)
+                and _kafka_lists_topics(f"{s.host}:{service.port}"))
+    if service.kind == "zookeeper":
+        return _zookeeper_ok(s.host, service.port)
     if service.kind == "clickhouse":
         return _http_ok(service.health, expect_body="Ok.")
     return _http_ok(service.health)

@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from dev_runner import cluster
 from dev_runner.configs import (
     new_cluster_id,
     parse_meta_cluster_id,
@@ -39,6 +40,7 @@ from dev_runner.services import (
     OPTIONAL_SERVICES,
     WORKER_PREFIX,
     Service,
+    core_services,
     kafka_format_argv,
     service_spec,
     worker_index,
@@ -77,7 +79,8 @@ def _runner_lock(s: Settings) -> Iterator[None]:
 
 
 def _settings(settings: Settings | None) -> Settings:
-    return settings if settings is not None else Settings.from_env()
+    s = settings if settings is not None else Settings.from_env()
+    return cluster.with_recorded_layout(s)
 
 
 def _run_logged(argv: Sequence[str], log: Path, s: Settings, timeout: float) -> int:
@@ -124,7 +127,12 @@ def ensure_kafka_formatted(s: Settings, log: Path) -> str:
 def _prepare(service: Service, s: Settings) -> None:
     s.log_dir.mkdir(parents=True, exist_ok=True)
     s.run_dir.mkdir(parents=True, exist_ok=True)
-    if service.kind == "kafka":
+    node = cluster.node_index(service.name)
+    if service.name == "zookeeper":
+        cluster.prepare_zookeeper(s)
+    elif node is not None and node[0] == "clickhouse":
+        cluster.prepare_clickhouse(s, node[1])
+    elif service.kind == "kafka":
         libs = s.kafka_home / "libs"
         if not libs.is_dir() or not any(libs.glob("kafka_*.jar")):
             raise RunnerError(
@@ -132,6 +140,9 @@ def _prepare(service: Service, s: Settings) -> None:
             )
         if shutil.which(s.java) is None:
             raise RunnerError(f"no Java runtime ({s.java}): run scripts/install-kafka")
+        if node is not None:
+            cluster.prepare_kafka(s, node[1], service.log)
+            return
         s.kafka_properties.parent.mkdir(parents=True, exist_ok=True)
         s.kafka_log_dirs.mkdir(parents=True, exist_ok=True)
         template = s.template("kafka/server.properties.tmpl").read_text()
@@ -320,7 +331,19 @@ def expected_services(s: Settings) -> list[str]:
     """Core services, the workers `up` recorded or that have a pid file, and optional services
     that have a pid file (started and not stopped since)."""
     optional = [n for n in OPTIONAL_SERVICES if service_spec(n, s).pid_file.exists()]
-    return [*CORE_SERVICES, *(worker_name(i) for i in _worker_indexes(s)), *optional]
+    return [*core_services(s), *(worker_name(i) for i in _worker_indexes(s)), *optional]
+
+
+def _infra_to_stop(s: Settings) -> list[str]:
+    """Kafka and ClickHouse services of the recorded layout and of any other layout that left
+    a pid file, replicas before ZooKeeper."""
+    names = [*cluster.infra_services(s), "kafka", "clickhouse",
+             *(f"kafka-{i}" for i in range(1, cluster.MAX_BROKERS + 1)),
+             *(f"clickhouse-{i}" for i in range(1, cluster.MAX_REPLICAS + 1))]
+    found = [n for n in dict.fromkeys(names)
+             if n in cluster.infra_services(s) or (s.run_dir / f"{n}.pid").exists()]
+    return [n for n in found if n != "zookeeper"] + (["zookeeper"] if "zookeeper" in found
+                                                     else [])
 
 
 def native_prometheus_config(s: Settings) -> str:
@@ -355,20 +378,24 @@ def _reload_prometheus(s: Settings) -> None:
 
 
 def up(workers: int = 1, settings: Settings | None = None,
-       prometheus: bool = False) -> list[ServiceStatus]:
+       prometheus: bool = False, kafka_brokers: int = 1,
+       clickhouse_replicas: int = 1) -> list[ServiceStatus]:
     """Starts every service that is not running, tier by tier, each waited for until healthy;
     with `prometheus`, also Prometheus scraping them. A running Prometheus is told about a
-    changed number of workers."""
+    changed number of workers. More than one broker or replica: the cluster mode
+    (dev_runner.cluster), recorded for the commands that follow."""
     if workers < 0:
         raise RunnerError("--workers must be 0 or more")
-    s = _settings(settings)
+    s = cluster.write_layout(_settings(settings), kafka_brokers, clickhouse_replicas)
     with _runner_lock(s):
         s.run_dir.mkdir(parents=True, exist_ok=True)
         s.workers_file.write_text(f"{workers}\n")
         extra = [worker_name(i) for i in _worker_pid_files(s) if i > workers]
         if extra:
             _stop_services(extra, s, kill=False)
-        _start_group(["kafka", "clickhouse"], s)
+        if s.clickhouse_replicas > 1:
+            _start_group(["zookeeper"], s)
+        _start_group([n for n in cluster.infra_services(s) if n != "zookeeper"], s)
         _start_group(["control-plane"], s)
         _start_group(["ingest-api", *(worker_name(i) for i in range(1, workers + 1))], s)
         _reload_prometheus(s)
@@ -386,7 +413,7 @@ def down(settings: Settings | None = None) -> list[str]:
         workers = [n for n in names if n.startswith(WORKER_PREFIX)]
         stopped: list[str] = []
         tiers = ([*OPTIONAL_SERVICES, *workers, "ingest-api"], ["control-plane"],
-                 ["clickhouse", "kafka"])
+                 _infra_to_stop(s))
         for tier in tiers:
             stopped += _stop_services(tier, s, kill=False)
             leftovers = {
