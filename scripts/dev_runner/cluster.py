@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from xml.sax.saxutils import escape
 
 from dev_runner.configs import new_cluster_id, render_template
 from dev_runner.settings import RunnerError, Settings
@@ -192,8 +193,6 @@ def kafka_argv(s: Settings, index: int) -> tuple[str, ...]:
 def render_clickhouse_node(base_template: str, cluster_template: str, s: Settings,
                            index: int) -> tuple[str, str]:
     """(config.xml, config.d/cluster.xml) of clickhouse-`index`."""
-    from xml.sax.saxutils import escape
-
     tcp, http, interserver = clickhouse_ports(s, index)
     data = s.data_dir / f"clickhouse-{index}"
     base = render_template(base_template, {k: escape(v) for k, v in {

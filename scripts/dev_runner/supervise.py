@@ -36,7 +36,6 @@ from dev_runner.processes import (
     stop_pids,
 )
 from dev_runner.services import (
-    CORE_SERVICES,
     OPTIONAL_SERVICES,
     WORKER_PREFIX,
     Service,
