@@ -185,6 +185,14 @@ def render(current: Snapshot, previous: Snapshot | None = None, *, source: str =
     return "\n".join(lines) + "\n"
 
 
+def under_replicated_note(topic: str, partitions: Sequence[int]) -> str:
+    """One line for a topic whose partitions have fewer in-sync replicas than replicas: a
+    broker is down or behind; with fewer in sync than min.insync.replicas, ingest answers 503."""
+    listed = ", ".join(str(p) for p in partitions)
+    return (f"topic {topic}: {len(partitions)} partition(s) under-replicated ({listed}): "
+            "fewer replicas in sync than assigned")
+
+
 def schema_note(definition: TableDefinition, have: ExistingTable, database: str) -> str | None:
     """One line when the table differs from its model (what `chute plan` would list)."""
     plan = Plan()
@@ -252,6 +260,7 @@ class StatusSource:
                 self._admin = kafka.admin(self.settings.kafka_bootstrap, timeout=5.0)
             admin = self._admin
             counts = admin.topic_partitions()
+            under_replicated = admin.under_replicated()
             tps = []
             for stream in self.streams:
                 if stream.topic not in counts:
@@ -261,6 +270,10 @@ class StatusSource:
                 tps += [TopicPartition(stream.topic, p) for p in range(counts[stream.topic])]
             if not tps:
                 return {}
+            for stream in self.streams:
+                short = under_replicated.get(stream.topic)
+                if short:
+                    notes[stream.name].append(under_replicated_note(stream.topic, short))
             group = self.settings.sync_group
             committed = admin.group_offsets(group, tps)
             starts = admin.start_offsets(tps)
@@ -295,7 +308,8 @@ class StatusSource:
                         notes[stream.name].append(f"table {database}.{name} does not exist "
                                                   "(chute apply creates it)")
                 if stream.destination is not None and stream.destination.name in existing:
-                    note = schema_note(stream.destination.definition(profile),
+                    note = schema_note(stream.destination.definition(
+                                           profile, self.settings.clickhouse_cluster),
                                        existing[stream.destination.name], database)
                     if note:
                         notes[stream.name].append(note)

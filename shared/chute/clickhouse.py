@@ -17,8 +17,15 @@ def connect(settings: CommonSettings, profile: ServerProfile | None = None,
             **client_settings: Any) -> Client:
     """A client for chute's database. Pass the profile to send its required settings."""
     merged: dict[str, Any] = dict(profile.session_settings()) if profile else {}
+    merged.update(quorum_settings(settings.clickhouse_insert_quorum))
     merged.update(client_settings)
+    extra: dict[str, Any] = {}
+    if settings.clickhouse_alt_hosts.strip():
+        # clickhouse-driver tries host:port, then each alternative in turn, on every connect:
+        # a worker whose replica died reconnects to another one on its next attempt.
+        extra["alt_hosts"] = settings.clickhouse_alt_hosts.strip()
     return Client(
+        **extra,
         host=settings.clickhouse_host,
         port=settings.clickhouse_port,
         user=settings.clickhouse_user,
@@ -28,6 +35,16 @@ def connect(settings: CommonSettings, profile: ServerProfile | None = None,
         send_receive_timeout=60,
         settings=merged,
     )
+
+
+def quorum_settings(quorum: int) -> dict[str, int]:
+    """Session settings for a replicated table's inserts and reads: with a quorum, an insert is
+    acknowledged only once `quorum` replicas have it, and reads see every such insert on
+    whichever replica answers (18.16 has both settings). What exactly-once's watermark read
+    needs after failing over to another replica (see chute.replication's README section)."""
+    if quorum <= 1:
+        return {}
+    return {"insert_quorum": quorum, "select_sequential_consistency": 1}
 
 
 def server_profile(client: Client) -> ServerProfile:

@@ -31,6 +31,8 @@ class TopicSpec:
     name: str
     partitions: int
     retention_ms: int
+    replication_factor: int | None = None  # None: chute.replication's default
+    min_insync_replicas: int | None = None
 
 
 @dataclass
@@ -64,12 +66,14 @@ class Definitions:
 
     def topics(self) -> list[TopicSpec]:
         return [
-            TopicSpec(s.topic, s.config.partitions, s.config.retention_period * 1000)
+            TopicSpec(s.topic, s.config.partitions, s.config.retention_period * 1000,
+                      s.config.replication_factor, s.config.min_insync_replicas)
             for s in self.streams.values()
         ]
 
-    def table_definitions(self, profile: ServerProfile) -> list[TableDefinition]:
-        return [t.definition(profile) for t in self.tables.values()]
+    def table_definitions(self, profile: ServerProfile,
+                          default_cluster: str | None = None) -> list[TableDefinition]:
+        return [t.definition(profile, default_cluster) for t in self.tables.values()]
 
     def synced_streams(self) -> list[Stream[Any]]:
         """Streams with a destination table: what the sync workers consume."""
