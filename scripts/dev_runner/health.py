@@ -52,13 +52,17 @@ def _kafka_lists_topics(bootstrap: str) -> bool:
 
 
 def _zookeeper_ok(host: str, port: int) -> bool:
-    """ZooKeeper's four-letter `ruok` answers `imok` once it serves."""
+    """ZooKeeper's four-letter `srvr` names its mode once it serves sessions (`ruok` answers
+    `imok` earlier, while it still loads its database and refuses handshakes)."""
     try:
         with socket.create_connection((host, port), timeout=2.0) as conn:
-            conn.sendall(b"ruok")
-            return conn.recv(16) == b"imok"
+            conn.sendall(b"srvr")
+            answer = b""
+            while chunk := conn.recv(4096):
+                answer += chunk
     except OSError:
         return False
+    return b"Mode: " in answer
 
 
 def probe(service: Service, s: Settings) -> bool:

@@ -136,7 +136,7 @@ def _cluster_node(name: str, s: Settings, pid_file: Path, log: Path) -> Service 
     if name == "zookeeper":
         return Service(
             name=name, kind="zookeeper", argv=cluster.zookeeper_argv(s), port=s.zookeeper_port,
-            health=f"ruok at {s.host}:{s.zookeeper_port}",
+            health=f"srvr at {s.host}:{s.zookeeper_port}",
             marker=str(cluster.zookeeper_config(s)),
             ready_timeout=DEFAULT_READY_TIMEOUT * s.timeout_scale, pid_file=pid_file,
             logs=(log,))
