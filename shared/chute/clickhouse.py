@@ -37,6 +37,9 @@ def connect(settings: CommonSettings, profile: ServerProfile | None = None,
     )
 
 
+QUORUM_TIMEOUT_MS = 10_000
+
+
 def quorum_settings(quorum: int) -> dict[str, int]:
     """Session settings for a replicated table's inserts and reads: with a quorum, an insert is
     acknowledged only once `quorum` replicas have it, and reads see every such insert on
@@ -44,7 +47,10 @@ def quorum_settings(quorum: int) -> dict[str, int]:
     needs after failing over to another replica (see chute.replication's README section)."""
     if quorum <= 1:
         return {}
-    return {"insert_quorum": quorum, "select_sequential_consistency": 1}
+    # 18.16 waits up to 600 s for the quorum by default, longer than a connection's receive
+    # timeout: 10 s gives a clear answer (UNKNOWN_STATUS_OF_INSERT) that the worker reconciles.
+    return {"insert_quorum": quorum, "insert_quorum_timeout": QUORUM_TIMEOUT_MS,
+            "select_sequential_consistency": 1}
 
 
 def server_profile(client: Client) -> ServerProfile:

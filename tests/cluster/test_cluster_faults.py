@@ -227,7 +227,8 @@ def test_clickhouse_replica_sigkilled_during_inserts(make_cluster_stack: MakeSta
     outcome = account(survivor, stack.name, stats.acked_ids,
                       f"C3. ClickHouse replica SIGKILLed + restarted ({delivery})",
                       f"restarted replica caught up: {rows} rows on both; "
-                      f"{rows_down - rows_at_kill} rows inserted while it was down; "
+                      f"{rows_down - rows_at_kill} rows reached the surviving replica while "
+                      "it was down; "
                       f"{stats.codes.get(503, 0)} ingest 503s")
     assert outcome.lost == 0
     assert stats.codes.get(503, 0) == 0  # Kafka kept its quorum: ingest never refused
