@@ -53,12 +53,14 @@ def _parser() -> argparse.ArgumentParser:
         help="also run Prometheus on 127.0.0.1:9090 (CHUTE_PROMETHEUS_PORT) scraping the services",
     )
     cmd_up.add_argument(
-        "--kafka-brokers", type=int, default=1, metavar="N",
-        help="N KRaft nodes kafka-1..N (default 1: the single node `kafka`)",
+        "--kafka-brokers", type=int, default=None, metavar="N",
+        help="N KRaft nodes kafka-1..N (default: as the last `up`; at first 1, the single "
+             "node `kafka`)",
     )
     cmd_up.add_argument(
-        "--clickhouse-replicas", type=int, default=1, metavar="M",
-        help="M replicated ClickHouse servers clickhouse-1..M and ZooKeeper (default 1)",
+        "--clickhouse-replicas", type=int, default=None, metavar="M",
+        help="M replicated ClickHouse servers clickhouse-1..M and ZooKeeper (default: as "
+             "the last `up`; at first 1)",
     )
     commands.add_parser("down", help="stop everything")
     commands.add_parser("status", help="show services; exit 1 if one is down or unhealthy")

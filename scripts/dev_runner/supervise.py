@@ -377,15 +377,20 @@ def _reload_prometheus(s: Settings) -> None:
 
 
 def up(workers: int = 1, settings: Settings | None = None,
-       prometheus: bool = False, kafka_brokers: int = 1,
-       clickhouse_replicas: int = 1) -> list[ServiceStatus]:
+       prometheus: bool = False, kafka_brokers: int | None = None,
+       clickhouse_replicas: int | None = None) -> list[ServiceStatus]:
     """Starts every service that is not running, tier by tier, each waited for until healthy;
     with `prometheus`, also Prometheus scraping them. A running Prometheus is told about a
     changed number of workers. More than one broker or replica: the cluster mode
-    (dev_runner.cluster), recorded for the commands that follow."""
+    (dev_runner.cluster), recorded for the commands that follow; None keeps what the last
+    `up` recorded."""
     if workers < 0:
         raise RunnerError("--workers must be 0 or more")
-    s = cluster.write_layout(_settings(settings), kafka_brokers, clickhouse_replicas)
+    recorded = _settings(settings)
+    s = cluster.write_layout(
+        recorded,
+        recorded.kafka_brokers if kafka_brokers is None else kafka_brokers,
+        recorded.clickhouse_replicas if clickhouse_replicas is None else clickhouse_replicas)
     with _runner_lock(s):
         s.run_dir.mkdir(parents=True, exist_ok=True)
         s.workers_file.write_text(f"{workers}\n")

@@ -96,3 +96,10 @@ def test_a_plain_table_where_a_replicated_one_is_defined_is_reported_as_drift() 
     plan = Plan()
     plan_tables([table], {"t": have}, "db", plan)
     assert any("is a MergeTree, the model says ReplicatedMergeTree" in w for w in plan.warnings)
+
+
+def test_status_names_the_under_replicated_partitions() -> None:
+    from control_plane.status import under_replicated_note
+
+    note = under_replicated_note("events", [0, 2])
+    assert note.startswith("topic events: 2 partition(s) under-replicated (0, 2)")
