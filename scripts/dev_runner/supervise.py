@@ -333,16 +333,16 @@ def expected_services(s: Settings) -> list[str]:
     return [*core_services(s), *(worker_name(i) for i in _worker_indexes(s)), *optional]
 
 
-def _infra_to_stop(s: Settings) -> list[str]:
+def _infra_tiers(s: Settings) -> list[list[str]]:
     """Kafka and ClickHouse services of the recorded layout and of any other layout that left
-    a pid file, replicas before ZooKeeper."""
+    a pid file, stopped together (a KRaft node left alone cannot leave its quorum), then
+    ZooKeeper once no replica needs it."""
     names = [*cluster.infra_services(s), "kafka", "clickhouse",
              *(f"kafka-{i}" for i in range(1, cluster.MAX_BROKERS + 1)),
              *(f"clickhouse-{i}" for i in range(1, cluster.MAX_REPLICAS + 1))]
     found = [n for n in dict.fromkeys(names)
              if n in cluster.infra_services(s) or (s.run_dir / f"{n}.pid").exists()]
-    return [n for n in found if n != "zookeeper"] + (["zookeeper"] if "zookeeper" in found
-                                                     else [])
+    return [[n for n in found if n != "zookeeper"], [n for n in found if n == "zookeeper"]]
 
 
 def native_prometheus_config(s: Settings) -> str:
@@ -417,7 +417,7 @@ def down(settings: Settings | None = None) -> list[str]:
         workers = [n for n in names if n.startswith(WORKER_PREFIX)]
         stopped: list[str] = []
         tiers = ([*OPTIONAL_SERVICES, *workers, "ingest-api"], ["control-plane"],
-                 _infra_to_stop(s))
+                 *_infra_tiers(s))
         for tier in tiers:
             stopped += _stop_services(tier, s, kill=False)
             leftovers = {

@@ -103,3 +103,15 @@ def test_zookeeper_listens_on_loopback_without_its_admin_server(tmp_path: Path) 
     text = cluster.render_zookeeper_config(settings(tmp_path))
     assert "clientPort=25181\n" in text and "clientPortAddress=127.0.0.1\n" in text
     assert "admin.enableServer=false\n" in text
+
+
+def test_down_stops_the_brokers_and_replicas_together_then_zookeeper(tmp_path: Path) -> None:
+    from dev_runner.supervise import _infra_tiers
+
+    s = settings(tmp_path)
+    assert _infra_tiers(s) == [["kafka-1", "kafka-2", "kafka-3", "clickhouse-1", "clickhouse-2"],
+                               ["zookeeper"]]
+    # Back to one node each, a cluster node that still has a pid file is stopped too.
+    single = cluster.write_layout(s, 1, 1)
+    (single.run_dir / "kafka-2.pid").write_text("1\n")
+    assert _infra_tiers(single) == [["kafka", "clickhouse", "kafka-2"], []]
