@@ -3,8 +3,9 @@
 `scripts/dev` installs what is missing and runs `python -m dev_runner` with the project's
 virtualenv:
 
-    scripts/dev up [--workers N] [--prometheus]
+    scripts/dev up [--workers N] [--prometheus] [--kafka-brokers N] [--clickhouse-replicas M]
                                       start everything that is not already running and healthy
+                                      (brokers or replicas > 1: the cluster mode, see `cluster`)
     scripts/dev down                  stop everything, newest tier first
     scripts/dev status                one line per expected service; non-zero exit if one is down
     scripts/dev start|stop|restart <svc>   one service (stop --kill sends SIGKILL at once)
@@ -23,7 +24,11 @@ folder (env CHUTE_STATE, default <repo>/.chute):
     data/clickhouse   ClickHouse's data
     data/prometheus   Prometheus's time series
 
+In the cluster mode Kafka is kafka-1..N, ClickHouse is zookeeper and clickhouse-1..M (each with
+its own etc/, data/ and log/ folder); run/cluster records the layout.
+
 Modules: `settings` (ports and paths, from the environment), `services` (the service table),
+`cluster` (the cluster mode's layout, ports and configuration),
 `configs` (rendering the servers' configuration), `processes` (launching, pid files, /proc,
 stopping process groups), `health` (readiness probes), `supervise` (the API below), `cli`.
 Tests import this package and call `up`, `down`, `start_service`, `stop_service`,

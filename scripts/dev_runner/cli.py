@@ -55,7 +55,18 @@ def _parser() -> argparse.ArgumentParser:
     cmd_up.add_argument(
         "--secure", action="store_true",
         help="Kafka on SASL_SSL (SCRAM-SHA-512) only and ClickHouse with a TLS native port "
-             "(CHUTE_CLICKHOUSE_SECURE_PORT), certificates under the state folder; stays on",
+             "(CHUTE_CLICKHOUSE_SECURE_PORT), certificates under the state folder; stays on; "
+             "single broker and server only",
+    )
+    cmd_up.add_argument(
+        "--kafka-brokers", type=int, default=None, metavar="N",
+        help="N KRaft nodes kafka-1..N (default: as the last `up`; at first 1, the single "
+             "node `kafka`)",
+    )
+    cmd_up.add_argument(
+        "--clickhouse-replicas", type=int, default=None, metavar="M",
+        help="M replicated ClickHouse servers clickhouse-1..M and ZooKeeper (default: as "
+             "the last `up`; at first 1)",
     )
     commands.add_parser("down", help="stop everything")
     commands.add_parser("status", help="show services; exit 1 if one is down or unhealthy")
@@ -75,7 +86,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _cmd_up(args: argparse.Namespace) -> int:
     print(status_table(supervise.up(args.workers, prometheus=args.prometheus,
-                                    secure_mode=args.secure)))
+                                    secure_mode=args.secure,
+                                    kafka_brokers=args.kafka_brokers,
+                                    clickhouse_replicas=args.clickhouse_replicas)))
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 from pathlib import Path
 
 import httpx
@@ -52,12 +53,28 @@ def _kafka_lists_topics(bootstrap: str, security: KafkaSecurity | None = None) -
     return True
 
 
+def _zookeeper_ok(host: str, port: int) -> bool:
+    """ZooKeeper's four-letter `srvr` names its mode once it serves sessions (`ruok` answers
+    `imok` earlier, while it still loads its database and refuses handshakes)."""
+    try:
+        with socket.create_connection((host, port), timeout=2.0) as conn:
+            conn.sendall(b"srvr")
+            answer = b""
+            while chunk := conn.recv(4096):
+                answer += chunk
+    except OSError:
+        return False
+    return b"Mode: " in answer
+
+
 def probe(service: Service, s: Settings) -> bool:
     """Asks the service whether it is ready (does not look at pid files)."""
     if service.kind == "kafka":
         security = secure.kafka_security(s) if secure.enabled(s) else None
-        return port_open(s.host, s.kafka_port) and _kafka_lists_topics(s.kafka_bootstrap,
-                                                                        security)
+        return (port_open(s.host, service.port)
+                and _kafka_lists_topics(f"{s.host}:{service.port}", security))
+    if service.kind == "zookeeper":
+        return _zookeeper_ok(s.host, service.port)
     if service.kind == "clickhouse":
         return _http_ok(service.health, expect_body="Ok.")
     return _http_ok(service.health)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from dev_runner import secure
+from dev_runner import cluster, secure
 from dev_runner.settings import RunnerError, Settings
 
 CORE_SERVICES = ("kafka", "clickhouse", "control-plane", "ingest-api")
@@ -20,7 +20,7 @@ _WORKER_RE = re.compile(r"sync-worker-([1-9][0-9]{0,2})")
 # Seconds a service may take to become healthy after it was launched.
 READY_TIMEOUTS = {"kafka": 90.0, "clickhouse": 60.0}
 DEFAULT_READY_TIMEOUT = 30.0
-ServiceKind = Literal["kafka", "clickhouse", "python", "prometheus"]
+ServiceKind = Literal["kafka", "clickhouse", "python", "prometheus", "zookeeper"]
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,11 @@ def worker_index(name: str) -> int | None:
 def service_names(workers: int) -> list[str]:
     """Start order: infrastructure, the control plane, then the data path."""
     return [*CORE_SERVICES, *(worker_name(i) for i in range(1, workers + 1))]
+
+
+def core_services(s: Settings) -> list[str]:
+    """CORE_SERVICES with Kafka and ClickHouse as the layout has them (dev_runner.cluster)."""
+    return [*cluster.infra_services(s), *CORE_SERVICES[2:]]
 
 
 def kafka_argv(s: Settings) -> tuple[str, ...]:
@@ -126,11 +131,46 @@ def python_service_env(s: Settings) -> tuple[tuple[str, str], ...]:
     )
 
 
+def _cluster_node(name: str, s: Settings, pid_file: Path, log: Path) -> Service | None:
+    """kafka-N, clickhouse-N and zookeeper of the cluster mode; None for other names."""
+    node = cluster.node_index(name)
+    if name == "zookeeper":
+        return Service(
+            name=name, kind="zookeeper", argv=cluster.zookeeper_argv(s), port=s.zookeeper_port,
+            health=f"srvr at {s.host}:{s.zookeeper_port}",
+            marker=str(cluster.zookeeper_config(s)),
+            ready_timeout=DEFAULT_READY_TIMEOUT * s.timeout_scale, pid_file=pid_file,
+            logs=(log,))
+    if node is None:
+        return None
+    kind, index = node
+    if kind == "kafka":
+        port, controller = cluster.kafka_ports(s, index)
+        return Service(
+            name=name, kind="kafka", argv=cluster.kafka_argv(s, index), port=port,
+            other_ports=(controller,), health=f"kafka metadata at {s.host}:{port}",
+            marker=str(cluster.kafka_properties(s, index)),
+            ready_timeout=READY_TIMEOUTS["kafka"] * s.timeout_scale, pid_file=pid_file,
+            logs=(log, s.log_dir / name / "kafka-server.log"))
+    tcp, http, interserver = cluster.clickhouse_ports(s, index)
+    logs = cluster.clickhouse_log_dir(s, index)
+    return Service(
+        name=name, kind="clickhouse",
+        argv=(s.clickhouse_bin, f"--config-file={cluster.clickhouse_config(s, index)}"),
+        port=http, other_ports=(tcp, interserver), health=f"http://{s.host}:{http}/ping",
+        marker=str(cluster.clickhouse_config(s, index)),
+        ready_timeout=READY_TIMEOUTS["clickhouse"] * s.timeout_scale, pid_file=pid_file,
+        logs=(log, logs / "clickhouse-server.log", logs / "clickhouse-server.err.log"))
+
+
 def service_spec(name: str, s: Settings) -> Service:
     """The service called `name` (kafka, clickhouse, control-plane, ingest-api, sync-worker-N)."""
     pid_file = s.run_dir / f"{name}.pid"
     log = s.log_dir / f"{name}.log"
     timeout = READY_TIMEOUTS.get(name, DEFAULT_READY_TIMEOUT) * s.timeout_scale
+    node = _cluster_node(name, s, pid_file, log)
+    if node is not None:
+        return node
     if name == "kafka":
         return Service(
             name=name,
@@ -187,7 +227,8 @@ def service_spec(name: str, s: Settings) -> Service:
         if index is None:
             raise RunnerError(
                 f"unknown service {name!r}; services are "
-                f"{', '.join((*CORE_SERVICES, *OPTIONAL_SERVICES))} and {WORKER_PREFIX}N (N >= 1)"
+                f"{', '.join((*CORE_SERVICES, *OPTIONAL_SERVICES))} and {WORKER_PREFIX}N (N >= 1); "
+                "in cluster mode kafka-N, zookeeper and clickhouse-N"
             )
         module, args, port = "sync_worker", (), s.sync_port_base + index
         forced = (("CHUTE_SYNC_PORT", str(port)), ("CHUTE_SYNC_WORKER_ID", name))
@@ -201,7 +242,8 @@ def service_spec(name: str, s: Settings) -> Service:
         ready_timeout=timeout,
         env_defaults=python_service_env(s),
         # Secure mode's connection settings win over the caller's plaintext ones.
-        env_forced=(*forced, *(secure.service_env(s) if secure.enabled(s) else ()),
+        env_forced=(*forced, *cluster.service_env(s),
+                    *(secure.service_env(s) if secure.enabled(s) else ()),
                     ("PYTHONUNBUFFERED", "1")),
         pid_file=pid_file,
         logs=(log,),

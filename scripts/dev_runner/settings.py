@@ -24,6 +24,9 @@ PORTS: dict[str, tuple[str, int]] = {
     "ingest_port": ("CHUTE_INGEST_PORT", 4000),
     "sync_port_base": ("CHUTE_SYNC_PORT_BASE", 4100),
     "prometheus_port": ("CHUTE_PROMETHEUS_PORT", 9090),
+    # Cluster mode (dev_runner.cluster): ClickHouse replication and ZooKeeper.
+    "clickhouse_interserver_port": ("CHUTE_CLICKHOUSE_INTERSERVER_PORT", 9009),
+    "zookeeper_port": ("CHUTE_ZOOKEEPER_PORT", 2181),
 }
 
 
@@ -68,12 +71,18 @@ class Settings:
     prometheus_scrape_interval: str = "5s"
     kafka_heap: tuple[str, ...] = ("-Xmx512m", "-Xms256m")
     timeout_scale: float = 1.0
+    # Cluster mode: the layout `up` recorded (dev_runner.cluster), ports and the brokers' heap.
+    kafka_brokers: int = 1
+    clickhouse_replicas: int = 1
+    clickhouse_interserver_port: int = PORTS["clickhouse_interserver_port"][1]
+    zookeeper_port: int = PORTS["zookeeper_port"][1]
+    cluster_kafka_heap: tuple[str, ...] = ("-Xmx256m", "-Xms64m")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Reads CHUTE_ROOT, CHUTE_STATE, CHUTE_VENV, KAFKA_HOME/KAFKA_VERSION, the port
         variables of PORTS, CHUTE_PROMETHEUS_BIN, CHUTE_PROMETHEUS_SCRAPE_INTERVAL,
-        CHUTE_KAFKA_HEAP_OPTS and CHUTE_DEV_TIMEOUT_SCALE."""
+        CHUTE_KAFKA_HEAP_OPTS, CHUTE_CLUSTER_KAFKA_HEAP_OPTS and CHUTE_DEV_TIMEOUT_SCALE."""
         env = os.environ if env is None else env
         root = Path(env.get("CHUTE_ROOT") or ROOT).resolve()
         state = Path(env.get("CHUTE_STATE") or root / ".chute").resolve()
@@ -124,6 +133,10 @@ class Settings:
             prometheus_scrape_interval=env.get("CHUTE_PROMETHEUS_SCRAPE_INTERVAL") or "5s",
             kafka_heap=heap,
             timeout_scale=max(scale, 0.1),
+            clickhouse_interserver_port=_env_port(env, *PORTS["clickhouse_interserver_port"]),
+            zookeeper_port=_env_port(env, *PORTS["zookeeper_port"]),
+            cluster_kafka_heap=tuple(
+                (env.get("CHUTE_CLUSTER_KAFKA_HEAP_OPTS") or "-Xmx256m -Xms64m").split()),
         )
 
     # Layout of the state folder.

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from dev_runner import secure
+from dev_runner import cluster, secure
 from dev_runner.configs import (
     new_cluster_id,
     parse_meta_cluster_id,
@@ -36,10 +36,10 @@ from dev_runner.processes import (
     stop_pids,
 )
 from dev_runner.services import (
-    CORE_SERVICES,
     OPTIONAL_SERVICES,
     WORKER_PREFIX,
     Service,
+    core_services,
     kafka_format_argv,
     service_spec,
     worker_index,
@@ -78,7 +78,8 @@ def _runner_lock(s: Settings) -> Iterator[None]:
 
 
 def _settings(settings: Settings | None) -> Settings:
-    return settings if settings is not None else Settings.from_env()
+    s = settings if settings is not None else Settings.from_env()
+    return cluster.with_recorded_layout(s)
 
 
 def _run_logged(argv: Sequence[str], log: Path, s: Settings, timeout: float) -> int:
@@ -125,7 +126,12 @@ def ensure_kafka_formatted(s: Settings, log: Path) -> str:
 def _prepare(service: Service, s: Settings) -> None:
     s.log_dir.mkdir(parents=True, exist_ok=True)
     s.run_dir.mkdir(parents=True, exist_ok=True)
-    if service.kind == "kafka":
+    node = cluster.node_index(service.name)
+    if service.name == "zookeeper":
+        cluster.prepare_zookeeper(s)
+    elif node is not None and node[0] == "clickhouse":
+        cluster.prepare_clickhouse(s, node[1])
+    elif service.kind == "kafka":
         libs = s.kafka_home / "libs"
         if not libs.is_dir() or not any(libs.glob("kafka_*.jar")):
             raise RunnerError(
@@ -133,6 +139,9 @@ def _prepare(service: Service, s: Settings) -> None:
             )
         if shutil.which(s.java) is None:
             raise RunnerError(f"no Java runtime ({s.java}): run scripts/install-kafka")
+        if node is not None:
+            cluster.prepare_kafka(s, node[1], service.log)
+            return
         s.kafka_properties.parent.mkdir(parents=True, exist_ok=True)
         s.kafka_log_dirs.mkdir(parents=True, exist_ok=True)
         template = s.template("kafka/server.properties.tmpl").read_text()
@@ -329,7 +338,19 @@ def expected_services(s: Settings) -> list[str]:
     """Core services, the workers `up` recorded or that have a pid file, and optional services
     that have a pid file (started and not stopped since)."""
     optional = [n for n in OPTIONAL_SERVICES if service_spec(n, s).pid_file.exists()]
-    return [*CORE_SERVICES, *(worker_name(i) for i in _worker_indexes(s)), *optional]
+    return [*core_services(s), *(worker_name(i) for i in _worker_indexes(s)), *optional]
+
+
+def _infra_tiers(s: Settings) -> list[list[str]]:
+    """Kafka and ClickHouse services of the recorded layout and of any other layout that left
+    a pid file, stopped together (a KRaft node left alone cannot leave its quorum), then
+    ZooKeeper once no replica needs it."""
+    names = [*cluster.infra_services(s), "kafka", "clickhouse",
+             *(f"kafka-{i}" for i in range(1, cluster.MAX_BROKERS + 1)),
+             *(f"clickhouse-{i}" for i in range(1, cluster.MAX_REPLICAS + 1))]
+    found = [n for n in dict.fromkeys(names)
+             if n in cluster.infra_services(s) or (s.run_dir / f"{n}.pid").exists()]
+    return [[n for n in found if n != "zookeeper"], [n for n in found if n == "zookeeper"]]
 
 
 def native_prometheus_config(s: Settings) -> str:
@@ -364,13 +385,22 @@ def _reload_prometheus(s: Settings) -> None:
 
 
 def up(workers: int = 1, settings: Settings | None = None,
-       prometheus: bool = False, secure_mode: bool = False) -> list[ServiceStatus]:
+       prometheus: bool = False, secure_mode: bool = False, kafka_brokers: int | None = None,
+       clickhouse_replicas: int | None = None) -> list[ServiceStatus]:
     """Starts every service that is not running, tier by tier, each waited for until healthy;
     with `prometheus`, also Prometheus scraping them. A running Prometheus is told about a
-    changed number of workers. `secure_mode`: see dev_runner.secure (it stays on)."""
+    changed number of workers. `secure_mode`: see dev_runner.secure (it stays on). More than
+    one broker or replica: the cluster mode (dev_runner.cluster), recorded for the commands
+    that follow; None keeps what the last `up` recorded. The two modes do not combine."""
     if workers < 0:
         raise RunnerError("--workers must be 0 or more")
-    s = _settings(settings)
+    recorded = _settings(settings)
+    brokers = recorded.kafka_brokers if kafka_brokers is None else kafka_brokers
+    replicas = recorded.clickhouse_replicas if clickhouse_replicas is None else clickhouse_replicas
+    if (secure_mode or secure.enabled(recorded)) and (brokers > 1 or replicas > 1):
+        raise RunnerError("secure mode runs one Kafka broker and one ClickHouse server: "
+                          "--secure does not combine with --kafka-brokers/--clickhouse-replicas")
+    s = cluster.write_layout(recorded, brokers, replicas)
     with _runner_lock(s):
         if secure_mode:
             secure.enable(s)
@@ -379,7 +409,9 @@ def up(workers: int = 1, settings: Settings | None = None,
         extra = [worker_name(i) for i in _worker_pid_files(s) if i > workers]
         if extra:
             _stop_services(extra, s, kill=False)
-        _start_group(["kafka", "clickhouse"], s)
+        if s.clickhouse_replicas > 1:
+            _start_group(["zookeeper"], s)
+        _start_group([n for n in cluster.infra_services(s) if n != "zookeeper"], s)
         _start_group(["control-plane"], s)
         _start_group(["ingest-api", *(worker_name(i) for i in range(1, workers + 1))], s)
         _reload_prometheus(s)
@@ -397,7 +429,7 @@ def down(settings: Settings | None = None) -> list[str]:
         workers = [n for n in names if n.startswith(WORKER_PREFIX)]
         stopped: list[str] = []
         tiers = ([*OPTIONAL_SERVICES, *workers, "ingest-api"], ["control-plane"],
-                 ["clickhouse", "kafka"])
+                 *_infra_tiers(s))
         for tier in tiers:
             stopped += _stop_services(tier, s, kill=False)
             leftovers = {

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 from chute import clickhouse, kafka
 from chute.metrics import CONTROL_ACTIONS
 from chute.registry import Definitions, TopicSpec
+from chute.replication import topic_replication
 from chute.server import ServerProfile
 from chute.settings import CommonSettings
 from clickhouse_driver import Client
@@ -23,20 +24,32 @@ class Connections:
     admin: kafka.Admin
     ch: Client
     profile: ServerProfile
+    settings: CommonSettings = field(default_factory=CommonSettings)
 
     @classmethod
     def open(cls, settings: CommonSettings) -> Connections:
         ch, profile = clickhouse.connect_with_profile(settings)
         return cls(kafka.admin(settings.kafka_bootstrap, security=settings.kafka_security()),
-                   ch, profile)
+                   ch, profile, settings)
 
     def close(self) -> None:
         self.admin.close()
         self.ch.disconnect()
 
 
-def topic_config(spec: TopicSpec) -> kafka.TopicConfig:
-    return kafka.TopicConfig(spec.name, spec.partitions, {"retention.ms": str(spec.retention_ms)})
+def topic_config(spec: TopicSpec, brokers: int = 1,
+                 settings: CommonSettings | None = None) -> kafka.TopicConfig:
+    """The topic as Kafka creates it: its retention and its replication (chute.replication)."""
+    settings = settings or CommonSettings()
+    try:
+        copies = topic_replication(brokers, spec.replication_factor, spec.min_insync_replicas,
+                                   settings.kafka_replication_factor,
+                                   settings.kafka_min_insync_replicas)
+    except ValueError as exc:
+        raise PlanRefused(f"topic {spec.name}: {exc}") from None
+    return kafka.TopicConfig(spec.name, spec.partitions,
+                             {"retention.ms": str(spec.retention_ms), **copies.topic_configs()},
+                             copies.factor)
 
 
 class PlanRefused(Exception):
@@ -47,7 +60,8 @@ def compute_plan(conn: Connections, defs: Definitions, database: str,
                  allow_destructive: bool = False) -> Plan:
     return make_plan(
         defs.topics(), conn.admin.topic_partitions(),
-        defs.table_definitions(conn.profile), clickhouse.existing_tables(conn.ch, database),
+        defs.table_definitions(conn.profile, conn.settings.clickhouse_cluster),
+        clickhouse.existing_tables(conn.ch, database),
         database, allow_destructive, exactly_once_topic_ids(conn.admin, defs))
 
 
@@ -88,9 +102,11 @@ def apply_plan(conn: Connections, plan: Plan, allow_destructive: bool = False) -
     if destructive and not allow_destructive:
         raise PlanRefused("the plan drops data and --allow-destructive was not given: "
                           + "; ".join(destructive))
+    creates = [a for a in plan.actions if a.kind == "create_topic"]
+    brokers = conn.admin.broker_count() if creates else 1
     for action in plan.actions:
         if action.kind == "create_topic" and action.topic is not None:
-            conn.admin.create_topic(topic_config(action.topic))
+            conn.admin.create_topic(topic_config(action.topic, brokers, conn.settings))
         elif action.kind == "add_partitions" and action.topic is not None:
             conn.admin.add_partitions(action.topic.name, action.topic.partitions)
         elif action.sql is not None:

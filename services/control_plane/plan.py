@@ -15,6 +15,7 @@ from chute.ddl import (
     OFFSET_COLUMN,
     TOPIC_ID_COLUMN,
     TableDefinition,
+    on_cluster,
     render_add_column,
     render_backfill_topic_id,
     render_create_table,
@@ -128,7 +129,7 @@ def plan_tables(desired: list[TableDefinition], existing: dict[str, ExistingTabl
             plan.actions.append(Action(
                 "create_table", table.name,
                 f"create table {qualified} ({len(table.columns)} columns, "
-                f"{table.engine}, ORDER BY {order})",
+                f"{table.server_engine}{on_cluster(table.cluster)}, ORDER BY {order})",
                 sql=render_create_table(table, database)))
         else:
             entries = plan.entry_count()
@@ -149,7 +150,7 @@ def _plan_columns(table: TableDefinition, have: ExistingTable, database: str, pl
             plan.actions.append(Action(
                 "add_column", table.name,
                 f"add column {column.name} {column.type} to {qualified}",
-                sql=render_add_column(database, table.name, column)))
+                sql=render_add_column(database, table.name, column, table.cluster)))
         elif not same_type(old_type, column.type):
             _plan_type_change(table, column, old_type, have, database, plan)
     model_columns = {c.name for c in table.columns}
@@ -201,7 +202,7 @@ def _plan_type_change(table: TableDefinition, column: ColumnSpec, old_type: str,
             "modify_column", table.name,
             f"modify column {database}.{table.name}.{column.name}: "
             f"{old_type} -> {column.type} (stored values are kept)",
-            sql=render_modify_column(database, table.name, column)))
+            sql=render_modify_column(database, table.name, column, table.cluster)))
         return
     plan.conflicts.append(
         f"{where} is {old_type}, the model says {column.type}: {reason}. chute changes a type "
@@ -230,7 +231,8 @@ def _plan_removed_column(table: TableDefinition, name: str, type_text: str,
         plan.actions.append(Action(
             "drop_column", table.name,
             f"drop {where} and all its data (not in the model; --allow-destructive)",
-            sql=render_drop_column(database, table.name, name), destructive=True))
+            sql=render_drop_column(database, table.name, name, table.cluster),
+            destructive=True))
     else:
         plan.warnings.append(
             f"{where} is not in the model; kept. `chute apply --allow-destructive` drops it "
@@ -242,9 +244,10 @@ def _check_engine_and_order(table: TableDefinition, have: ExistingTable, qualifi
     """Drift that ALTER cannot fix: the engine and the sorting key are set at CREATE."""
     remedy = "chute does not recreate tables: to change it, define a table with a new " \
              "name and copy the rows into it"
-    if have.engine is not None and have.engine != table.engine:
+    if have.engine is not None and have.engine != table.server_engine:
         plan.warnings.append(
-            f"drift: table {qualified} is a {have.engine}, the model says {table.engine}; "
+            f"drift: table {qualified} is a {have.engine}, the model says "
+            f"{table.server_engine}; "
             f"{remedy}")
     if (have.sorting_key is not None
             and key_column_names(have.sorting_key) != list(table.order_by)):

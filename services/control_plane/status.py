@@ -229,6 +229,12 @@ def _pipeline_summary(reports: Sequence[sync_status.PipelineReport]) -> str:
     for report in reports:
         counts[report.state] = counts.get(report.state, 0) + 1
     return ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+def under_replicated_note(topic: str, partitions: Sequence[int]) -> str:
+    """One line for a topic whose partitions have fewer in-sync replicas than replicas: a
+    broker is down or behind; with fewer in sync than min.insync.replicas, ingest answers 503."""
+    listed = ", ".join(str(p) for p in partitions)
+    return (f"topic {topic}: {len(partitions)} partition(s) under-replicated ({listed}): "
+            "fewer replicas in sync than assigned")
 
 
 def schema_note(definition: TableDefinition, have: ExistingTable, database: str) -> str | None:
@@ -322,6 +328,7 @@ class StatusSource:
                                           security=self.settings.kafka_security())
             admin = self._admin
             counts = admin.topic_partitions()
+            under_replicated = admin.under_replicated()
             tps = []
             for stream in self.streams:
                 if stream.topic not in counts:
@@ -331,6 +338,10 @@ class StatusSource:
                 tps += [TopicPartition(stream.topic, p) for p in range(counts[stream.topic])]
             if not tps:
                 return {}
+            for stream in self.streams:
+                short = under_replicated.get(stream.topic)
+                if short:
+                    notes[stream.name].append(under_replicated_note(stream.topic, short))
             group = self.settings.sync_group
             committed = admin.group_offsets(group, tps)
             starts = admin.start_offsets(tps)
@@ -365,8 +376,9 @@ class StatusSource:
                         notes[stream.name].append(f"table {database}.{name} does not exist "
                                                   "(chute apply creates it)")
                 if stream.destination is not None and stream.destination.name in existing:
-                    note = schema_note(self.defs.table_definition(stream.destination.name,
-                                                                  profile),
+                    note = schema_note(self.defs.table_definition(
+                                           stream.destination.name, profile,
+                                           self.settings.clickhouse_cluster),
                                        existing[stream.destination.name], database)
                     if note:
                         notes[stream.name].append(note)

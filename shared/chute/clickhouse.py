@@ -30,8 +30,15 @@ def connect(settings: ClickHouseConnectionSettings, profile: ServerProfile | Non
             **client_settings: Any) -> Client:
     """A client for chute's database. Pass the profile to send its required settings."""
     merged: dict[str, Any] = dict(profile.session_settings()) if profile else {}
+    merged.update(quorum_settings(settings.clickhouse_insert_quorum))
     merged.update(client_settings)
+    extra: dict[str, Any] = {}
+    if settings.clickhouse_alt_hosts.strip():
+        # clickhouse-driver tries host:port, then each alternative in turn, on every connect:
+        # a worker whose replica died reconnects to another one on its next attempt.
+        extra["alt_hosts"] = settings.clickhouse_alt_hosts.strip()
     return Client(
+        **extra,
         host=settings.clickhouse_host,
         port=settings.clickhouse_port,
         user=settings.clickhouse_user,
@@ -42,6 +49,22 @@ def connect(settings: ClickHouseConnectionSettings, profile: ServerProfile | Non
         settings=merged,
         **tls_options(settings),
     )
+
+
+QUORUM_TIMEOUT_MS = 10_000
+
+
+def quorum_settings(quorum: int) -> dict[str, int]:
+    """Session settings for a replicated table's inserts and reads: with a quorum, an insert is
+    acknowledged only once `quorum` replicas have it, and reads see every such insert on
+    whichever replica answers (18.16 has both settings). What exactly-once's watermark read
+    needs after failing over to another replica (see chute.replication's README section)."""
+    if quorum <= 1:
+        return {}
+    # 18.16 waits up to 600 s for the quorum by default, longer than a connection's receive
+    # timeout: 10 s gives a clear answer (UNKNOWN_STATUS_OF_INSERT) that the worker reconciles.
+    return {"insert_quorum": quorum, "insert_quorum_timeout": QUORUM_TIMEOUT_MS,
+            "select_sequential_consistency": 1}
 
 
 def server_profile(client: Client) -> ServerProfile:

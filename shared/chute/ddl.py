@@ -36,9 +36,19 @@ class TableDefinition:
     ttl: str | None = None
     settings: dict[str, str | int] = field(default_factory=dict)
     life_cycle: LifeCycle = LifeCycle.FULLY_MANAGED
+    # A <remote_servers> cluster: the table is then Replicated<engine>, created and altered
+    # ON CLUSTER, its parts replicated through ZooKeeper (see replicated_engine_args).
+    cluster: str | None = None
+
+    @property
+    def server_engine(self) -> str:
+        """The engine as the server names it: 'ReplicatedMergeTree' on a cluster."""
+        return f"Replicated{self.engine}" if self.cluster else self.engine
 
     def __post_init__(self) -> None:
         validate_identifier(self.name, "table")
+        if self.cluster is not None:
+            validate_identifier(self.cluster, "cluster")
         if self.engine not in ENGINES:
             raise ValueError(f"table {self.name}: unknown engine {self.engine!r}; "
                              f"choose one of {sorted(ENGINES)}")
@@ -64,15 +74,31 @@ def render_column(column: ColumnSpec) -> str:
     return " ".join(parts)
 
 
+def replicated_engine_args(database: str, table: str) -> list[str]:
+    """A Replicated engine's first two parameters, as ClickHouse 18.16 and current servers take
+    them: the table's ZooKeeper path (one per shard, from the server's {shard} macro) and this
+    replica's name (its {replica} macro). The engine's own parameters follow them."""
+    path = f"/clickhouse/tables/{{shard}}/{database}/{table}"
+    return [quote_string(path), quote_string("{replica}")]
+
+
+def on_cluster(cluster: str | None) -> str:
+    """' ON CLUSTER `name`' for DDL that every replica of the cluster runs, else ''."""
+    return f" ON CLUSTER {quote_identifier(cluster)}" if cluster else ""
+
+
 def render_create_table(table: TableDefinition, database: str) -> str:
     validate_identifier(database, "database")
     columns = ",\n    ".join(render_column(c) for c in table.columns)
-    engine_arg = quote_identifier(table.engine_column) if table.engine_column else ""
+    engine_args = [quote_identifier(table.engine_column)] if table.engine_column else []
+    if table.cluster:
+        engine_args = [*replicated_engine_args(database, table.name), *engine_args]
     order_by = ", ".join(quote_identifier(c) for c in table.order_by)
     lines = [
-        f"CREATE TABLE IF NOT EXISTS {quote_identifier(database)}.{quote_identifier(table.name)}",
+        f"CREATE TABLE IF NOT EXISTS {quote_identifier(database)}.{quote_identifier(table.name)}"
+        f"{on_cluster(table.cluster)}",
         f"(\n    {columns}\n)",
-        f"ENGINE = {table.engine}({engine_arg})",
+        f"ENGINE = {table.server_engine}({', '.join(engine_args)})",
     ]
     if table.partition_by:
         lines.append(f"PARTITION BY {table.partition_by}")
@@ -94,24 +120,32 @@ def _qualified(database: str, table: str) -> str:
     return f"{quote_identifier(database)}.{quote_identifier(table)}"
 
 
-def render_add_column(database: str, table: str, column: ColumnSpec) -> str:
-    return f"ALTER TABLE {_qualified(database, table)} ADD COLUMN {render_column(column)}"
+def _alter(database: str, table: str, cluster: str | None) -> str:
+    return f"ALTER TABLE {_qualified(database, table)}{on_cluster(cluster)}"
 
 
-def render_modify_column(database: str, table: str, column: ColumnSpec) -> str:
+def render_add_column(database: str, table: str, column: ColumnSpec,
+                      cluster: str | None = None) -> str:
+    return f"{_alter(database, table, cluster)} ADD COLUMN {render_column(column)}"
+
+
+def render_modify_column(database: str, table: str, column: ColumnSpec,
+                         cluster: str | None = None) -> str:
     """Changes the column's type (and default and codec) to the model's; ClickHouse converts
     the stored values. Only for changes `chute.type_changes` finds lossless."""
-    return f"ALTER TABLE {_qualified(database, table)} MODIFY COLUMN {render_column(column)}"
+    return f"{_alter(database, table, cluster)} MODIFY COLUMN {render_column(column)}"
 
 
-def render_drop_column(database: str, table: str, column: str) -> str:
-    return f"ALTER TABLE {_qualified(database, table)} DROP COLUMN {quote_identifier(column)}"
+def render_drop_column(database: str, table: str, column: str,
+                       cluster: str | None = None) -> str:
+    return f"{_alter(database, table, cluster)} DROP COLUMN {quote_identifier(column)}"
 
 
 # --- exactly-once migration -------------------------------------------------------------------
 
 
-def render_backfill_topic_id(database: str, table: str, topic_id: str) -> str:
+def render_backfill_topic_id(database: str, table: str, topic_id: str,
+                             cluster: str | None = None) -> str:
     """Tags the rows an exactly-once worker wrote before rows carried their topic's id with the
     current topic's id, so they keep counting as its watermark. Rows with partition 0 and
     offset 0 are left untagged: rows written before the table became exactly-once read
@@ -119,5 +153,5 @@ def render_backfill_topic_id(database: str, table: str, topic_id: str) -> str:
     applies it in the background (see `system.mutations`)."""
     t, p, o = (quote_identifier(c.name) for c in (TOPIC_ID_COLUMN, PARTITION_COLUMN,
                                                    OFFSET_COLUMN))
-    return (f"ALTER TABLE {_qualified(database, table)} UPDATE {t} = {quote_string(topic_id)} "
+    return (f"{_alter(database, table, cluster)} UPDATE {t} = {quote_string(topic_id)} "
             f"WHERE {t} = '' AND NOT ({p} = 0 AND {o} = 0)")

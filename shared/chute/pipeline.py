@@ -37,6 +37,9 @@ class OlapConfig(_Config):
     ttl: str | None = None
     settings: dict[str, str | int] = Field(default_factory=dict)
     life_cycle: LifeCycle = LifeCycle.FULLY_MANAGED  # what chute may change: chute.life_cycle
+    # Moose's `cluster`: the ClickHouse cluster the table is replicated on (Replicated engine,
+    # ON CLUSTER DDL). None: CHUTE_CLICKHOUSE_CLUSTER; "": a plain table even when that is set.
+    cluster: str | None = None
 
 
 class StreamConfig(_Config):
@@ -44,6 +47,11 @@ class StreamConfig(_Config):
     partitions: int = Field(DEFAULT_PARTITIONS, ge=1, le=1024,
                             validation_alias=AliasChoices("partitions", "parallelism"))
     retention_period: int = Field(DEFAULT_RETENTION_SECONDS, ge=60)  # seconds
+    # Copies of each partition and how many must be in sync for a write to be acknowledged
+    # (acks=all). None: CHUTE_KAFKA_REPLICATION_FACTOR / _MIN_INSYNC_REPLICAS, else
+    # min(3, brokers) copies and 2 in sync where there are 3 or more (chute.replication).
+    replication_factor: int | None = Field(None, ge=1, le=16)
+    min_insync_replicas: int | None = Field(None, ge=1, le=16)
     destination: OlapTable[Any] | None = None
     max_batch_rows: int = Field(100_000, ge=1)
     max_batch_bytes: int = Field(64 * 1024 * 1024, ge=1024)
@@ -122,12 +130,14 @@ class OlapTable(_Typed[M]):
         super().__init__(name)
         self.config: OlapConfig = _config(OlapConfig, config)
 
-    def definition(self, profile: ServerProfile, *, exactly_once: bool = False
-                   ) -> TableDefinition:
+    def definition(self, profile: ServerProfile, *, exactly_once: bool = False,
+                   default_cluster: str | None = None) -> TableDefinition:
         """The table's DDL. `exactly_once`: an exactly-once stream feeds it (decided where
         definitions are collected: `Definitions.table_definition`), which adds the columns
-        holding each row's Kafka position."""
+        holding each row's Kafka position. On `default_cluster` (CHUTE_CLICKHOUSE_CLUSTER)
+        unless the table's config names its own cluster or none."""
         columns = columns_for(self.model, profile)
+        cluster = self.config.cluster if self.config.cluster is not None else default_cluster
         order_by = self.config.order_by_fields
         if order_by is None:
             order_by = tuple(c.name for c in columns if c.is_key)
@@ -143,6 +153,7 @@ class OlapTable(_Typed[M]):
             ttl=self.config.ttl,
             settings=dict(self.config.settings),
             life_cycle=self.config.life_cycle,
+            cluster=cluster or None,
         )
 
 

@@ -31,6 +31,8 @@ class TopicSpec:
     name: str
     partitions: int
     retention_ms: int
+    replication_factor: int | None = None  # None: chute.replication's default
+    min_insync_replicas: int | None = None
 
 
 @dataclass
@@ -66,7 +68,8 @@ class Definitions:
 
     def topics(self) -> list[TopicSpec]:
         return [
-            TopicSpec(s.topic, s.config.partitions, s.config.retention_period * 1000)
+            TopicSpec(s.topic, s.config.partitions, s.config.retention_period * 1000,
+                      s.config.replication_factor, s.config.min_insync_replicas)
             for s in self.streams.values()
         ]
 
@@ -75,12 +78,15 @@ class Definitions:
         return {s.destination.name for s in self.streams.values()
                 if s.destination is not None and s.exactly_once}
 
-    def table_definition(self, name: str, profile: ServerProfile) -> TableDefinition:
+    def table_definition(self, name: str, profile: ServerProfile,
+                         default_cluster: str | None = None) -> TableDefinition:
         return self.tables[name].definition(
-            profile, exactly_once=name in self.exactly_once_tables())
+            profile, exactly_once=name in self.exactly_once_tables(),
+            default_cluster=default_cluster)
 
-    def table_definitions(self, profile: ServerProfile) -> list[TableDefinition]:
-        return [self.table_definition(name, profile) for name in self.tables]
+    def table_definitions(self, profile: ServerProfile,
+                          default_cluster: str | None = None) -> list[TableDefinition]:
+        return [self.table_definition(name, profile, default_cluster) for name in self.tables]
 
     def synced_streams(self) -> list[Stream[Any]]:
         """Streams with a destination table: what the sync workers consume."""

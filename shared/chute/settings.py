@@ -95,6 +95,16 @@ class ClickHouseConnectionSettings(ChuteSettings):
     clickhouse_cert_file: str | None = None
     clickhouse_key_file: str | None = None
     clickhouse_key_password: str = Field("", json_schema_extra=SECRET, repr=False)
+    # CHUTE_CLICKHOUSE_ALT_HOSTS: further replicas as host:port,host:port; a connection that
+    # cannot reach clickhouse_host:clickhouse_port tries them in turn.
+    clickhouse_alt_hosts: str = ""
+    # CHUTE_CLICKHOUSE_CLUSTER: a <remote_servers> cluster; every table is then created
+    # Replicated*MergeTree ON CLUSTER (an OlapConfig's `cluster` overrides it per table).
+    clickhouse_cluster: str | None = None
+    # CHUTE_CLICKHOUSE_INSERT_QUORUM: replicas that must have an exactly-once insert before it
+    # is acknowledged (0: off; see chute.replication). Watermarks are then read with
+    # select_sequential_consistency, so they see every acknowledged insert.
+    clickhouse_insert_quorum: int = Field(0, ge=0, le=16)
 
     @model_validator(mode="after")
     def _complete_clickhouse_tls(self) -> Self:
@@ -107,6 +117,10 @@ class ClickHouseConnectionSettings(ChuteSettings):
 class CommonSettings(KafkaConnectionSettings, ClickHouseConnectionSettings):
     # CHUTE_KAFKA_CLIENT: the Kafka client library behind chute.kafka's seam.
     kafka_client: Literal["confluent-kafka", "kafka-python"] = "confluent-kafka"
+    # Topic replication (see chute.replication): unset, min(3, brokers) copies, and 2 in sync
+    # where there are 3 or more; a stream's StreamConfig overrides both.
+    kafka_replication_factor: int | None = Field(None, ge=1, le=16)
+    kafka_min_insync_replicas: int | None = Field(None, ge=1, le=16)
     # The ClickHouse version the tables live on (e.g. "18.16.1"), for a service that should not
     # ask the server itself (the ingest API asks `SELECT version()` at start when it is unset).
     clickhouse_version: str | None = None

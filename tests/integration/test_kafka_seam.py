@@ -398,3 +398,13 @@ def test_producer_without_broker_fails_within_bound(client: str) -> None:
         finally:
             p.close(timeout=1)
     assert time.monotonic() - started < 15
+
+
+def test_admin_replication(client: str, topic: str, seam_admin: kafka.Admin) -> None:
+    """One broker: every partition is fully in sync, and a topic cannot have two copies."""
+    assert seam_admin.broker_count() == 1
+    assert topic not in seam_admin.under_replicated()
+    assert seam_admin.create_topic(TopicConfig(f"{topic}_one", 1, {}, replication_factor=1))
+    seam_admin.delete_topic(f"{topic}_one")
+    with pytest.raises(Exception, match=r"(?i)replication"):
+        seam_admin.create_topic(TopicConfig(f"{topic}_two", 1, {}, replication_factor=2))

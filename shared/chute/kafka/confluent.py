@@ -450,7 +450,8 @@ class ConfluentAdmin:
                 if not name.startswith("__") and t.error is None}
 
     def create_topic(self, topic: TopicConfig) -> bool:
-        new = NewTopic(topic.name, num_partitions=topic.partitions, config=dict(topic.configs))
+        new = NewTopic(topic.name, num_partitions=topic.partitions,
+                       replication_factor=topic.replication_factor, config=dict(topic.configs))
         futures = self._admin.create_topics([new], operation_timeout=self._timeout)
         try:
             self._result(futures[topic.name], f"create topic {topic.name}")
@@ -458,6 +459,25 @@ class ConfluentAdmin:
             return False
         self._wait_for_metadata(topic.name, topic.partitions)
         return True
+
+    def _metadata(self) -> Any:
+        try:
+            return self._admin.list_topics(timeout=self._timeout)
+        except KafkaException as exc:
+            raise _from_exception(exc, "read cluster metadata") from None
+
+    def broker_count(self) -> int:
+        return len(self._metadata().brokers)
+
+    def under_replicated(self) -> dict[str, list[int]]:
+        result: dict[str, list[int]] = {}
+        for name, t in self._metadata().topics.items():
+            if name.startswith("__") or t.error is not None:
+                continue
+            short = sorted(p.id for p in t.partitions.values() if len(p.isrs) < len(p.replicas))
+            if short:
+                result[name] = short
+        return result
 
     def _wait_for_metadata(self, topic: str, partitions: int) -> None:
         deadline = time.monotonic() + self._timeout

@@ -428,13 +428,36 @@ class KafkaPythonAdmin:
     def create_topic(self, topic: TopicConfig) -> bool:
         try:
             self._admin.create_topics(
-                [NewTopic(topic.name, topic.partitions, -1, topic_configs=dict(topic.configs))],
+                [NewTopic(topic.name, topic.partitions, topic.replication_factor,
+                          topic_configs=dict(topic.configs))],
                 wait_for_metadata=True)
         except kerrors.TopicAlreadyExistsError:
             return False
         except kerrors.KafkaError as exc:
             raise _error(exc, f"create topic {topic.name}") from None
         return True
+
+    def broker_count(self) -> int:
+        try:
+            return len(self._admin.describe_cluster()["brokers"])
+        except kerrors.KafkaError as exc:
+            raise _error(exc, "describe cluster") from None
+
+    def under_replicated(self) -> dict[str, list[int]]:
+        try:
+            topics = self._admin.describe_topics()
+        except kerrors.KafkaError as exc:
+            raise _error(exc, "describe topics") from None
+        result: dict[str, list[int]] = {}
+        for t in topics:
+            name = str(t["name"])
+            if t.get("is_internal") or name.startswith("__"):
+                continue
+            short = sorted(int(p["partition_index"]) for p in t["partitions"]
+                           if len(p["isr_nodes"]) < len(p["replica_nodes"]))
+            if short:
+                result[name] = short
+        return result
 
     def add_partitions(self, topic: str, total: int) -> None:
         try:

@@ -267,6 +267,7 @@ class TopicConfig:
     name: str
     partitions: int
     configs: Mapping[str, str]
+    replication_factor: int = -1  # -1: the broker's default.replication.factor
 
 
 @dataclass(frozen=True)
@@ -285,8 +286,17 @@ class Admin(Protocol):
         ...
 
     def create_topic(self, topic: TopicConfig) -> bool:
-        """Create the topic (the broker's default replication factor); False when it already
-        existed."""
+        """Create the topic (with its replication factor, or the broker's default); False when
+        it already existed."""
+        ...
+
+    def broker_count(self) -> int:
+        """Brokers the cluster's metadata lists (the live ones)."""
+        ...
+
+    def under_replicated(self) -> dict[str, list[int]]:
+        """{topic: partitions whose in-sync replicas are fewer than their replicas}, for the
+        topics that have any (Kafka's internal topics left out)."""
         ...
 
     def add_partitions(self, topic: str, total: int) -> None: ...
