@@ -66,20 +66,20 @@ def test_a_clustered_table_is_replicated_on_cluster_with_macros() -> None:
 
 def test_replacing_keeps_its_version_column_after_the_replication_parameters() -> None:
     table = OlapTable[Event]("t", OlapConfig(engine="ReplacingMergeTree", ver="n",
-                                             cluster="c2")).definition(OLD, "chute")
+                                             cluster="c2")).definition(OLD, default_cluster="chute")
     assert ("ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/db/t', "
             "'{replica}', `n`)") in render_create_table(table, "db")
     assert "ON CLUSTER `c2`" in render_create_table(table, "db")
 
 
 def test_an_empty_cluster_keeps_a_table_plain_under_the_global_setting() -> None:
-    table = OlapTable[Event]("t", OlapConfig(cluster="")).definition(OLD, "chute")
+    table = OlapTable[Event]("t", OlapConfig(cluster="")).definition(OLD, default_cluster="chute")
     assert table.cluster is None
     assert "ENGINE = MergeTree()" in render_create_table(table, "db")
 
 
 def test_alters_of_a_clustered_table_run_on_cluster() -> None:
-    table = OlapTable[Event]("t").definition(OLD, "chute")
+    table = OlapTable[Event]("t").definition(OLD, default_cluster="chute")
     have = ExistingTable({"id": "String"}, frozenset({"id"}), "ReplicatedMergeTree", "id")
     plan = Plan()
     plan_tables([table], {"t": have}, "db", plan)
@@ -91,7 +91,7 @@ def test_alters_of_a_clustered_table_run_on_cluster() -> None:
 
 
 def test_a_plain_table_where_a_replicated_one_is_defined_is_reported_as_drift() -> None:
-    table = OlapTable[Event]("t").definition(OLD, "chute")
+    table = OlapTable[Event]("t").definition(OLD, default_cluster="chute")
     have = ExistingTable({"id": "String", "n": "Int64"}, frozenset({"id"}), "MergeTree", "id")
     plan = Plan()
     plan_tables([table], {"t": have}, "db", plan)
