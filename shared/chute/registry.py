@@ -76,8 +76,13 @@ class Definitions:
                 if s.destination is not None and s.exactly_once}
 
     def table_definition(self, name: str, profile: ServerProfile) -> TableDefinition:
-        return self.tables[name].definition(
-            profile, exactly_once=name in self.exactly_once_tables())
+        """The DDL of a defined table, or of a stream's destination defined only inline."""
+        table = self.tables.get(name) or next(
+            (s.destination for s in self.streams.values()
+             if s.destination is not None and s.destination.name == name), None)
+        if table is None:
+            raise KeyError(name)
+        return table.definition(profile, exactly_once=name in self.exactly_once_tables())
 
     def table_definitions(self, profile: ServerProfile) -> list[TableDefinition]:
         return [self.table_definition(name, profile) for name in self.tables]
@@ -85,12 +90,6 @@ class Definitions:
     def synced_streams(self) -> list[Stream[Any]]:
         """Streams with a destination table: what the sync workers consume."""
         return [s for s in self.streams.values() if s.destination is not None]
-
-    def stream_for_topic(self, topic: str) -> Stream[Any]:
-        for stream in self.streams.values():
-            if stream.topic == topic:
-                return stream
-        raise KeyError(topic)
 
 
 _RESOURCE_TYPES = (IngestPipeline, OlapTable, Stream, IngestApi)
