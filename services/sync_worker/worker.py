@@ -782,10 +782,10 @@ class SyncWorker:
         return starts
 
     def _watermark_beyond_end(self, route: Route, tp: TopicPartition, mark: int) -> bool:
-        """The table holds offset `mark` of this partition but the topic ends before it: the
-        topic was deleted and re-created (its offsets start at 0 again), or the table holds
-        another topic's rows. Skipping to the old watermark would drop the new records, and
-        inserting them would mix two topics' offsets: refuse loudly by failing the pipeline."""
+        """The table holds offset `mark` of this partition, for this very topic id, but the
+        topic ends before it: the rows were not written by this topic's records (copied from
+        elsewhere, or written by hand). Skipping to that mark would drop records: refuse
+        loudly by failing the pipeline. (A re-created topic has a new id: no such mark.)"""
         try:
             end = self.consumer.end_offsets([tp]).get(tp)
         except KafkaClientError as exc:
@@ -796,9 +796,9 @@ class SyncWorker:
             return False
         self._stop_pipeline(route, (
             f"table {route.table} holds offset {mark} of {tp.topic}:{tp.partition} but the "
-            f"topic ends at offset {end}: the topic was re-created (or the table holds another "
-            "topic's rows). Nothing is skipped or inserted: truncate or re-create the table, "
-            "then restart the worker."), pause_now=False)
+            f"topic ends at offset {end}: those rows did not come from this topic. Nothing is "
+            "skipped or inserted: remove the rows above the topic's end (or re-create the "
+            "table), then restart the worker."), pause_now=False)
         return True
 
     def _read_watermarks(self, table: str, topic_id: str) -> dict[int, int]:

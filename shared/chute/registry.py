@@ -80,9 +80,14 @@ class Definitions:
 
     def table_definition(self, name: str, profile: ServerProfile,
                          default_cluster: str | None = None) -> TableDefinition:
-        return self.tables[name].definition(
-            profile, exactly_once=name in self.exactly_once_tables(),
-            default_cluster=default_cluster)
+        """The DDL of a defined table, or of a stream's destination defined only inline."""
+        table = self.tables.get(name) or next(
+            (s.destination for s in self.streams.values()
+             if s.destination is not None and s.destination.name == name), None)
+        if table is None:
+            raise KeyError(name)
+        return table.definition(profile, exactly_once=name in self.exactly_once_tables(),
+                                default_cluster=default_cluster)
 
     def table_definitions(self, profile: ServerProfile,
                           default_cluster: str | None = None) -> list[TableDefinition]:
@@ -91,12 +96,6 @@ class Definitions:
     def synced_streams(self) -> list[Stream[Any]]:
         """Streams with a destination table: what the sync workers consume."""
         return [s for s in self.streams.values() if s.destination is not None]
-
-    def stream_for_topic(self, topic: str) -> Stream[Any]:
-        for stream in self.streams.values():
-            if stream.topic == topic:
-                return stream
-        raise KeyError(topic)
 
 
 _RESOURCE_TYPES = (IngestPipeline, OlapTable, Stream, IngestApi)

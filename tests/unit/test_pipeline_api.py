@@ -55,7 +55,7 @@ def test_standalone_pieces() -> None:
     api = IngestApi[Event]("raw_events", IngestConfig(destination=stream))
     defs = Definitions.from_resources([table, stream, api])
     assert [s.name for s in defs.synced_streams()] == ["raw_events", "raw_events_dlq"]
-    assert defs.stream_for_topic("raw_events") is stream
+    assert defs.streams["raw_events"] is stream
 
 
 def test_model_is_required() -> None:

@@ -425,7 +425,7 @@ def test_waiting_for_a_retry_never_sleeps_a_negative_time(lag_update_seconds: fl
 def test_a_watermark_beyond_the_topic_end_fails_the_pipeline_instead_of_skipping() -> None:
     h = make("exactly_once", assign=False)
     tp_a, tp_b = TopicPartition("a", 0), TopicPartition("b", 0)
-    # Table b holds offsets up to 499 of an earlier topic "b"; the re-created one ends at 20.
+    # Table b holds offsets up to 499 under topic b's current id, but the topic ends at 20.
     h.writer.tables["b"] = [{"_chute_partition": 0, "_chute_offset": 499,
                              "_chute_topic_id": "id-b-1"}]
     h.writer.tables["a"] = [{"_chute_partition": 0, "_chute_offset": 9,
@@ -433,7 +433,7 @@ def test_a_watermark_beyond_the_topic_end_fails_the_pipeline_instead_of_skipping
     h.consumer.ends = {tp_a: 30, tp_b: 20}
     starts = h.worker.on_assigned([tp_a, tp_b])
     state = h.worker.routes["b"].state
-    assert state.status is Status.FAILED and "re-created" in state.reason
+    assert state.status is Status.FAILED and "did not come from this topic" in state.reason
     assert tp_b not in h.consumer.commits  # not committed up to the old watermark
     assert starts == {tp_a: 10}  # a resumes past its own watermark; b is not started
     assert h.consumer.commits[tp_a] == 10
