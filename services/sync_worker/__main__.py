@@ -69,7 +69,7 @@ def main() -> int:
         max_poll_interval_ms=settings.sync_max_poll_interval_ms,
         # Prefetched records cost the client several times their bytes in bookkeeping (small
         # records: ~400 B each): 4 MiB is a few polls ahead, not a hundred MiB of RSS.
-        fetch_max_bytes=_PREFETCH_BYTES, max_partition_fetch_bytes=_PREFETCH_BYTES // 4))
+        fetch_max_bytes=_PREFETCH_BYTES, max_partition_fetch_bytes=_PREFETCH_BYTES))
     producer = kafka.producer(settings.kafka_bootstrap, kafka.ProducerOptions(
         client_id=f"{settings.sync_worker_id}-dlq", linger_ms=20))
     worker = SyncWorker(settings, consumer, producer,
