@@ -27,7 +27,7 @@ from sync_worker.writer import ClickHouseWriter
 
 log = structlog.get_logger()
 # What the consumer fetches ahead of the worker (bounds its client-side queue too).
-_PREFETCH_BYTES = 8 * 1024 * 1024
+_PREFETCH_BYTES = 4 * 1024 * 1024
 
 
 def _connect_clickhouse(settings: SyncSettings, deadline: float) -> Any:
@@ -71,8 +71,8 @@ def main() -> int:
         heartbeat_interval_ms=settings.sync_session_timeout_ms // 4,
         max_poll_interval_ms=settings.sync_max_poll_interval_ms,
         # Prefetched records cost the client several times their bytes in bookkeeping (small
-        # records: ~400 B each): 8 MiB is a few polls ahead, not hundreds of MiB of RSS.
-        fetch_max_bytes=_PREFETCH_BYTES, max_partition_fetch_bytes=_PREFETCH_BYTES // 4),
+        # records: ~400 B each): 4 MiB is a few polls ahead, not a hundred MiB of RSS.
+        fetch_max_bytes=_PREFETCH_BYTES, max_partition_fetch_bytes=_PREFETCH_BYTES),
         security=settings.kafka_security())
     producer = kafka.producer(settings.kafka_bootstrap, kafka.ProducerOptions(
         client_id=f"{settings.sync_worker_id}-dlq", linger_ms=20),
