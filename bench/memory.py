@@ -22,6 +22,9 @@ from sync_worker.rows import ColumnBuilder, RowDecoder
 from bench.records import keyed_records
 from schemas.events import Event
 
+# Kafka's id of the topic the rows came from: one string shared by every row of a batch.
+_TOPIC_ID = "00000000-0000-0000-0000-000000000001"
+
 
 def buffered_row_bytes(rows: int, server: ServerProfile | None = None) -> dict[str, Any]:
     values = [v.encode() for _k, v in keyed_records(rows, "m")]
@@ -47,7 +50,8 @@ def buffered_row_bytes(rows: int, server: ServerProfile | None = None) -> dict[s
             buffer.note_offset(tp, offsets[-1], 0.0)
             del chunk, decoded, offsets
         buffered, _ = tracemalloc.get_traced_memory()
-        columns = builder.with_positions(buffer.columns, buffer.partitions, buffer.offsets)
+        columns = builder.with_positions(buffer.columns, buffer.partitions, buffer.offsets,
+                                         _TOPIC_ID)
         built, _ = tracemalloc.get_traced_memory()
         del columns
     finally:
