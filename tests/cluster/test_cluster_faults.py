@@ -1,8 +1,8 @@
 """Node loss on the native cluster (three KRaft brokers, ZooKeeper, two ClickHouse 18.16
-replicas), under ingest load: every acknowledged record ends up in the replicated table, on both replicas;
-where the stream is exactly-once, each Kafka record once (a broker loss may make the
-non-idempotent producer store a record twice in Kafka: counted, see the leader test); ingest
-answers 503 only while Kafka has no in-sync quorum for a partition.
+replicas), under ingest load: every acknowledged record ends up in the replicated table, on
+both replicas; where the stream is exactly-once, each Kafka record once (a broker loss may make
+the non-idempotent producer store a record twice in Kafka: counted, see the leader test);
+ingest answers 503 only while Kafka has no in-sync quorum for a partition.
 
 Exactly-once on a replicated table runs with CHUTE_CLICKHOUSE_INSERT_QUORUM=2: an insert is
 acknowledged only when both replicas have it and watermarks are read with
