@@ -121,7 +121,9 @@ def main() -> int:
         return 2
     if not definitions.ingest_apis:
         log.warning("no ingest pipelines defined", schemas=settings.schemas)
-    check_servers(settings, "ingest-api")  # exits when a server refuses these settings
+    # Exits when a server refuses these settings; with CHUTE_CLICKHOUSE_VERSION the API does
+    # not depend on ClickHouse to start, so it is not asked.
+    check_servers(settings, "ingest-api", clickhouse=settings.clickhouse_version is None)
     tune_garbage_collector()
     if kafka.client_from_env() == "kafka-python" and importlib.util.find_spec("crc32c") is None:
         log.warning("package crc32c is not installed: kafka-python computes the CRC32C of "

@@ -53,6 +53,9 @@ def check_clickhouse(settings: ClickHouseConnectionSettings, service: str) -> No
         driver_log.setLevel(level)
 
 
-def check_servers(settings: CommonSettings, service: str) -> None:
-    check_clickhouse(settings, service)
+def check_servers(settings: CommonSettings, service: str, clickhouse: bool = True) -> None:
+    """Both checks; `clickhouse=False` for a service told not to depend on ClickHouse at
+    start (the ingest API with CHUTE_CLICKHOUSE_VERSION)."""
+    if clickhouse:
+        check_clickhouse(settings, service)
     check_kafka(settings, service)
