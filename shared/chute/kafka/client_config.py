@@ -51,9 +51,7 @@ def producer_settings(bootstrap: str, options: ProducerOptions) -> dict[str, Any
         "acks": "all",
         "linger_ms": options.linger_ms,
         "request_timeout_ms": options.request_timeout_ms,
-        # No idempotence (kafka-python's does not recover from expired batches): a record
-        # the client retries may be duplicated, at-least-once as a caller's retry would.
-        "enable_idempotence": False,
+        # Idempotence is each backend's choice (confluent.py: on; kafkapython.py: off).
         "reconnect_backoff_max_ms": 2_000,
     }
 

@@ -106,7 +106,11 @@ class ConfluentProducer:
             "message.timeout.ms": options.delivery_timeout_ms,
             "message.max.bytes": options.max_request_bytes,
             "compression.type": "none",
-            # Internal retries (no idempotence) never outlive message.timeout.ms.
+            # The broker drops what librdkafka's internal retries send twice (a leader lost
+            # after it stored a batch but before it answered), so one send is one record in
+            # the log; librdkafka recovers from expired batches by bumping its epoch.
+            "enable.idempotence": True,
+            # Internal retries never outlive message.timeout.ms.
             "socket.connection.setup.timeout.ms": max(1_000, options.request_timeout_ms),
             "logger": _LOG,
         })

@@ -103,6 +103,7 @@ class KafkaPythonProducer:
             # idempotence and no internal retries, which could then reorder or duplicate. A
             # failed send is reported to the caller.
             "retries": 0,
+            "enable_idempotence": False,
             "metrics_enabled": False,  # kafka-python's own metrics cost CPU
             "max_block_ms": options.max_block_ms,
             "bootstrap_timeout_ms": options.bootstrap_timeout_ms,
