@@ -26,8 +26,6 @@ from sync_worker.worker import MODEL_MISMATCH, SyncWorker, build_routes
 from sync_worker.writer import ClickHouseWriter
 
 log = structlog.get_logger()
-# What the consumer fetches ahead of the worker (bounds its client-side queue too).
-_PREFETCH_BYTES = 4 * 1024 * 1024
 
 
 def _connect_clickhouse(settings: SyncSettings, deadline: float) -> Any:
@@ -71,8 +69,9 @@ def main() -> int:
         heartbeat_interval_ms=settings.sync_session_timeout_ms // 4,
         max_poll_interval_ms=settings.sync_max_poll_interval_ms,
         # Prefetched records cost the client several times their bytes in bookkeeping (small
-        # records: ~400 B each): 4 MiB is a few polls ahead, not a hundred MiB of RSS.
-        fetch_max_bytes=_PREFETCH_BYTES, max_partition_fetch_bytes=_PREFETCH_BYTES),
+        # records: ~400 B each): the prefetch is bounded (sync_prefetch_bytes).
+        fetch_max_bytes=settings.sync_prefetch_bytes,
+        max_partition_fetch_bytes=settings.sync_prefetch_bytes),
         security=settings.kafka_security())
     producer = kafka.producer(settings.kafka_bootstrap, kafka.ProducerOptions(
         client_id=f"{settings.sync_worker_id}-dlq", linger_ms=20),
