@@ -107,7 +107,8 @@ def bootstrap(s: Settings) -> str:
 
 def service_env(s: Settings) -> tuple[tuple[str, str], ...]:
     """What chute's services are told in cluster mode: every broker, the first replica with the
-    others as failover hosts, and the cluster the tables are created on."""
+    others as failover hosts, the cluster the tables are created on, and an insert quorum of
+    every replica (what exactly-once on a replicated table needs: chute.clickhouse)."""
     env: list[tuple[str, str]] = []
     if s.kafka_brokers > 1:
         env.append(("CHUTE_KAFKA_BOOTSTRAP", bootstrap(s)))
@@ -117,7 +118,8 @@ def service_env(s: Settings) -> tuple[tuple[str, str], ...]:
         env += [("CHUTE_CLICKHOUSE_HOST", s.host),
                 ("CHUTE_CLICKHOUSE_PORT", str(clickhouse_ports(s, 1)[0])),
                 ("CHUTE_CLICKHOUSE_ALT_HOSTS", ",".join(others)),
-                ("CHUTE_CLICKHOUSE_CLUSTER", CLUSTER_NAME)]
+                ("CHUTE_CLICKHOUSE_CLUSTER", CLUSTER_NAME),
+                ("CHUTE_CLICKHOUSE_INSERT_QUORUM", str(s.clickhouse_replicas))]
     return tuple(env)
 
 

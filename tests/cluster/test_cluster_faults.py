@@ -7,8 +7,9 @@ ingest answers 503 only while Kafka has no in-sync quorum for a partition.
 Exactly-once on a replicated table runs with CHUTE_CLICKHOUSE_INSERT_QUORUM=2: an insert is
 acknowledged only when both replicas have it and watermarks are read with
 select_sequential_consistency, so the worker's watermark read sees every acknowledged insert on
-whichever replica it fails over to. At-least-once runs without a quorum and keeps inserting on
-the surviving replica."""
+whichever replica it fails over to (the cluster mode sets it; the worker refuses exactly-once on
+a replicated table without it). The at-least-once replica scenario turns the quorum off and
+keeps inserting on the surviving replica."""
 
 from __future__ import annotations
 
@@ -35,7 +36,8 @@ from tests.support import KAFKA, PYTHON, ROOT, wait_for
 pytestmark = pytest.mark.faults
 
 MakeStack = Callable[..., ClusterStack]
-QUORUM = {"CHUTE_CLICKHOUSE_INSERT_QUORUM": "2"}
+QUORUM = {"CHUTE_CLICKHOUSE_INSERT_QUORUM": "2"}  # what the cluster mode tells the services
+NO_QUORUM = {"CHUTE_CLICKHOUSE_INSERT_QUORUM": "0"}  # at-least-once: keeps the survivor going
 
 
 def _load(stack: ClusterStack, rate: float = 600, batch: int = 30,
@@ -208,7 +210,7 @@ def test_clickhouse_replica_sigkilled_during_inserts(make_cluster_stack: MakeSta
                                                      replicas: list[Any],
                                                      delivery: str) -> None:
     s = cluster_settings()
-    env = QUORUM if delivery == "exactly_once" else {}
+    env = QUORUM if delivery == "exactly_once" else NO_QUORUM
     stack = make_cluster_stack({**FAST, "partitions": 2, "delivery": delivery}, **env)
     stack.start_ingest()
     worker = stack.start_worker()

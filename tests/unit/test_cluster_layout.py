@@ -97,6 +97,7 @@ def test_services_are_told_every_broker_and_the_other_replicas(tmp_path: Path) -
     assert env["CHUTE_CLICKHOUSE_PORT"] == "25000"
     assert env["CHUTE_CLICKHOUSE_ALT_HOSTS"] == "127.0.0.1:25010"
     assert env["CHUTE_CLICKHOUSE_CLUSTER"] == cluster.CLUSTER_NAME
+    assert env["CHUTE_CLICKHOUSE_INSERT_QUORUM"] == "2"  # every replica
 
 
 def test_zookeeper_listens_on_loopback_without_its_admin_server(tmp_path: Path) -> None:

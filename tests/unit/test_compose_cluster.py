@@ -91,6 +91,8 @@ def test_chute_services_are_told_what_the_native_runner_tells_them(tmp_path: Pat
         assert env["CHUTE_CLICKHOUSE_CLUSTER"] == told["CHUTE_CLICKHOUSE_CLUSTER"]
         assert env["CHUTE_KAFKA_BOOTSTRAP"] == ",".join(f"{k}:9092" for k in KAFKA_SERVICES)
         assert env["CHUTE_CLICKHOUSE_ALT_HOSTS"] == "clickhouse-2:9000"
+        assert env["CHUTE_CLICKHOUSE_INSERT_QUORUM"] == told["CHUTE_CLICKHOUSE_INSERT_QUORUM"] \
+            == str(len(CLICKHOUSE_SERVICES))
 
 
 def test_both_replicas_load_the_cluster_config_with_their_own_name() -> None:
