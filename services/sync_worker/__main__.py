@@ -15,9 +15,10 @@ from chute.registry import DefinitionError, load_definitions
 from chute.reload import DefinitionsWatcher, models_changed, reexec
 from chute.runtime import tune_garbage_collector
 from chute.settings import load_settings
-from chute.startup_checks import check_servers
+from chute.startup_checks import check_servers, refused
 from chute.typemap import UnsupportedTypeError
 
+from sync_worker.cluster_checks import exactly_once_refusals
 from sync_worker.http import serve
 from sync_worker.pipeline_state import health as pipelines_health
 from sync_worker.routes import MODEL_MISMATCH, build_routes
@@ -51,6 +52,9 @@ def main() -> int:
     except DefinitionError as exc:
         log.error("cannot load definitions", error=str(exc))
         return 2
+    for problem in exactly_once_refusals(defs.synced_streams(), settings.clickhouse_cluster,
+                                         settings.clickhouse_insert_quorum):
+        refused("sync-worker", problem)  # exits with that one line
     check_servers(settings, "sync-worker")  # exits when a server refuses these settings
     deadline = time.monotonic() + 120
     client, profile = _connect_clickhouse(settings, deadline)

@@ -137,7 +137,7 @@ class OlapTable(_Typed[M]):
         holding each row's Kafka position. On `default_cluster` (CHUTE_CLICKHOUSE_CLUSTER)
         unless the table's config names its own cluster or none."""
         columns = columns_for(self.model, profile)
-        cluster = self.config.cluster if self.config.cluster is not None else default_cluster
+        cluster = self.cluster(default_cluster)
         order_by = self.config.order_by_fields
         if order_by is None:
             order_by = tuple(c.name for c in columns if c.is_key)
@@ -153,8 +153,14 @@ class OlapTable(_Typed[M]):
             ttl=self.config.ttl,
             settings=dict(self.config.settings),
             life_cycle=self.config.life_cycle,
-            cluster=cluster or None,
+            cluster=cluster,
         )
+
+    def cluster(self, default_cluster: str | None) -> str | None:
+        """The cluster the table is replicated on: its config's, else `default_cluster`
+        (CHUTE_CLICKHOUSE_CLUSTER); None for a plain table."""
+        cluster = self.config.cluster if self.config.cluster is not None else default_cluster
+        return cluster or None
 
 
 class Stream(_Typed[M]):

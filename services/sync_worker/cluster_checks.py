@@ -1,0 +1,33 @@
+"""Combinations of delivery and ClickHouse cluster the sync worker refuses at start (pure):
+one line each, naming the stream, the table and what to change."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from chute.pipeline import Stream
+
+
+def exactly_once_refusals(streams: Iterable[Stream[Any]], default_cluster: str | None,
+                          insert_quorum: int) -> list[str]:
+    """Exactly-once keeps its offset watermark in the table and reads it back on whichever
+    replica the worker is connected to. On a replicated table that is safe only when an
+    insert is acknowledged by at least two replicas and read with sequential consistency
+    (CHUTE_CLICKHOUSE_INSERT_QUORUM >= 2, see chute.clickhouse.quorum_settings): else the
+    replica a worker fails over to may lack the last acknowledged part, the watermark is read
+    too low, and those rows are inserted again."""
+    problems = []
+    for stream in streams:
+        table = stream.destination
+        if table is None or not stream.exactly_once:
+            continue
+        cluster = table.cluster(default_cluster)
+        if cluster is not None and insert_quorum < 2:
+            problems.append(
+                f"stream {stream.name}: delivery='exactly_once' on table {table.name}, which is "
+                f"replicated on cluster {cluster}, needs CHUTE_CLICKHOUSE_INSERT_QUORUM of 2 or "
+                f"more (it is {insert_quorum}): without a quorum the replica the worker fails "
+                "over to may lack the last acknowledged insert and rows would be inserted "
+                "twice. Set it to the number of replicas, or use at_least_once")
+    return problems
