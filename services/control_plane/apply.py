@@ -60,7 +60,8 @@ def compute_plan(conn: Connections, defs: Definitions, database: str,
                  allow_destructive: bool = False) -> Plan:
     return make_plan(
         defs.topics(), conn.admin.topic_partitions(),
-        defs.table_definitions(conn.profile, conn.settings.clickhouse_cluster),
+        defs.table_definitions(conn.profile, conn.settings.clickhouse_cluster,
+                               clickhouse.cluster_shards(conn.ch)),
         clickhouse.existing_tables(conn.ch, database),
         database, allow_destructive, exactly_once_topic_ids(conn.admin, defs))
 

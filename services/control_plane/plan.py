@@ -15,9 +15,11 @@ from chute.ddl import (
     OFFSET_COLUMN,
     TOPIC_ID_COLUMN,
     TableDefinition,
+    distributed_column,
     on_cluster,
     render_add_column,
     render_backfill_topic_id,
+    render_create_distributed,
     render_create_table,
     render_drop_column,
     render_modify_column,
@@ -120,37 +122,110 @@ def plan_tables(desired: list[TableDefinition], existing: dict[str, ExistingTabl
     """`topic_ids`: per exactly-once table, Kafka's id of the one topic that feeds it (what
     the migration of a table written before rows carried a topic id tags its rows with)."""
     for table in desired:
-        have = existing.get(table.name)
-        qualified = f"{database}.{table.name}"
+        if table.sharded and not _sharding_possible(table, existing, database, plan):
+            continue
+        have = existing.get(table.local_name)
+        qualified = f"{database}.{table.local_name}"
+        entries = plan.entry_count()
         if table.life_cycle is LifeCycle.EXTERNALLY_MANAGED:
             _check_external_table(table, have, qualified, plan)
         elif have is None:
             order = ", ".join(table.order_by) or "no key"
             plan.actions.append(Action(
-                "create_table", table.name,
+                "create_table", table.local_name,
                 f"create table {qualified} ({len(table.columns)} columns, "
                 f"{table.server_engine}{on_cluster(table.cluster)}, ORDER BY {order})",
                 sql=render_create_table(table, database)))
         else:
-            entries = plan.entry_count()
             _plan_columns(table, have, database, plan, allow_destructive)
             _plan_topic_id_backfill(table, have, database, plan, (topic_ids or {}).get(
                 table.name))
             _check_engine_and_order(table, have, qualified, plan)
-            if plan.entry_count() == entries:
-                plan.up_to_date.append(f"table {qualified}")
+        if table.sharded and table.life_cycle is not LifeCycle.EXTERNALLY_MANAGED:
+            _plan_distributed(table, existing.get(table.name), have, database, plan)
+        if (have is not None and plan.entry_count() == entries
+                and table.life_cycle is not LifeCycle.EXTERNALLY_MANAGED):
+            plan.up_to_date.append(f"table {database}.{table.name}")
+
+
+def _sharding_possible(table: TableDefinition, existing: Mapping[str, ExistingTable],
+                       database: str, plan: Plan) -> bool:
+    """A sharded table is `<name>_local` with a Distributed `<name>` in front. Refused (a
+    conflict) where `<name>` already holds rows itself, and for exactly-once: an insert
+    through the Distributed table spanning shards is not atomic, so what landed after a crash
+    is not a prefix of the batch and the offset watermark would skip rows."""
+    qualified = f"{database}.{table.name}"
+    front = existing.get(table.name)
+    if front is not None and front.engine not in (None, "Distributed"):
+        plan.conflicts.append(
+            f"table {qualified} is a {front.engine}, but cluster {table.cluster} has several "
+            f"shards: the model's rows go to {table.local_name} on every shard with a "
+            f"Distributed {table.name} in front. chute does not recreate tables: rename "
+            f"{table.name} (e.g. to {table.local_name} on every replica, if it is the shard's "
+            "table), or keep the table on a cluster with one shard")
+        return False
+    if any(c.name == OFFSET_COLUMN.name for c in table.columns):
+        plan.conflicts.append(
+            f"table {qualified} is fed by an exactly-once stream, and cluster {table.cluster} "
+            "has several shards: refused, since an insert spanning shards is not atomic and "
+            "the offset watermark could skip rows after a crash. Use at_least_once (with a "
+            "ReplacingMergeTree by key to fold repeats), or a cluster with one shard")
+        return False
+    return True
+
+
+def _plan_distributed(table: TableDefinition, front: ExistingTable | None,
+                      local: ExistingTable | None, database: str, plan: Plan) -> None:
+    """The Distributed `<name>` follows its local table: created after it, given the model's
+    columns (added and modified ON CLUSTER after the local table's), and a column the local
+    table no longer has (or loses in this plan) dropped. A Distributed table stores nothing,
+    so none of this loses data."""
+    qualified = f"{database}.{table.name}"
+    if front is None:
+        plan.actions.append(Action(
+            "create_table", table.name,
+            f"create table {qualified} (Distributed over {table.local_name} on every shard of "
+            f"{table.cluster}, sharded by {table.sharding_key}){on_cluster(table.cluster)}",
+            sql=render_create_distributed(table, database)))
+        return
+    for column in table.columns:
+        old_type = front.columns.get(column.name)
+        if old_type is None:
+            plan.actions.append(Action(
+                "add_column", table.name,
+                f"add column {column.name} {column.type} to {qualified} (Distributed)",
+                sql=render_add_column(database, table.name, distributed_column(column),
+                                      table.cluster)))
+        elif not same_type(old_type, column.type):
+            plan.actions.append(Action(
+                "modify_column", table.name,
+                f"modify column {qualified}.{column.name}: {old_type} -> {column.type} "
+                "(Distributed)",
+                sql=render_modify_column(database, table.name, distributed_column(column),
+                                         table.cluster)))
+    dropped = {a.sql for a in plan.actions if a.kind == "drop_column"}
+    model = {c.name for c in table.columns}
+    for name in front.columns:
+        gone = local is None or name not in local.columns or render_drop_column(
+            database, table.local_name, name, table.cluster) in dropped
+        if name not in model and gone:
+            plan.actions.append(Action(
+                "drop_column", table.name,
+                f"drop column {qualified}.{name} (Distributed; its local table has none)",
+                sql=render_drop_column(database, table.name, name, table.cluster)))
 
 
 def _plan_columns(table: TableDefinition, have: ExistingTable, database: str, plan: Plan,
                   allow_destructive: bool) -> None:
-    qualified = f"{database}.{table.name}"
+    """The table holding the rows (`<name>_local` when sharded) against the model."""
+    qualified = f"{database}.{table.local_name}"
     for column in table.columns:
         old_type = have.columns.get(column.name)
         if old_type is None:
             plan.actions.append(Action(
-                "add_column", table.name,
+                "add_column", table.local_name,
                 f"add column {column.name} {column.type} to {qualified}",
-                sql=render_add_column(database, table.name, column, table.cluster)))
+                sql=render_add_column(database, table.local_name, column, table.cluster)))
         elif not same_type(old_type, column.type):
             _plan_type_change(table, column, old_type, have, database, plan)
     model_columns = {c.name for c in table.columns}
@@ -167,7 +242,7 @@ def _plan_topic_id_backfill(table: TableDefinition, have: ExistingTable, databas
     wanted = any(c.name == TOPIC_ID_COLUMN.name for c in table.columns)
     if not wanted or TOPIC_ID_COLUMN.name in have.columns or OFFSET_COLUMN.name not in have.columns:
         return
-    qualified = f"{database}.{table.name}"
+    qualified = f"{database}.{table.local_name}"
     if topic_id is None:
         plan.warnings.append(
             f"table {qualified} holds exactly-once positions without a topic id, and no single "
@@ -176,17 +251,17 @@ def _plan_topic_id_backfill(table: TableDefinition, have: ExistingTable, databas
             "committed before the upgrade would be inserted again)")
         return
     plan.actions.append(Action(
-        "backfill_topic_id", table.name,
+        "backfill_topic_id", table.local_name,
         f"tag the exactly-once rows of {qualified} with topic id {topic_id} (their topic's "
         "current id; rows at partition 0 offset 0 stay untagged). Apply with the sync workers "
         "stopped, and only if the topic was not re-created since those rows were written",
-        sql=render_backfill_topic_id(database, table.name, topic_id),
-        mutation_of=(database, table.name)))
+        sql=render_backfill_topic_id(database, table.local_name, topic_id),
+        mutation_of=(database, table.local_name)))
 
 
 def _plan_type_change(table: TableDefinition, column: ColumnSpec, old_type: str,
                       have: ExistingTable, database: str, plan: Plan) -> None:
-    where = f"column {database}.{table.name}.{column.name}"
+    where = f"column {database}.{table.local_name}.{column.name}"
     if column.name.startswith(CHUTE_COLUMN_PREFIX):
         plan.conflicts.append(
             f"{where} is {old_type}, but chute's exactly-once bookkeeping needs {column.type}; "
@@ -199,10 +274,10 @@ def _plan_type_change(table: TableDefinition, column: ColumnSpec, old_type: str,
                   "a key column only when no data is rewritten (Enum members appended)")
     if reason is None:
         plan.actions.append(Action(
-            "modify_column", table.name,
-            f"modify column {database}.{table.name}.{column.name}: "
+            "modify_column", table.local_name,
+            f"modify column {database}.{table.local_name}.{column.name}: "
             f"{old_type} -> {column.type} (stored values are kept)",
-            sql=render_modify_column(database, table.name, column, table.cluster)))
+            sql=render_modify_column(database, table.local_name, column, table.cluster)))
         return
     plan.conflicts.append(
         f"{where} is {old_type}, the model says {column.type}: {reason}. chute changes a type "
@@ -214,7 +289,7 @@ def _plan_type_change(table: TableDefinition, column: ColumnSpec, old_type: str,
 def _plan_removed_column(table: TableDefinition, name: str, type_text: str,
                          have: ExistingTable, database: str, plan: Plan,
                          allow_destructive: bool) -> None:
-    where = f"column {database}.{table.name}.{name} ({type_text})"
+    where = f"column {database}.{table.local_name}.{name} ({type_text})"
     if name.startswith(CHUTE_COLUMN_PREFIX):
         plan.warnings.append(
             f"{where} is chute's exactly-once bookkeeping, unused since the stream's delivery "
@@ -229,9 +304,9 @@ def _plan_removed_column(table: TableDefinition, name: str, type_text: str,
             "and chute never drops its columns")
     elif allow_destructive:
         plan.actions.append(Action(
-            "drop_column", table.name,
+            "drop_column", table.local_name,
             f"drop {where} and all its data (not in the model; --allow-destructive)",
-            sql=render_drop_column(database, table.name, name, table.cluster),
+            sql=render_drop_column(database, table.local_name, name, table.cluster),
             destructive=True))
     else:
         plan.warnings.append(

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol, TextIO
@@ -237,10 +237,12 @@ def under_replicated_note(topic: str, partitions: Sequence[int]) -> str:
             "fewer replicas in sync than assigned")
 
 
-def schema_note(definition: TableDefinition, have: ExistingTable, database: str) -> str | None:
-    """One line when the table differs from its model (what `chute plan` would list)."""
+def schema_note(definition: TableDefinition, existing: Mapping[str, ExistingTable],
+                database: str) -> str | None:
+    """One line when the table differs from its model (what `chute plan` would list);
+    `existing`: the database's tables (a sharded table is two: `<name>_local` and `<name>`)."""
     plan = Plan()
-    plan_tables([definition], {definition.name: have}, database, plan)
+    plan_tables([definition], dict(existing), database, plan)
     counts = [f"{n} {word}{'s' if n != 1 else ''}" for n, word in (
         (len(plan.actions), "change to apply"), (len(plan.conflicts), "conflict"),
         (len(plan.warnings), "warning")) if n]
@@ -364,6 +366,7 @@ class StatusSource:
                 self._ch = clickhouse.connect(self.settings)
             existing = clickhouse.existing_tables(self._ch, database)
             profile = clickhouse.server_profile(self._ch)
+            shards = clickhouse.cluster_shards(self._ch)
             counts: dict[str, int] = {}
             for stream in self.streams:
                 for table in (stream.destination, stream.dead_letter):
@@ -378,8 +381,8 @@ class StatusSource:
                 if stream.destination is not None and stream.destination.name in existing:
                     note = schema_note(self.defs.table_definition(
                                            stream.destination.name, profile,
-                                           self.settings.clickhouse_cluster),
-                                       existing[stream.destination.name], database)
+                                           self.settings.clickhouse_cluster, shards),
+                                       existing, database)
                     if note:
                         notes[stream.name].append(note)
         except Exception as exc:

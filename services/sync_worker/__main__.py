@@ -18,7 +18,7 @@ from chute.settings import load_settings
 from chute.startup_checks import check_servers, refused
 from chute.typemap import UnsupportedTypeError
 
-from sync_worker.cluster_checks import exactly_once_refusals
+from sync_worker.cluster_checks import exactly_once_refusals, sharded_refusals
 from sync_worker.http import serve
 from sync_worker.pipeline_state import health as pipelines_health
 from sync_worker.routes import MODEL_MISMATCH, build_routes
@@ -58,6 +58,9 @@ def main() -> int:
     check_servers(settings, "sync-worker")  # exits when a server refuses these settings
     deadline = time.monotonic() + 120
     client, profile = _connect_clickhouse(settings, deadline)
+    for problem in sharded_refusals(defs.synced_streams(), settings.clickhouse_cluster,
+                                    clickhouse.cluster_shards(client)):
+        refused("sync-worker", problem)
     try:
         routes = build_routes(defs, profile, settings)
     except UnsupportedTypeError as exc:

@@ -3,7 +3,7 @@ one line each, naming the stream, the table and what to change."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from chute.pipeline import Stream
@@ -30,4 +30,28 @@ def exactly_once_refusals(streams: Iterable[Stream[Any]], default_cluster: str |
                 f"more (it is {insert_quorum}): without a quorum the replica the worker fails "
                 "over to may lack the last acknowledged insert and rows would be inserted "
                 "twice. Set it to the number of replicas, or use at_least_once")
+    return problems
+
+
+def sharded_refusals(streams: Iterable[Stream[Any]], default_cluster: str | None,
+                     shards: Mapping[str, int]) -> list[str]:
+    """On a cluster of several shards a table is written through its Distributed table, and
+    one insert spanning shards is not atomic: after a crash some shards may hold their rows
+    of the batch and others not, so the offset watermark (the highest offset in the table)
+    would skip rows. Exactly-once is refused there. `shards`: per cluster, as the server has
+    them (chute.clickhouse.cluster_shards)."""
+    problems = []
+    for stream in streams:
+        table = stream.destination
+        if table is None or not stream.exactly_once:
+            continue
+        cluster = table.cluster(default_cluster)
+        count = shards.get(cluster, 1) if cluster is not None else 1
+        if count > 1:
+            problems.append(
+                f"stream {stream.name}: delivery='exactly_once' on table {table.name} is "
+                f"refused: cluster {cluster} has {count} shards, and an insert spanning shards "
+                "is not atomic, so the offset watermark could skip rows after a crash. Use "
+                "at_least_once, or a cluster with one shard (CHUTE_CLICKHOUSE_CLUSTER or the "
+                "table's OlapConfig(cluster=...))")
     return problems

@@ -31,6 +31,9 @@ def connect(settings: ClickHouseConnectionSettings, profile: ServerProfile | Non
     """A client for chute's database. Pass the profile to send its required settings."""
     merged: dict[str, Any] = dict(profile.session_settings()) if profile else {}
     merged.update(quorum_settings(settings.clickhouse_insert_quorum))
+    # An insert into a Distributed table (a sharded table's `<name>`) returns only once every
+    # shard has its rows, instead of queueing them on the receiving server (18.16 has it).
+    merged["insert_distributed_sync"] = 1
     merged.update(client_settings)
     extra: dict[str, Any] = {}
     if settings.clickhouse_alt_hosts.strip():
@@ -65,6 +68,13 @@ def quorum_settings(quorum: int) -> dict[str, int]:
     # timeout: 10 s gives a clear answer (UNKNOWN_STATUS_OF_INSERT) that the worker reconciles.
     return {"insert_quorum": quorum, "insert_quorum_timeout": QUORUM_TIMEOUT_MS,
             "select_sequential_consistency": 1}
+
+
+def cluster_shards(client: Client) -> dict[str, int]:
+    """{cluster: number of shards} of the server's <remote_servers> (system.clusters)."""
+    rows = client.execute("SELECT cluster, uniqExact(shard_num) FROM system.clusters "
+                          "GROUP BY cluster")
+    return {str(name): int(shards) for name, shards in rows}
 
 
 def server_profile(client: Client) -> ServerProfile:

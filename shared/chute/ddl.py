@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from chute.identifiers import quote_identifier, quote_string, validate_identifier
 from chute.life_cycle import LifeCycle
@@ -23,6 +23,8 @@ TOPIC_ID_COLUMN = ColumnSpec("_chute_topic_id", "String")
 EXACTLY_ONCE_COLUMNS = (PARTITION_COLUMN, OFFSET_COLUMN, TOPIC_ID_COLUMN)
 # Columns with this prefix are chute's own bookkeeping: never dropped or modified by a plan.
 CHUTE_COLUMN_PREFIX = "_chute_"
+# On a cluster of several shards a table's rows live in `<name>_local` on every shard.
+LOCAL_SUFFIX = "_local"
 
 
 @dataclass(frozen=True)
@@ -39,16 +41,37 @@ class TableDefinition:
     # A <remote_servers> cluster: the table is then Replicated<engine>, created and altered
     # ON CLUSTER, its parts replicated through ZooKeeper (see replicated_engine_args).
     cluster: str | None = None
+    # The cluster has several shards: the rows live in `<name>_local` (Replicated<engine>) on
+    # every shard and `<name>` is a Distributed table in front of them, both ON CLUSTER, rows
+    # spread by a hash of the model's Key columns (see render_create_distributed).
+    sharded: bool = False
 
     @property
     def server_engine(self) -> str:
         """The engine as the server names it: 'ReplicatedMergeTree' on a cluster."""
         return f"Replicated{self.engine}" if self.cluster else self.engine
 
+    @property
+    def local_name(self) -> str:
+        """The table that holds the rows: `<name>_local` when sharded, else `<name>`."""
+        return f"{self.name}{LOCAL_SUFFIX}" if self.sharded else self.name
+
+    @property
+    def sharding_key(self) -> str:
+        """The Distributed table's sharding expression: a hash of the model's Key columns (in
+        field order), so rows with the same key land on the same shard (what
+        ReplacingMergeTree's deduplication by key needs); rand() for a model without a Key."""
+        keys = [quote_identifier(c.name) for c in self.columns if c.is_key]
+        return f"sipHash64({', '.join(keys)})" if keys else "rand()"
+
     def __post_init__(self) -> None:
         validate_identifier(self.name, "table")
         if self.cluster is not None:
             validate_identifier(self.cluster, "cluster")
+        if self.sharded:
+            if self.cluster is None:
+                raise ValueError(f"table {self.name}: sharded needs a cluster")
+            validate_identifier(self.local_name, "table")
         if self.engine not in ENGINES:
             raise ValueError(f"table {self.name}: unknown engine {self.engine!r}; "
                              f"choose one of {sorted(ENGINES)}")
@@ -88,14 +111,16 @@ def on_cluster(cluster: str | None) -> str:
 
 
 def render_create_table(table: TableDefinition, database: str) -> str:
+    """The table that holds the rows (`<name>_local` when sharded: render_create_distributed
+    renders `<name>` in front of it)."""
     validate_identifier(database, "database")
     columns = ",\n    ".join(render_column(c) for c in table.columns)
     engine_args = [quote_identifier(table.engine_column)] if table.engine_column else []
     if table.cluster:
-        engine_args = [*replicated_engine_args(database, table.name), *engine_args]
+        engine_args = [*replicated_engine_args(database, table.local_name), *engine_args]
     order_by = ", ".join(quote_identifier(c) for c in table.order_by)
     lines = [
-        f"CREATE TABLE IF NOT EXISTS {quote_identifier(database)}.{quote_identifier(table.name)}"
+        f"CREATE TABLE IF NOT EXISTS {_qualified(database, table.local_name)}"
         f"{on_cluster(table.cluster)}",
         f"(\n    {columns}\n)",
         f"ENGINE = {table.server_engine}({', '.join(engine_args)})",
@@ -113,6 +138,30 @@ def render_create_table(table: TableDefinition, database: str) -> str:
         )
         lines.append(f"SETTINGS {rendered}")
     return "\n".join(lines)
+
+
+def distributed_column(column: ColumnSpec) -> ColumnSpec:
+    """A column of a Distributed table: the local table's, without a codec (a Distributed
+    table stores nothing)."""
+    return replace(column, codec=None)
+
+
+def render_create_distributed(table: TableDefinition, database: str) -> str:
+    """`<name>` ON CLUSTER in front of `<name>_local` on every shard of the cluster. An insert
+    into it with insert_distributed_sync=1 (what the sync worker sends) returns once every
+    shard has its rows; a read gathers all shards."""
+    if not table.sharded or table.cluster is None:
+        raise ValueError(f"table {table.name} is not sharded: it has no Distributed table")
+    validate_identifier(database, "database")
+    columns = ",\n    ".join(render_column(distributed_column(c)) for c in table.columns)
+    args = [quote_string(table.cluster), quote_string(database), quote_string(table.local_name),
+            table.sharding_key]
+    return "\n".join([
+        f"CREATE TABLE IF NOT EXISTS {_qualified(database, table.name)}"
+        f"{on_cluster(table.cluster)}",
+        f"(\n    {columns}\n)",
+        f"ENGINE = Distributed({', '.join(args)})",
+    ])
 
 
 def _qualified(database: str, table: str) -> str:

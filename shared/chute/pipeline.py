@@ -6,6 +6,7 @@ Resources are plain objects; `chute.registry` finds them in the user's schema mo
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, ClassVar, Generic, Literal, TypeVar
 
@@ -131,11 +132,14 @@ class OlapTable(_Typed[M]):
         self.config: OlapConfig = _config(OlapConfig, config)
 
     def definition(self, profile: ServerProfile, *, exactly_once: bool = False,
-                   default_cluster: str | None = None) -> TableDefinition:
+                   default_cluster: str | None = None,
+                   shards: Mapping[str, int] | None = None) -> TableDefinition:
         """The table's DDL. `exactly_once`: an exactly-once stream feeds it (decided where
         definitions are collected: `Definitions.table_definition`), which adds the columns
         holding each row's Kafka position. On `default_cluster` (CHUTE_CLICKHOUSE_CLUSTER)
-        unless the table's config names its own cluster or none."""
+        unless the table's config names its own cluster or none. `shards`: the number of
+        shards of each cluster, as the server has them (chute.clickhouse.cluster_shards); on a
+        cluster of several the table is sharded (a Distributed table in front)."""
         columns = columns_for(self.model, profile)
         cluster = self.cluster(default_cluster)
         order_by = self.config.order_by_fields
@@ -154,6 +158,7 @@ class OlapTable(_Typed[M]):
             settings=dict(self.config.settings),
             life_cycle=self.config.life_cycle,
             cluster=cluster,
+            sharded=cluster is not None and (shards or {}).get(cluster, 1) > 1,
         )
 
     def cluster(self, default_cluster: str | None) -> str | None:

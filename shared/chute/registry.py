@@ -12,6 +12,7 @@ import importlib
 import importlib.util
 import pkgutil
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -79,19 +80,22 @@ class Definitions:
                 if s.destination is not None and s.exactly_once}
 
     def table_definition(self, name: str, profile: ServerProfile,
-                         default_cluster: str | None = None) -> TableDefinition:
-        """The DDL of a defined table, or of a stream's destination defined only inline."""
+                         default_cluster: str | None = None,
+                         shards: Mapping[str, int] | None = None) -> TableDefinition:
+        """The DDL of a defined table, or of a stream's destination defined only inline
+        (`shards`: per cluster, as OlapTable.definition takes them)."""
         table = self.tables.get(name) or next(
             (s.destination for s in self.streams.values()
              if s.destination is not None and s.destination.name == name), None)
         if table is None:
             raise KeyError(name)
         return table.definition(profile, exactly_once=name in self.exactly_once_tables(),
-                                default_cluster=default_cluster)
+                                default_cluster=default_cluster, shards=shards)
 
-    def table_definitions(self, profile: ServerProfile,
-                          default_cluster: str | None = None) -> list[TableDefinition]:
-        return [self.table_definition(name, profile, default_cluster) for name in self.tables]
+    def table_definitions(self, profile: ServerProfile, default_cluster: str | None = None,
+                          shards: Mapping[str, int] | None = None) -> list[TableDefinition]:
+        return [self.table_definition(name, profile, default_cluster, shards)
+                for name in self.tables]
 
     def synced_streams(self) -> list[Stream[Any]]:
         """Streams with a destination table: what the sync workers consume."""

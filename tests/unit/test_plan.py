@@ -268,9 +268,9 @@ def test_status_notes_a_table_that_differs_from_its_model() -> None:
     from control_plane.status import schema_note
 
     definition = _definition(Event)
-    assert schema_note(definition, _existing(CURRENT), "db") is None
+    assert schema_note(definition, {"events": _existing(CURRENT)}, "db") is None
     drifted = _existing({**CURRENT, "count": "Int32", "old": "String"})
-    assert schema_note(definition, drifted, "db") == (
+    assert schema_note(definition, {"events": drifted}, "db") == (
         "table db.events differs from its model: 1 change to apply, 1 warning "
         "(chute plan lists them)")
 

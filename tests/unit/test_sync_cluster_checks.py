@@ -1,5 +1,6 @@
 """The sync worker refuses at start, with one line naming the stream, the table and the
-setting, an exactly-once stream on a replicated table without an insert quorum of two."""
+setting, an exactly-once stream on a replicated table without an insert quorum of two, and
+one on a cluster of several shards."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 from chute import IngestPipeline, Key, OlapConfig, StreamConfig
 from pydantic import BaseModel
 from sync_worker.__main__ import main
-from sync_worker.cluster_checks import exactly_once_refusals
+from sync_worker.cluster_checks import exactly_once_refusals, sharded_refusals
 
 
 class Row(BaseModel):
@@ -48,6 +49,17 @@ def test_the_table_s_own_cluster_counts_and_an_empty_one_means_plain() -> None:
 
 def test_at_least_once_on_a_replicated_table_needs_no_quorum() -> None:
     assert exactly_once_refusals(streams("at_least_once"), "chute", 0) == []
+
+
+def test_exactly_once_on_several_shards_is_refused() -> None:
+    [line] = sharded_refusals(streams(), "chute", {"chute": 2})
+    assert line.startswith("stream orders: delivery='exactly_once' on table orders is refused: "
+                           "cluster chute has 2 shards")
+    assert "\n" not in line
+    assert sharded_refusals(streams(), "chute", {"chute": 1}) == []
+    assert sharded_refusals(streams(), "chute", {"other": 3}) == []
+    assert sharded_refusals(streams(cluster=""), "chute", {"chute": 2}) == []
+    assert sharded_refusals(streams("at_least_once"), "chute", {"chute": 2}) == []
 
 
 SCHEMA = '''
