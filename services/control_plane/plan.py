@@ -15,13 +15,13 @@ from chute.ddl import (
     OFFSET_COLUMN,
     TOPIC_ID_COLUMN,
     TableDefinition,
-    distributed_column,
     on_cluster,
     render_add_column,
     render_backfill_topic_id,
     render_create_distributed,
     render_create_table,
     render_drop_column,
+    render_drop_table,
     render_modify_column,
 )
 from chute.life_cycle import LifeCycle
@@ -29,13 +29,13 @@ from chute.registry import TopicSpec
 from chute.type_changes import metadata_only_change, same_type, unsafe_change
 from chute.typemap import ColumnSpec
 
-_SYMBOLS = {"drop_column": "-", "modify_column": "~"}
+_SYMBOLS = {"drop_column": "-", "modify_column": "~", "drop_table": "~"}
 
 
 @dataclass(frozen=True)
 class Action:
     kind: str  # create_topic | add_partitions | create_table | add_column | modify_column
-    #            | drop_column | backfill_topic_id
+    #            | drop_column | backfill_topic_id | drop_table (a Distributed table only)
     target: str
     description: str
     sql: str | None = None
@@ -142,7 +142,7 @@ def plan_tables(desired: list[TableDefinition], existing: dict[str, ExistingTabl
                 table.name))
             _check_engine_and_order(table, have, qualified, plan)
         if table.sharded and table.life_cycle is not LifeCycle.EXTERNALLY_MANAGED:
-            _plan_distributed(table, existing.get(table.name), have, database, plan)
+            _plan_distributed(table, existing.get(table.name), database, plan)
         if (have is not None and plan.entry_count() == entries
                 and table.life_cycle is not LifeCycle.EXTERNALLY_MANAGED):
             plan.up_to_date.append(f"table {database}.{table.name}")
@@ -175,44 +175,36 @@ def _sharding_possible(table: TableDefinition, existing: Mapping[str, ExistingTa
 
 
 def _plan_distributed(table: TableDefinition, front: ExistingTable | None,
-                      local: ExistingTable | None, database: str, plan: Plan) -> None:
-    """The Distributed `<name>` follows its local table: created after it, given the model's
-    columns (added and modified ON CLUSTER after the local table's), and a column the local
-    table no longer has (or loses in this plan) dropped. A Distributed table stores nothing,
-    so none of this loses data."""
+                      database: str, plan: Plan) -> None:
+    """The Distributed `<name>` is created after its local table and has the model's columns.
+    When they differ (a column added, modified or dropped by this plan or an earlier one) it is
+    dropped and created again ON CLUSTER, after the local table's ALTERs: ClickHouse 18.16
+    refuses ALTER ... ON CLUSTER of a Distributed table on a cluster whose shards replicate
+    themselves (internal_replication; allowed from 20.3 on), and CREATE and DROP it accepts.
+    A Distributed table stores nothing (chute inserts with insert_distributed_sync=1, so no
+    row waits in its queue); while it is away, reads fail and the sync worker's inserts are
+    retried (unknown table: a schema error, retried without end)."""
     qualified = f"{database}.{table.name}"
+    create = Action("create_table", table.name,
+                    f"create table {qualified} (Distributed over {table.local_name} on every "
+                    f"shard of {table.cluster}, sharded by {table.sharding_key})"
+                    f"{on_cluster(table.cluster)}",
+                    sql=render_create_distributed(table, database))
     if front is None:
-        plan.actions.append(Action(
-            "create_table", table.name,
-            f"create table {qualified} (Distributed over {table.local_name} on every shard of "
-            f"{table.cluster}, sharded by {table.sharding_key}){on_cluster(table.cluster)}",
-            sql=render_create_distributed(table, database)))
+        plan.actions.append(create)
         return
-    for column in table.columns:
-        old_type = front.columns.get(column.name)
-        if old_type is None:
-            plan.actions.append(Action(
-                "add_column", table.name,
-                f"add column {column.name} {column.type} to {qualified} (Distributed)",
-                sql=render_add_column(database, table.name, distributed_column(column),
-                                      table.cluster)))
-        elif not same_type(old_type, column.type):
-            plan.actions.append(Action(
-                "modify_column", table.name,
-                f"modify column {qualified}.{column.name}: {old_type} -> {column.type} "
-                "(Distributed)",
-                sql=render_modify_column(database, table.name, distributed_column(column),
-                                         table.cluster)))
-    dropped = {a.sql for a in plan.actions if a.kind == "drop_column"}
-    model = {c.name for c in table.columns}
-    for name in front.columns:
-        gone = local is None or name not in local.columns or render_drop_column(
-            database, table.local_name, name, table.cluster) in dropped
-        if name not in model and gone:
-            plan.actions.append(Action(
-                "drop_column", table.name,
-                f"drop column {qualified}.{name} (Distributed; its local table has none)",
-                sql=render_drop_column(database, table.name, name, table.cluster)))
+    model = {c.name: c.type for c in table.columns}
+    differ = sorted(name for name in {*model, *front.columns}
+                    if name not in model or name not in front.columns
+                    or not same_type(front.columns[name], model[name]))
+    if not differ:
+        return
+    plan.actions.append(Action(
+        "drop_table", table.name,
+        f"drop table {qualified} (Distributed, stores nothing) to create it again with the "
+        f"model's columns (differing: {', '.join(differ)}){on_cluster(table.cluster)}",
+        sql=render_drop_table(database, table.name, table.cluster)))
+    plan.actions.append(create)
 
 
 def _plan_columns(table: TableDefinition, have: ExistingTable, database: str, plan: Plan,

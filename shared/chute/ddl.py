@@ -185,6 +185,11 @@ def render_modify_column(database: str, table: str, column: ColumnSpec,
     return f"{_alter(database, table, cluster)} MODIFY COLUMN {render_column(column)}"
 
 
+def render_drop_table(database: str, table: str, cluster: str | None = None) -> str:
+    """Only ever rendered for a Distributed table, which stores nothing (see the plan)."""
+    return f"DROP TABLE IF EXISTS {_qualified(database, table)}{on_cluster(cluster)}"
+
+
 def render_drop_column(database: str, table: str, column: str,
                        cluster: str | None = None) -> str:
     return f"{_alter(database, table, cluster)} DROP COLUMN {quote_identifier(column)}"

@@ -115,41 +115,45 @@ def test_a_missing_distributed_table_is_created() -> None:
     assert [(a.kind, a.target) for a in plan.actions] == [("create_table", "events")]
 
 
-def test_a_new_column_is_added_to_both_on_cluster_local_first() -> None:
+RECREATE = ["DROP TABLE IF EXISTS `db`.`events` ON CLUSTER `chute`",
+            render_create_distributed(sharded(), "db")]
+
+
+def test_a_new_column_is_added_to_the_local_table_then_the_distributed_one_recreated() -> None:
+    """18.16 refuses ALTER ... ON CLUSTER of a Distributed table on shards that replicate
+    themselves: the Distributed table (which stores nothing) is created again instead."""
     plan = Plan()
     plan_tables([sharded()], {"events_local": _have({"id": "String"}, "ReplicatedMergeTree"),
                               "events": _have({"id": "String"}, "Distributed", None)}, "db", plan)
     assert [a.sql for a in plan.actions] == [
-        "ALTER TABLE `db`.`events_local` ON CLUSTER `chute` ADD COLUMN `n` Int64",
-        "ALTER TABLE `db`.`events` ON CLUSTER `chute` ADD COLUMN `n` Int64"]
+        "ALTER TABLE `db`.`events_local` ON CLUSTER `chute` ADD COLUMN `n` Int64", *RECREATE]
+    assert not any(a.destructive for a in plan.actions)
+    assert "differing: n" in plan.actions[1].description
 
 
 def test_the_distributed_table_catches_up_with_its_local_table() -> None:
-    """An apply stopped between the two ALTERs: the local table has the column, the
-    Distributed table gets it on the next apply."""
+    """An apply stopped between the local table's ALTER and the Distributed table: the next
+    apply recreates the Distributed table with the model's columns."""
     plan = Plan()
     plan_tables([sharded()], {
         "events_local": _have({"id": "String", "n": "Int64"}, "ReplicatedMergeTree"),
         "events": _have({"id": "String", "n": "Int32", "gone": "String"}, "Distributed", None)},
         "db", plan)
-    assert [a.sql for a in plan.actions] == [
-        "ALTER TABLE `db`.`events` ON CLUSTER `chute` MODIFY COLUMN `n` Int64",
-        "ALTER TABLE `db`.`events` ON CLUSTER `chute` DROP COLUMN `gone`"]
-    assert not any(a.destructive for a in plan.actions)
+    assert [a.sql for a in plan.actions] == RECREATE
+    assert "differing: gone, n" in plan.actions[0].description
 
 
 def test_a_dropped_column_goes_from_both_only_with_the_flag() -> None:
     local = _have({"id": "String", "n": "Int64", "old": "String"}, "ReplicatedMergeTree")
-    front = _have({"id": "String", "n": "Int64", "old": "String"}, "Distributed", None)
+    front = _have({"id": "String", "n": "Int64"}, "Distributed", None)
     kept = Plan()
     plan_tables([sharded()], {"events_local": local, "events": front}, "db", kept)
-    assert not kept.actions  # the local table keeps it, and so does its Distributed table
+    assert not kept.actions and kept.warnings  # kept in the local table, not in the model
     dropped = Plan()
     plan_tables([sharded()], {"events_local": local, "events": front}, "db", dropped,
                 allow_destructive=True)
     assert [(a.sql, a.destructive) for a in dropped.actions] == [
-        ("ALTER TABLE `db`.`events_local` ON CLUSTER `chute` DROP COLUMN `old`", True),
-        ("ALTER TABLE `db`.`events` ON CLUSTER `chute` DROP COLUMN `old`", False)]
+        ("ALTER TABLE `db`.`events_local` ON CLUSTER `chute` DROP COLUMN `old`", True)]
 
 
 def test_a_table_that_holds_rows_under_the_distributed_name_is_a_conflict() -> None:
