@@ -66,7 +66,12 @@ def _parser() -> argparse.ArgumentParser:
     cmd_up.add_argument(
         "--clickhouse-replicas", type=int, default=None, metavar="M",
         help="M replicated ClickHouse servers clickhouse-1..M and ZooKeeper (default: as "
-             "the last `up`; at first 1)",
+             "the last `up`; at first 1); with --clickhouse-shards, M per shard",
+    )
+    cmd_up.add_argument(
+        "--clickhouse-shards", type=int, default=None, metavar="S",
+        help="S shards of --clickhouse-replicas servers each; tables get a Distributed table "
+             "in front (default: as the last `up`; at first 1)",
     )
     commands.add_parser("down", help="stop everything")
     commands.add_parser("status", help="show services; exit 1 if one is down or unhealthy")
@@ -88,7 +93,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
     print(status_table(supervise.up(args.workers, prometheus=args.prometheus,
                                     secure_mode=args.secure,
                                     kafka_brokers=args.kafka_brokers,
-                                    clickhouse_replicas=args.clickhouse_replicas)))
+                                    clickhouse_replicas=args.clickhouse_replicas,
+                                    clickhouse_shards=args.clickhouse_shards)))
     return 0
 
 

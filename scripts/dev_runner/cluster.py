@@ -1,6 +1,7 @@
-"""The native cluster mode (`scripts/dev up --kafka-brokers N --clickhouse-replicas M`):
-N combined broker+controller KRaft nodes `kafka-1..N`, Apache ZooKeeper (Debian's package)
-and M ClickHouse servers `clickhouse-1..M` replicating one shard through it.
+"""The native cluster mode (`scripts/dev up --kafka-brokers N --clickhouse-replicas M
+[--clickhouse-shards S]`): N combined broker+controller KRaft nodes `kafka-1..N`, Apache
+ZooKeeper (Debian's package) and S x M ClickHouse servers `clickhouse-1..` replicating through
+it: clickhouse-1..M are the replicas of shard 01, the next M those of shard 02, and so on.
 
 Ports move with the single-node variables, one step per node: kafka-N listens on
 CHUTE_KAFKA_PORT + 100 (N-1) (controller CHUTE_KAFKA_CONTROLLER_PORT + 100 (N-1)), clickhouse-N
@@ -24,7 +25,7 @@ CLUSTER_NAME = "chute"  # the <remote_servers> entry tables are created ON CLUST
 KAFKA_PORT_STEP = 100
 CLICKHOUSE_PORT_STEP = 10
 MAX_BROKERS = 9
-MAX_REPLICAS = 9
+MAX_REPLICAS = 9  # ClickHouse servers in all (shards x replicas)
 ZOOKEEPER_JARS = ("/usr/share/java/zookeeper.jar", "/usr/share/java/slf4j-simple.jar")
 _NODE_RE = re.compile(r"(kafka|clickhouse)-([1-9])")
 
@@ -33,19 +34,24 @@ def layout_file(s: Settings) -> Path:
     return s.run_dir / "cluster"
 
 
-def check_layout(brokers: int, replicas: int) -> None:
+def check_layout(brokers: int, replicas: int, shards: int = 1) -> None:
     if not 1 <= brokers <= MAX_BROKERS:
         raise RunnerError(f"--kafka-brokers must be 1..{MAX_BROKERS}")
     if not 1 <= replicas <= MAX_REPLICAS:
         raise RunnerError(f"--clickhouse-replicas must be 1..{MAX_REPLICAS}")
+    if shards < 1 or shards * replicas > MAX_REPLICAS:
+        raise RunnerError(f"--clickhouse-shards must be 1 or more, with shards x replicas at "
+                          f"most {MAX_REPLICAS}")
 
 
-def write_layout(s: Settings, brokers: int, replicas: int) -> Settings:
+def write_layout(s: Settings, brokers: int, replicas: int, shards: int = 1) -> Settings:
     """Records the layout for later commands and returns settings that carry it."""
-    check_layout(brokers, replicas)
+    check_layout(brokers, replicas, shards)
     s.run_dir.mkdir(parents=True, exist_ok=True)
-    layout_file(s).write_text(f"kafka_brokers={brokers}\nclickhouse_replicas={replicas}\n")
-    return dataclasses.replace(s, kafka_brokers=brokers, clickhouse_replicas=replicas)
+    layout_file(s).write_text(f"kafka_brokers={brokers}\nclickhouse_replicas={replicas}\n"
+                              f"clickhouse_shards={shards}\n")
+    return dataclasses.replace(s, kafka_brokers=brokers, clickhouse_replicas=replicas,
+                               clickhouse_shards=shards)
 
 
 def with_recorded_layout(s: Settings) -> Settings:
@@ -58,10 +64,12 @@ def with_recorded_layout(s: Settings) -> Settings:
     try:
         brokers = int(values.get("kafka_brokers", "1"))
         replicas = int(values.get("clickhouse_replicas", "1"))
-        check_layout(brokers, replicas)
+        shards = int(values.get("clickhouse_shards", "1"))
+        check_layout(brokers, replicas, shards)
     except (ValueError, RunnerError):
         raise RunnerError(f"{layout_file(s)} is not a valid layout; remove it") from None
-    return dataclasses.replace(s, kafka_brokers=brokers, clickhouse_replicas=replicas)
+    return dataclasses.replace(s, kafka_brokers=brokers, clickhouse_replicas=replicas,
+                               clickhouse_shards=shards)
 
 
 # Names and ports. ------------------------------------------------------------------------
@@ -71,10 +79,25 @@ def kafka_nodes(s: Settings) -> list[str]:
             else ["kafka"])
 
 
+def clickhouse_servers(s: Settings) -> int:
+    """ClickHouse servers of the layout: shards x replicas."""
+    return s.clickhouse_shards * s.clickhouse_replicas
+
+
+def clickhouse_clustered(s: Settings) -> bool:
+    """More than one ClickHouse server: ZooKeeper and clickhouse-1.. instead of `clickhouse`."""
+    return clickhouse_servers(s) > 1
+
+
 def clickhouse_nodes(s: Settings) -> list[str]:
-    if s.clickhouse_replicas == 1:
+    if not clickhouse_clustered(s):
         return ["clickhouse"]
-    return ["zookeeper", *(f"clickhouse-{i}" for i in range(1, s.clickhouse_replicas + 1))]
+    return ["zookeeper", *(f"clickhouse-{i}" for i in range(1, clickhouse_servers(s) + 1))]
+
+
+def node_shard(s: Settings, index: int) -> int:
+    """The shard (1..) clickhouse-`index` is a replica of."""
+    return (index - 1) // s.clickhouse_replicas + 1
 
 
 def infra_services(s: Settings) -> list[str]:
@@ -106,15 +129,16 @@ def bootstrap(s: Settings) -> str:
 
 
 def service_env(s: Settings) -> tuple[tuple[str, str], ...]:
-    """What chute's services are told in cluster mode: every broker, the first replica with the
-    others as failover hosts, the cluster the tables are created on, and an insert quorum of
-    every replica (what exactly-once on a replicated table needs: chute.clickhouse)."""
+    """What chute's services are told in cluster mode: every broker, the first ClickHouse server
+    with the others as failover hosts (every server has every table, the Distributed ones
+    too), the cluster the tables are created on, and an insert quorum of every replica of a
+    shard (what exactly-once on a replicated table needs: chute.clickhouse)."""
     env: list[tuple[str, str]] = []
     if s.kafka_brokers > 1:
         env.append(("CHUTE_KAFKA_BOOTSTRAP", bootstrap(s)))
-    if s.clickhouse_replicas > 1:
+    if clickhouse_clustered(s):
         others = [f"{s.host}:{clickhouse_ports(s, i)[0]}"
-                  for i in range(2, s.clickhouse_replicas + 1)]
+                  for i in range(2, clickhouse_servers(s) + 1)]
         env += [("CHUTE_CLICKHOUSE_HOST", s.host),
                 ("CHUTE_CLICKHOUSE_PORT", str(clickhouse_ports(s, 1)[0])),
                 ("CHUTE_CLICKHOUSE_ALT_HOSTS", ",".join(others)),
@@ -200,14 +224,20 @@ def render_clickhouse_node(base_template: str, cluster_template: str, s: Setting
     base = render_template(base_template, {k: escape(v) for k, v in {
         "HOST": s.host, "HTTP_PORT": str(http), "TCP_PORT": str(tcp), "DATA_DIR": str(data),
         "LOG_DIR": str(clickhouse_log_dir(s, index))}.items()})
-    replicas = "\n".join(
-        f"                <replica><host>{s.host}</host>"
-        f"<port>{clickhouse_ports(s, i)[0]}</port></replica>"
-        for i in range(1, s.clickhouse_replicas + 1))
+    shards = []
+    for shard in range(1, s.clickhouse_shards + 1):
+        first = (shard - 1) * s.clickhouse_replicas + 1
+        replicas = "".join(
+            f"\n                <replica><host>{s.host}</host>"
+            f"<port>{clickhouse_ports(s, i)[0]}</port></replica>"
+            for i in range(first, first + s.clickhouse_replicas))
+        shards.append("<shard>\n                <internal_replication>true</internal_replication>"
+                      f"{replicas}\n            </shard>")
     cluster = render_template(cluster_template, {
         "HOST": s.host, "INTERSERVER_PORT": str(interserver),
         "ZOOKEEPER_PORT": str(s.zookeeper_port), "CLUSTER": CLUSTER_NAME,
-        "REPLICAS": replicas.lstrip(), "REPLICA": f"clickhouse-{index}", "SHARD": "01"})
+        "SHARDS": "\n            ".join(shards), "REPLICA": f"clickhouse-{index}",
+        "SHARD": f"{node_shard(s, index):02d}"})
     return base, cluster
 
 

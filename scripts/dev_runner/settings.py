@@ -73,7 +73,8 @@ class Settings:
     timeout_scale: float = 1.0
     # Cluster mode: the layout `up` recorded (dev_runner.cluster), ports and the brokers' heap.
     kafka_brokers: int = 1
-    clickhouse_replicas: int = 1
+    clickhouse_replicas: int = 1  # per shard
+    clickhouse_shards: int = 1
     clickhouse_interserver_port: int = PORTS["clickhouse_interserver_port"][1]
     zookeeper_port: int = PORTS["zookeeper_port"][1]
     cluster_kafka_heap: tuple[str, ...] = ("-Xmx256m", "-Xms64m")

@@ -386,7 +386,8 @@ def _reload_prometheus(s: Settings) -> None:
 
 def up(workers: int = 1, settings: Settings | None = None,
        prometheus: bool = False, secure_mode: bool = False, kafka_brokers: int | None = None,
-       clickhouse_replicas: int | None = None) -> list[ServiceStatus]:
+       clickhouse_replicas: int | None = None,
+       clickhouse_shards: int | None = None) -> list[ServiceStatus]:
     """Starts every service that is not running, tier by tier, each waited for until healthy;
     with `prometheus`, also Prometheus scraping them. A running Prometheus is told about a
     changed number of workers. `secure_mode`: see dev_runner.secure (it stays on). More than
@@ -397,10 +398,12 @@ def up(workers: int = 1, settings: Settings | None = None,
     recorded = _settings(settings)
     brokers = recorded.kafka_brokers if kafka_brokers is None else kafka_brokers
     replicas = recorded.clickhouse_replicas if clickhouse_replicas is None else clickhouse_replicas
-    if (secure_mode or secure.enabled(recorded)) and (brokers > 1 or replicas > 1):
+    shards = recorded.clickhouse_shards if clickhouse_shards is None else clickhouse_shards
+    if (secure_mode or secure.enabled(recorded)) and (brokers > 1 or replicas * shards > 1):
         raise RunnerError("secure mode runs one Kafka broker and one ClickHouse server: "
-                          "--secure does not combine with --kafka-brokers/--clickhouse-replicas")
-    s = cluster.write_layout(recorded, brokers, replicas)
+                          "--secure does not combine with --kafka-brokers/--clickhouse-replicas/"
+                          "--clickhouse-shards")
+    s = cluster.write_layout(recorded, brokers, replicas, shards)
     with _runner_lock(s):
         if secure_mode:
             secure.enable(s)
@@ -409,7 +412,7 @@ def up(workers: int = 1, settings: Settings | None = None,
         extra = [worker_name(i) for i in _worker_pid_files(s) if i > workers]
         if extra:
             _stop_services(extra, s, kill=False)
-        if s.clickhouse_replicas > 1:
+        if cluster.clickhouse_clustered(s):
             _start_group(["zookeeper"], s)
         _start_group([n for n in cluster.infra_services(s) if n != "zookeeper"], s)
         _start_group(["control-plane"], s)

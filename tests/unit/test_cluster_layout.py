@@ -17,9 +17,9 @@ ENV = {"CHUTE_KAFKA_PORT": "25092", "CHUTE_KAFKA_CONTROLLER_PORT": "25093",
        "CHUTE_CLICKHOUSE_INTERSERVER_PORT": "25009", "CHUTE_ZOOKEEPER_PORT": "25181"}
 
 
-def settings(tmp_path: Path, brokers: int = 3, replicas: int = 2) -> Settings:
+def settings(tmp_path: Path, brokers: int = 3, replicas: int = 2, shards: int = 1) -> Settings:
     s = Settings.from_env({"CHUTE_STATE": str(tmp_path / "state"), **ENV})
-    return cluster.write_layout(s, brokers, replicas)
+    return cluster.write_layout(s, brokers, replicas, shards)
 
 
 def test_cluster_services_replace_the_single_servers(tmp_path: Path) -> None:
@@ -37,10 +37,39 @@ def test_the_recorded_layout_is_read_back(tmp_path: Path) -> None:
     assert (again.kafka_brokers, again.clickhouse_replicas) == (3, 2)
 
 
-@pytest.mark.parametrize(("brokers", "replicas"), [(0, 1), (1, 0), (10, 1)])
-def test_a_layout_out_of_range_is_refused(tmp_path: Path, brokers: int, replicas: int) -> None:
-    with pytest.raises(RunnerError, match=r"--kafka-brokers|--clickhouse-replicas"):
-        settings(tmp_path, brokers, replicas)
+@pytest.mark.parametrize(("brokers", "replicas", "shards"),
+                         [(0, 1, 1), (1, 0, 1), (10, 1, 1), (1, 1, 0), (1, 2, 5)])
+def test_a_layout_out_of_range_is_refused(tmp_path: Path, brokers: int, replicas: int,
+                                          shards: int) -> None:
+    with pytest.raises(RunnerError, match=r"--kafka-brokers|--clickhouse-replicas|shards"):
+        settings(tmp_path, brokers, replicas, shards)
+
+
+def test_shards_are_recorded_and_their_servers_numbered_shard_by_shard(tmp_path: Path) -> None:
+    s = settings(tmp_path, brokers=3, replicas=2, shards=2)
+    again = cluster.with_recorded_layout(Settings.from_env({"CHUTE_STATE": str(s.state), **ENV}))
+    assert (again.kafka_brokers, again.clickhouse_replicas, again.clickhouse_shards) == (3, 2, 2)
+    assert cluster.clickhouse_nodes(s) == ["zookeeper", "clickhouse-1", "clickhouse-2",
+                                           "clickhouse-3", "clickhouse-4"]
+    assert [cluster.node_shard(s, i) for i in range(1, 5)] == [1, 1, 2, 2]
+    two = settings(tmp_path, brokers=1, replicas=1, shards=2)
+    assert cluster.clickhouse_nodes(two) == ["zookeeper", "clickhouse-1", "clickhouse-2"]
+    assert [cluster.node_shard(two, i) for i in (1, 2)] == [1, 2]
+
+
+def test_a_sharded_server_names_its_shard_and_lists_every_shard(tmp_path: Path) -> None:
+    s = settings(tmp_path, brokers=1, replicas=2, shards=2)
+    _, extra = cluster.render_clickhouse_node(
+        (ROOT / "scripts/infra/clickhouse/config.xml.tmpl").read_text(),
+        (ROOT / "scripts/infra/clickhouse/cluster.xml.tmpl").read_text(), s, 3)
+    assert "<shard>02</shard>" in extra and "<replica>clickhouse-3</replica>" in extra
+    shards = re.findall(r"<shard>\s*<internal_replication>true</internal_replication>(.*?)"
+                        r"</shard>", extra, re.S)
+    assert [re.findall(r"<port>(\d+)</port></replica>", x) for x in shards] == [
+        ["25000", "25010"], ["25020", "25030"]]
+    env = dict(cluster.service_env(s))
+    assert env["CHUTE_CLICKHOUSE_ALT_HOSTS"] == "127.0.0.1:25010,127.0.0.1:25020,127.0.0.1:25030"
+    assert env["CHUTE_CLICKHOUSE_INSERT_QUORUM"] == "2"  # the replicas of a shard
 
 
 def test_every_node_has_its_own_ports_in_the_block(tmp_path: Path) -> None:
