@@ -313,11 +313,30 @@ def prepare_clickhouse(s: Settings, index: int) -> None:
         s.template("clickhouse/cluster.xml.tmpl").read_text(), s, index)
     directory = clickhouse_dir(s, index)
     (directory / "config.d").mkdir(parents=True, exist_ok=True)
-    (s.data_dir / f"clickhouse-{index}").mkdir(parents=True, exist_ok=True)
+    check_shard(s, index)
     clickhouse_log_dir(s, index).mkdir(parents=True, exist_ok=True)
     clickhouse_config(s, index).write_text(base)
     (directory / "config.d" / "cluster.xml").write_text(cluster)
     (directory / "users.xml").write_text(s.template("clickhouse/users.xml").read_text())
+
+
+def check_shard(s: Settings, index: int) -> None:
+    """A server's data belongs to the shard it was first started in (its replicated tables'
+    ZooKeeper paths name it): a layout that moves clickhouse-`index` to another shard is
+    refused until its data folder is removed. Records the shard on first start."""
+    data = s.data_dir / f"clickhouse-{index}"
+    data.mkdir(parents=True, exist_ok=True)
+    marker = data / "chute-shard"
+    shard = f"{node_shard(s, index):02d}"
+    if not marker.exists():
+        marker.write_text(shard + "\n")
+        return
+    was = marker.read_text().strip()
+    if was != shard:
+        raise RunnerError(
+            f"clickhouse-{index} holds the tables of shard {was}, and this layout makes it a "
+            f"server of shard {shard}: go back to the earlier layout, or remove {data} (and "
+            f"{s.data_dir / 'zookeeper'}) to start the ClickHouse cluster afresh")
 
 
 def prepare_zookeeper(s: Settings) -> None:

@@ -145,3 +145,14 @@ def test_down_stops_the_brokers_and_replicas_together_then_zookeeper(tmp_path: P
     single = cluster.write_layout(s, 1, 1)
     (single.run_dir / "kafka-2.pid").write_text("1\n")
     assert _infra_tiers(single) == [["kafka", "clickhouse", "kafka-2"], []]
+
+
+def test_a_server_is_not_moved_to_another_shard_with_its_data(tmp_path: Path) -> None:
+    replicas = settings(tmp_path, brokers=1, replicas=2, shards=1)
+    cluster.check_shard(replicas, 2)  # first start: records shard 01
+    cluster.check_shard(replicas, 2)
+    shards = settings(tmp_path, brokers=1, replicas=1, shards=2)
+    cluster.check_shard(shards, 1)  # still shard 01
+    with pytest.raises(RunnerError, match="clickhouse-2 holds the tables of shard 01, and this "
+                                          "layout makes it a server of shard 02"):
+        cluster.check_shard(shards, 2)
