@@ -4,8 +4,10 @@
 virtualenv:
 
     scripts/dev up [--workers N] [--prometheus] [--kafka-brokers N] [--clickhouse-replicas M]
+                   [--clickhouse-shards S]
                                       start everything that is not already running and healthy
-                                      (brokers or replicas > 1: the cluster mode, see `cluster`)
+                                      (brokers or ClickHouse servers > 1: the cluster mode, see
+                                      `cluster`)
     scripts/dev down                  stop everything, newest tier first
     scripts/dev status                one line per expected service; non-zero exit if one is down
     scripts/dev start|stop|restart <svc>   one service (stop --kill sends SIGKILL at once)
@@ -24,8 +26,9 @@ folder (env CHUTE_STATE, default <repo>/.chute):
     data/clickhouse   ClickHouse's data
     data/prometheus   Prometheus's time series
 
-In the cluster mode Kafka is kafka-1..N, ClickHouse is zookeeper and clickhouse-1..M (each with
-its own etc/, data/ and log/ folder); run/cluster records the layout.
+In the cluster mode Kafka is kafka-1..N, ClickHouse is zookeeper and clickhouse-1..S*M (each with
+its own etc/, data/ and log/ folder; M replicas per shard, shard by shard); run/cluster records
+the layout.
 
 Modules: `settings` (ports and paths, from the environment), `services` (the service table),
 `cluster` (the cluster mode's layout, ports and configuration),
