@@ -314,22 +314,32 @@ def prepare_clickhouse(s: Settings, index: int) -> None:
     directory = clickhouse_dir(s, index)
     (directory / "config.d").mkdir(parents=True, exist_ok=True)
     check_shard(s, index)
+    (s.data_dir / f"clickhouse-{index}").mkdir(parents=True, exist_ok=True)
     clickhouse_log_dir(s, index).mkdir(parents=True, exist_ok=True)
     clickhouse_config(s, index).write_text(base)
     (directory / "config.d" / "cluster.xml").write_text(cluster)
     (directory / "users.xml").write_text(s.template("clickhouse/users.xml").read_text())
 
 
-def check_shard(s: Settings, index: int) -> None:
+def check_shards(s: Settings) -> None:
+    """check_shard for every ClickHouse server of the layout, recording nothing: what `up`
+    asks before it records a layout or starts anything."""
+    if clickhouse_clustered(s):
+        for index in range(1, clickhouse_servers(s) + 1):
+            check_shard(s, index, record=False)
+
+
+def check_shard(s: Settings, index: int, record: bool = True) -> None:
     """A server's data belongs to the shard it was first started in (its replicated tables'
     ZooKeeper paths name it): a layout that moves clickhouse-`index` to another shard is
-    refused until its data folder is removed. Records the shard on first start."""
+    refused until its data folder is removed. `record`: note the shard on first start."""
     data = s.data_dir / f"clickhouse-{index}"
-    data.mkdir(parents=True, exist_ok=True)
     marker = data / "chute-shard"
     shard = f"{node_shard(s, index):02d}"
     if not marker.exists():
-        marker.write_text(shard + "\n")
+        if record:
+            data.mkdir(parents=True, exist_ok=True)
+            marker.write_text(shard + "\n")
         return
     was = marker.read_text().strip()
     if was != shard:

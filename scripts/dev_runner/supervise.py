@@ -5,6 +5,7 @@ This is the API the CLI and the tests use."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import os
 import shutil
@@ -403,6 +404,9 @@ def up(workers: int = 1, settings: Settings | None = None,
         raise RunnerError("secure mode runs one Kafka broker and one ClickHouse server: "
                           "--secure does not combine with --kafka-brokers/--clickhouse-replicas/"
                           "--clickhouse-shards")
+    cluster.check_layout(brokers, replicas, shards)
+    cluster.check_shards(dataclasses.replace(recorded, clickhouse_replicas=replicas,
+                                             clickhouse_shards=shards))
     s = cluster.write_layout(recorded, brokers, replicas, shards)
     with _runner_lock(s):
         if secure_mode:

@@ -156,3 +156,15 @@ def test_a_server_is_not_moved_to_another_shard_with_its_data(tmp_path: Path) ->
     with pytest.raises(RunnerError, match="clickhouse-2 holds the tables of shard 01, and this "
                                           "layout makes it a server of shard 02"):
         cluster.check_shard(shards, 2)
+
+
+def test_up_refuses_such_a_layout_before_recording_or_starting_anything(tmp_path: Path) -> None:
+    from dev_runner.supervise import up
+
+    replicas = settings(tmp_path, brokers=1, replicas=2, shards=1)
+    cluster.check_shard(replicas, 1)
+    cluster.check_shard(replicas, 2)
+    with pytest.raises(RunnerError, match="clickhouse-2 holds the tables of shard 01"):
+        up(settings=replicas, clickhouse_replicas=1, clickhouse_shards=2)
+    recorded = cluster.with_recorded_layout(replicas)
+    assert (recorded.clickhouse_replicas, recorded.clickhouse_shards) == (2, 1)
