@@ -172,3 +172,14 @@ def test_exactly_once_on_several_shards_is_a_conflict() -> None:
     assert not plan.actions
     [conflict] = plan.conflicts
     assert "exactly-once" in conflict and "not atomic" in conflict
+
+
+def test_every_session_inserts_into_distributed_tables_synchronously() -> None:
+    from chute.clickhouse import connect
+    from chute.settings import ClickHouseConnectionSettings
+
+    client = connect(ClickHouseConnectionSettings())  # no connection until the first query
+    assert client.settings["insert_distributed_sync"] == 1
+    quorum = connect(ClickHouseConnectionSettings(clickhouse_insert_quorum=2))
+    assert quorum.settings["insert_distributed_sync"] == 1
+    assert quorum.settings["insert_quorum"] == 2
