@@ -8,6 +8,7 @@ import json
 import subprocess
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
@@ -19,6 +20,20 @@ from dev_runner import secure
 from dev_runner.settings import Settings
 
 from tests.support import PYTHON, ROOT, wait_for
+
+
+class StartAtCommit:
+    """A rebalance listener that keeps the seam's defaults (the earliest offset here)."""
+
+    def on_assigned(self, partitions: Sequence[kafka.TopicPartition]
+                    ) -> dict[kafka.TopicPartition, int]:
+        return {}
+
+    def on_revoked(self, partitions: Sequence[kafka.TopicPartition]) -> None:
+        pass
+
+    def on_lost(self, partitions: Sequence[kafka.TopicPartition]) -> None:
+        pass
 
 
 def secure_clickhouse(s: Settings) -> Client:
@@ -60,6 +75,19 @@ def test_both_backends_produce_and_consume_over_sasl_ssl(secure_stack: Settings,
         producer.close(5)
         ends = admin.end_offsets([kafka.TopicPartition(topic, 0)])
         assert ends[kafka.TopicPartition(topic, 0)] == 2
+        consumer = kafka.consumer(secure_stack.kafka_bootstrap,
+                                  kafka.ConsumerOptions(group_id=f"g-{topic}"),
+                                  client=client, security=security)
+        try:
+            consumer.subscribe([topic], StartAtCommit())
+            got: list[bytes | None] = []
+            deadline = time.monotonic() + 30
+            while len(got) < 2 and time.monotonic() < deadline:
+                for batch in consumer.poll(0.2).values():
+                    got.extend(batch.values)
+            assert got == [b"one", b"two"]
+        finally:
+            consumer.close()
     finally:
         admin.delete_topic(topic)
         admin.close()
@@ -135,6 +163,22 @@ def test_plaintext_clients_are_refused(secure_stack: Settings, secure_env: dict[
             plain.topic_partitions()
     finally:
         plain.close()
+
+
+def test_clickhouse_refusals_name_their_settings(secure_stack: Settings,
+                                                 secure_env: dict[str, str]) -> None:
+    """A wrong ClickHouse password, and TLS spoken to the plaintext native port."""
+    code, stderr, _ = run_chute({**secure_env, "CHUTE_CLICKHOUSE_PASSWORD": "no-such-4410"},
+                                   "plan")
+    assert code != 0
+    line = refused_line(stderr)
+    assert "login refused" in line and "CHUTE_CLICKHOUSE_PASSWORD" in line
+    assert "no-such-4410" not in stderr
+    code, stderr, _ = run_chute(
+        {**secure_env, "CHUTE_CLICKHOUSE_PORT": str(secure_stack.clickhouse_port)}, "status")
+    assert code != 0
+    line = refused_line(stderr)
+    assert "does not speak TLS" in line and "CHUTE_CLICKHOUSE_PORT" in line
 
 
 def test_sync_worker_with_a_wrong_password_exits_at_once(secure_env: dict[str, str],
