@@ -13,11 +13,11 @@ from confluent_kafka import KafkaError, KafkaException, Message
 
 from chute.kafka.client_config import backend_config, producer_settings
 from chute.kafka.confluent.common import BACKEND, LOG, client_error, from_exception
-from chute.kafka.seam import DeliveryCallback, Headers, KafkaTimeout, ProducerOptions, Waiter
+from chute.kafka.seam import DeliveryCallback, Headers, KafkaTimeout, Producer, ProducerOptions
 from chute.kafka.security import PLAINTEXT, KafkaSecurity
 
 
-class ConfluentProducer:
+class ConfluentProducer(Producer):
     def __init__(self, bootstrap: str, options: ProducerOptions,
                  extra: Mapping[str, Any] | None = None,
                  security: KafkaSecurity = PLAINTEXT) -> None:
@@ -111,12 +111,6 @@ class ConfluentProducer:
                           on_delivery=on_delivery)  # waits for space up to max_block
             except KafkaException as exc:
                 raise from_exception(exc, f"produce to {topic}") from None
-
-    def deliver(self, topic: str, values: Sequence[bytes], timeout: float) -> None:
-        waiter = Waiter(len(values))
-        for value in values:
-            self.send(topic, value, on_delivery=waiter)
-        waiter.wait(timeout)
 
     def partitions_for(self, topic: str) -> list[int]:
         try:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import kafka.errors as kerrors
@@ -10,11 +10,11 @@ from kafka import KafkaProducer
 
 from chute.kafka.client_config import backend_config, producer_settings
 from chute.kafka.kafkapython.common import BACKEND, client_error
-from chute.kafka.seam import DeliveryCallback, Headers, ProducerOptions, Waiter
+from chute.kafka.seam import DeliveryCallback, Headers, Producer, ProducerOptions
 from chute.kafka.security import PLAINTEXT, KafkaSecurity
 
 
-class KafkaPythonProducer:
+class KafkaPythonProducer(Producer):
     def __init__(self, bootstrap: str, options: ProducerOptions,
                  extra: Mapping[str, Any] | None = None,
                  security: KafkaSecurity = PLAINTEXT) -> None:
@@ -52,12 +52,6 @@ class KafkaPythonProducer:
             callback = on_delivery
             future.add_callback(lambda _metadata: callback(None))
             future.add_errback(lambda exc: callback(client_error(exc, f"produce to {topic}")))
-
-    def deliver(self, topic: str, values: Sequence[bytes], timeout: float) -> None:
-        waiter = Waiter(len(values))
-        for value in values:
-            self.send(topic, value, on_delivery=waiter)
-        waiter.wait(timeout)
 
     def partitions_for(self, topic: str) -> list[int]:
         try:
