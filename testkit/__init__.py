@@ -10,4 +10,5 @@ definition of each.
     stats       the percentile definition every report uses (nearest rank)
     loadgen     steady HTTP load that records which ids were acknowledged
     httpload    a lean asyncio HTTP/1.1 client for closed- and open-loop load
+    memory      the sync worker's consumer, table store, producer and clock in memory
 """

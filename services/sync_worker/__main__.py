@@ -20,9 +20,10 @@ from chute.typemap import UnsupportedTypeError
 
 from sync_worker.http import serve
 from sync_worker.pipeline_state import health as pipelines_health
+from sync_worker.routes import MODEL_MISMATCH, build_routes
 from sync_worker.settings import SyncSettings
 from sync_worker.status_report import StatusReporter
-from sync_worker.worker import MODEL_MISMATCH, SyncWorker, build_routes
+from sync_worker.worker import SyncWorker
 from sync_worker.writer import ClickHouseWriter
 
 log = structlog.get_logger()

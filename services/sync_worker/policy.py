@@ -4,7 +4,6 @@ clock is passed in, so tests need no sleeping."""
 from __future__ import annotations
 
 import random
-import threading
 from collections import deque
 from dataclasses import dataclass
 
@@ -70,26 +69,24 @@ class DeadLetterGuard:
 
     def __init__(self, limit: float, window: int, min_records: int) -> None:
         self.limit = limit
+        self.window = window
         self.min_records = min_records
         self.bucket_size = max(1, window // self.BUCKETS)
         self._done: deque[tuple[int, int]] = deque(maxlen=self.BUCKETS - 1)
         self._total = 0
         self._dead = 0
-        self._lock = threading.Lock()  # decode (main thread) and insert (writer) both record
 
     def record(self, dead: bool, count: int = 1) -> None:
-        with self._lock:
-            self._total += count
-            if dead:
-                self._dead += count
-            if self._total >= self.bucket_size:
-                self._done.append((self._total, self._dead))
-                self._total = self._dead = 0
+        self._total += count
+        if dead:
+            self._dead += count
+        if self._total >= self.bucket_size:
+            self._done.append((self._total, self._dead))
+            self._total = self._dead = 0
 
     def _sums(self) -> tuple[int, int]:
-        with self._lock:
-            total = self._total + sum(t for t, _ in self._done)
-            dead = self._dead + sum(d for _, d in self._done)
+        total = self._total + sum(t for t, _ in self._done)
+        dead = self._dead + sum(d for _, d in self._done)
         return total, dead
 
     @property

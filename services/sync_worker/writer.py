@@ -40,6 +40,16 @@ def new_query_id() -> str:
     return f"chute-{uuid.uuid4()}"
 
 
+def watermark_query(database: str, table: str) -> str:
+    """Exactly-once: (partition, highest offset) of the rows read from the topic whose id is
+    the parameter `topic_id`."""
+    partition = quote_identifier(PARTITION_COLUMN.name)
+    return (f"SELECT {partition}, max({quote_identifier(OFFSET_COLUMN.name)}) "
+            f"FROM {quote_identifier(database)}.{quote_identifier(table)} "
+            f"WHERE {quote_identifier(TOPIC_ID_COLUMN.name)} = %(topic_id)s "
+            f"GROUP BY {partition}")
+
+
 class ClickHouseWriter:
     def __init__(self, client: Client, database: str) -> None:
         self.client = client
@@ -61,12 +71,7 @@ class ClickHouseWriter:
         (topic id ''), are not counted."""
         if not topic_id:
             raise ValueError(f"table {table}: a watermark needs the topic's id")
-        partition = quote_identifier(PARTITION_COLUMN.name)
-        rows = self.client.execute(
-            f"SELECT {partition}, max({quote_identifier(OFFSET_COLUMN.name)}) "
-            f"FROM {self._table(table)} "
-            f"WHERE {quote_identifier(TOPIC_ID_COLUMN.name)} = %(topic_id)s "
-            f"GROUP BY {partition}", {"topic_id": topic_id})
+        rows = self.client.execute(watermark_query(self.database, table), {"topic_id": topic_id})
         return {int(p): int(o) for p, o in rows}
 
     def insert_running(self, query_id: str) -> bool:

@@ -7,50 +7,26 @@ from chute.kafka import CommitRebalanced, KafkaClientError, TopicPartition
 from sync_worker.settings import SyncSettings
 from sync_worker.worker import SyncWorker
 
-
-class FakeConsumer:
-    def __init__(self, failures: list[Exception]) -> None:
-        self.failures = failures
-        self.commits: list[dict[TopicPartition, int]] = []
-
-    def commit(self, offsets: dict[TopicPartition, int]) -> None:
-        if self.failures:
-            raise self.failures.pop(0)
-        self.commits.append(offsets)
-
-    def assignment(self) -> set[TopicPartition]:
-        return set()  # the lag report during the backoff finds nothing to measure
+from testkit.memory import ManualClock, MemoryConsumer, MemoryProducer, MemoryWriter
 
 
-class FakeWriter:
-    resets = 0
-
-    def reset(self) -> None:
-        self.resets += 1
-
-
-def _worker(consumer: FakeConsumer, writer: FakeWriter) -> tuple[SyncWorker, list[float]]:
-    now = [0.0]
-    slept: list[float] = []
-
-    def sleep(seconds: float) -> None:
-        slept.append(seconds)
-        now[0] += seconds
-
+def _worker(consumer: MemoryConsumer, writer: MemoryWriter) -> tuple[SyncWorker, list[float]]:
+    clock = ManualClock()
     worker = SyncWorker(SyncSettings(sync_retry_initial_seconds=0.5),
-                        consumer, producer=None, writer=writer,  # type: ignore[arg-type]
-                        routes={}, clock=lambda: now[0], sleep=sleep)
-    return worker, slept
+                        consumer, MemoryProducer(writer.log),  # type: ignore[arg-type]
+                        writer, routes={}, clock=clock, sleep=clock.sleep)
+    return worker, clock.slept
 
 
 def test_commit_is_retried_while_kafka_is_unreachable() -> None:
-    consumer = FakeConsumer([KafkaClientError("111 ECONNREFUSED", code="_TRANSPORT")] * 3)
-    writer = FakeWriter()
+    consumer = MemoryConsumer()
+    consumer.commit_failures = [KafkaClientError("111 ECONNREFUSED", code="_TRANSPORT")] * 3
+    writer = MemoryWriter()
     worker, slept = _worker(consumer, writer)
     tp = TopicPartition("events", 0)
-    worker._commit({tp: 42})
-    assert len(consumer.commits) == 1
-    assert consumer.commits[0][tp] == 42
+    worker.commits.submit({tp: 42})
+    assert len(consumer.commit_calls) == 1
+    assert consumer.commit_calls[0][tp] == 42
     assert worker.committed[tp] == 42
     assert sum(slept) > 0.5  # backed off between attempts
     assert writer.resets == 0  # a Kafka error does not drop the ClickHouse connection
@@ -58,9 +34,10 @@ def test_commit_is_retried_while_kafka_is_unreachable() -> None:
 
 
 def test_commit_after_rebalance_is_not_retried() -> None:
-    consumer = FakeConsumer([CommitRebalanced("group rebalanced")])
-    worker, slept = _worker(consumer, FakeWriter())
+    consumer = MemoryConsumer()
+    consumer.commit_failures = [CommitRebalanced("group rebalanced")]
+    worker, slept = _worker(consumer, MemoryWriter())
     tp = TopicPartition("events", 1)
-    worker._commit({tp: 7})
-    assert consumer.commits == [] and slept == []
+    worker.commits.submit({tp: 7})
+    assert consumer.commit_calls == [] and slept == []
     assert tp not in worker.committed

@@ -3,7 +3,7 @@ consumer, producer and table and an injected clock: no servers, no sleeping."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -12,15 +12,19 @@ import orjson
 import pytest
 from chute import IngestPipeline, Key
 from chute.fingerprint import FINGERPRINT_HEADER, model_fingerprint
-from chute.kafka import Record, RecordBatch, TopicPartition
+from chute.kafka import Record, TopicPartition
 from chute.registry import Definitions
 from chute.server import OLD_SERVER
 from clickhouse_driver import errors as ch_errors
 from prometheus_client import REGISTRY
 from pydantic import BaseModel
 from sync_worker.pipeline_state import Status, health
+from sync_worker.routes import MODEL_MISMATCH, build_routes
 from sync_worker.settings import SyncSettings
-from sync_worker.worker import MODEL_MISMATCH, FlushAbandoned, SyncWorker, build_routes
+from sync_worker.steps import FlushAbandoned
+from sync_worker.worker import SyncWorker
+
+from testkit.memory import ManualClock, MemoryConsumer, MemoryProducer, MemoryWriter
 
 
 class Event(BaseModel):
@@ -34,127 +38,13 @@ def Message(offset: int, value: bytes, topic: str = "b", partition: int = 0,
     return Record(topic, partition, offset, 1_714_564_800_000, None, value, headers)
 
 
-class FakeConsumer:
-    """The seam's consumer in memory: what poll returns is fed by the test."""
-
-    def __init__(self, partitions: list[TopicPartition]) -> None:
-        self.partitions = set(partitions)
-        self.paused: set[TopicPartition] = set()
-        self.pending: dict[TopicPartition, list[Record]] = {}
-        self.commits: dict[TopicPartition, int] = {}
-        self.ends: dict[TopicPartition, int] = {}
-
-    def feed(self, tp: TopicPartition, messages: list[Record]) -> None:
-        self.pending.setdefault(tp, []).extend(messages)
-
-    def poll(self, timeout: float, max_records: int | None = None
-             ) -> dict[TopicPartition, RecordBatch]:
-        out = {tp: RecordBatch.of(msgs) for tp, msgs in self.pending.items()
-               if msgs and tp not in self.paused}
-        for tp in out:
-            self.pending[tp] = []
-        return out
-
-    def assignment(self) -> set[TopicPartition]:
-        return set(self.partitions)
-
-    def pause(self, partitions: Iterable[TopicPartition]) -> None:
-        self.paused.update(partitions)
-
-    def resume(self, partitions: Iterable[TopicPartition]) -> None:
-        self.paused.difference_update(partitions)
-
-    def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
-        self.commits.update(offsets)
-
-    def committed(self, partitions: Iterable[TopicPartition], timeout: float = 10.0
-                  ) -> dict[TopicPartition, int | None]:
-        return {tp: self.commits.get(tp) for tp in partitions}
-
-    def highwater(self, tp: TopicPartition) -> int:
-        return 0
-
-    def end_offsets(self, partitions: Iterable[TopicPartition], timeout: float = 10.0
-                    ) -> dict[TopicPartition, int]:
-        return {tp: self.ends.get(tp, 0) for tp in partitions}
-
-
-class FakeWriter:
-    """Tables as lists of row dicts. `failures[table]` are raised by the next inserts; with
-    `apply_then_fail` the insert is applied first (the answer is lost)."""
-
-    def __init__(self) -> None:
-        self.tables: dict[str, list[dict[str, Any]]] = {}
-        self.failures: dict[str, list[BaseException]] = {}
-        self.apply_then_fail: set[str] = set()
-        self.attempts: dict[str, int] = {}
-        self.log: list[str] = []
-        self.still_running = 0  # how many more checks report the lost insert as running
-        self.last_query_id = ""
-
-    def insert(self, table: str, names: list[str], columns: list[list[Any]],
-               query_id: str) -> None:
-        self.attempts[table] = self.attempts.get(table, 0) + 1
-        self.last_query_id = query_id
-        failures = self.failures.get(table)
-        if failures and table not in self.apply_then_fail:
-            raise failures.pop(0)
-        rows = [dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True)]
-        self.tables.setdefault(table, []).extend(rows)
-        self.log.append(f"insert {table} {len(rows)}")
-        if failures:
-            raise failures.pop(0)
-
-    def read_watermarks(self, table: str, topic_id: str) -> dict[int, int]:
-        marks: dict[int, int] = {}
-        for row in self.tables.get(table, []):
-            if row.get("_chute_topic_id", "") != topic_id:
-                continue
-            p, o = row["_chute_partition"], row["_chute_offset"]
-            marks[p] = max(marks.get(p, -1), o)
-        return marks
-
-    def insert_running(self, query_id: str) -> bool:
-        assert query_id == self.last_query_id  # asks about the insert that was in doubt
-        if self.still_running:
-            self.still_running -= 1
-            return True
-        return False
-
-    def reset(self) -> None:
-        pass
-
-
-class FakeProducer:
-    def __init__(self, log: list[str]) -> None:
-        self.sent: list[tuple[str, dict[str, Any]]] = []
-        self.log = log
-
-    def deliver(self, topic: str, values: Sequence[bytes], timeout: float) -> None:
-        for value in values:
-            self.sent.append((topic, orjson.loads(value)))
-            self.log.append(f"dead letter {topic}")
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        assert seconds >= 0, f"asked to sleep {seconds}"
-        self.now += seconds
-
-
 @dataclass
 class Harness:
     worker: SyncWorker
-    consumer: FakeConsumer
-    writer: FakeWriter
-    producer: FakeProducer
-    clock: Clock
+    consumer: MemoryConsumer
+    writer: MemoryWriter
+    producer: MemoryProducer
+    clock: ManualClock
     topic_ids: dict[str, str]  # Kafka's id of each topic, as the fake admin reports it
 
     def feed(self, topic: str, first: int, count: int, partition: int = 0,
@@ -188,10 +78,10 @@ def make(delivery: str = "at_least_once", assign: bool = True, **settings: Any) 
                                 "sync_dlq_ratio_window": 100}
     cfg = SyncSettings(**{**defaults, **settings})
     routes = build_routes(Definitions.from_resources(pipelines), OLD_SERVER, cfg)
-    clock = Clock()
-    consumer = FakeConsumer([TopicPartition(t, 0) for t in ("a", "b")])
-    writer = FakeWriter()
-    producer = FakeProducer(writer.log)
+    clock = ManualClock()
+    consumer = MemoryConsumer([TopicPartition(t, 0) for t in ("a", "b")])
+    writer = MemoryWriter()
+    producer = MemoryProducer(writer.log)
     # The fakes implement what the worker calls, not the whole seam.
     topic_ids = {"a": "id-a-1", "b": "id-b-1"}
     worker = SyncWorker(cfg, consumer, producer, writer, routes,  # type: ignore[arg-type]
@@ -416,9 +306,9 @@ def test_waiting_for_a_retry_never_sleeps_a_negative_time(lag_update_seconds: fl
     def slow_lag_update(ask_broker: bool = False) -> None:
         h.clock.now += lag_update_seconds
 
-    worker.update_lag = slow_lag_update  # type: ignore[method-assign]
+    worker.assignment.update_lag = slow_lag_update  # type: ignore[method-assign]
     end = h.clock() + 0.25
-    worker._pause_until(end)
+    worker.retrier.wait_until(end)
     assert h.clock() >= end
 
 
@@ -447,7 +337,7 @@ def test_shutdown_flushes_the_healthy_pipeline_when_another_cannot() -> None:
     h.step()
     h.worker.request_stop()
     with pytest.raises(FlushAbandoned, match=r"^b: ") as abandoned:
-        h.worker.flush_all("shutdown")
+        h.worker.decode.join("shutdown")
     assert abandoned.value.done == {TopicPartition("a", 0): 5}
     assert h.committed("a") == 5 and len(h.rows("a")) == 5
     assert h.committed("b") is None  # given up at the deadline: re-delivered later
@@ -464,7 +354,7 @@ def test_a_commit_failing_with_an_unclassified_error_is_not_retried_for_ever() -
 
     h.consumer.commit = commit  # type: ignore[method-assign]
     with pytest.raises(RuntimeError):
-        h.worker._commit({TopicPartition("a", 0): 1})
+        h.worker.commits.submit({TopicPartition("a", 0): 1})
     assert len(calls) == 4
 
 
