@@ -51,7 +51,8 @@ def producer_settings(bootstrap: str, options: ProducerOptions) -> dict[str, Any
         "acks": "all",
         "linger_ms": options.linger_ms,
         "request_timeout_ms": options.request_timeout_ms,
-        # Idempotence is each backend's choice (confluent.py: on; kafkapython.py: off).
+        # Idempotence is each backend's choice (on in confluent/producer.py, off in
+        # kafkapython/producer.py).
         "reconnect_backoff_max_ms": 2_000,
     }
 
