@@ -19,6 +19,7 @@ from clickhouse_driver import Client
 from dev_runner import secure
 from dev_runner.settings import Settings
 
+from tests.secure import identity_provider
 from tests.support import PYTHON, ROOT, wait_for
 
 
@@ -239,3 +240,87 @@ def test_clickhouse_client_certificates(secure_stack: Settings, secure_env: dict
     code, stderr, _ = run_chute({**secure_env, "CHUTE_CLICKHOUSE_CERT_FILE": cert,
                                  "CHUTE_CLICKHOUSE_KEY_FILE": key}, "plan")
     assert code != 0 and "CHUTE_CLICKHOUSE_CERT_FILE" in refused_line(stderr)
+
+
+def oauth(security: KafkaSecurity, provider: identity_provider.Provider) -> KafkaSecurity:
+    return dataclasses.replace(security, sasl_mechanism="OAUTHBEARER",
+                               sasl_username=provider.client_id,
+                               sasl_password=provider.client_secret,
+                               oauth_token_url=provider.url, oauth_scope="kafka")
+
+
+def oauth_env(env: dict[str, str], provider: identity_provider.Provider) -> dict[str, str]:
+    env = {k: v for k, v in env.items() if not k.startswith("CHUTE_KAFKA_SASL_PASSWORD")}
+    return {**env, "CHUTE_KAFKA_SASL_MECHANISM": "OAUTHBEARER",
+            "CHUTE_KAFKA_SASL_USERNAME": provider.client_id,
+            "CHUTE_KAFKA_SASL_PASSWORD": provider.client_secret,
+            "CHUTE_KAFKA_SASL_OAUTHBEARER_TOKEN_URL": provider.url,
+            "CHUTE_KAFKA_SASL_OAUTHBEARER_SCOPE": "kafka"}
+
+
+@pytest.mark.parametrize("client", kafka.CLIENTS)
+def test_oauthbearer_produce_consume_and_chute_plan(secure_stack: Settings,
+                                                    security: KafkaSecurity,
+                                                    secure_env: dict[str, str],
+                                                    client: str) -> None:
+    """SASL/OAUTHBEARER with the client credentials grant: tokens from the provider, checked
+    by the broker against the provider's public key."""
+    topic = f"oauth_{uuid.uuid4().hex[:8]}"
+    with identity_provider.running(secure.files(secure_stack)) as provider:
+        via_oauth = oauth(security, provider)
+        admin = kafka.admin(secure_stack.kafka_bootstrap, client=client, security=via_oauth)
+        try:
+            assert admin.create_topic(kafka.TopicConfig(topic, 1, {}))
+            producer = kafka.producer(secure_stack.kafka_bootstrap,
+                                      ProducerOptions(linger_ms=0), client=client,
+                                      security=via_oauth)
+            producer.deliver(topic, [b"one", b"two"], timeout=30)
+            producer.close(5)
+            consumer = kafka.consumer(secure_stack.kafka_bootstrap,
+                                      kafka.ConsumerOptions(group_id=f"g-{topic}"),
+                                      client=client, security=via_oauth)
+            try:
+                consumer.subscribe([topic], StartAtCommit())
+                got: list[bytes | None] = []
+                deadline = time.monotonic() + 30
+                while len(got) < 2 and time.monotonic() < deadline:
+                    for batch in consumer.poll(0.2).values():
+                        got.extend(batch.values)
+                assert got == [b"one", b"two"]
+            finally:
+                consumer.close()
+        finally:
+            admin.delete_topic(topic)
+            admin.close()
+        assert provider.issued, "no token was fetched: OAUTHBEARER was not used"
+        code, stderr, _ = run_chute({**oauth_env(secure_env, provider),
+                                     "CHUTE_KAFKA_CLIENT": client}, "plan")
+        assert code == 0, stderr
+
+
+def test_oauthbearer_refusals_name_their_settings(secure_stack: Settings,
+                                                  secure_env: dict[str, str],
+                                                  tmp_path: Path) -> None:
+    files = secure.files(secure_stack)
+    with identity_provider.running(files) as provider:
+        env = oauth_env(secure_env, provider)
+        code, stderr, _ = run_chute({**env, "CHUTE_KAFKA_SASL_PASSWORD": "not-it-3381"}, "plan")
+        line = refused_line(stderr)
+        assert code != 0 and "no token for client" in line
+        assert "CHUTE_KAFKA_SASL_PASSWORD" in line and "not-it-3381" not in stderr
+    # The provider is gone: its URL answers nothing.
+    code, stderr, _ = run_chute(env, "plan")
+    line = refused_line(stderr)
+    assert code != 0 and "not reachable" in line
+    assert "CHUTE_KAFKA_SASL_OAUTHBEARER_TOKEN_URL" in line
+    # A provider the broker does not trust: tokens signed by another key.
+    stranger = tmp_path / "stranger.key"
+    subprocess.run(["openssl", "genpkey", "-algorithm", "RSA", "-out", str(stranger)],
+                   check=True, capture_output=True)
+    with identity_provider.running(files, signing_key=stranger) as provider:
+        for client in kafka.CLIENTS:
+            code, stderr, _ = run_chute({**oauth_env(secure_env, provider),
+                                         "CHUTE_KAFKA_CLIENT": client}, "plan")
+            line = refused_line(stderr)
+            assert code != 0 and "OAUTHBEARER authentication" in line, client
+        assert provider.issued, "the token was not even fetched"
