@@ -94,6 +94,9 @@ def test_both_backends_produce_and_consume_over_sasl_ssl(secure_stack: Settings,
         admin.close()
 
 
+REFUSAL_BOUND_SECONDS = 20.0
+
+
 def run_chute(env: dict[str, str], *args: str) -> tuple[int, str, float]:
     started = time.monotonic()
     done = subprocess.run([str(PYTHON), "-m", "control_plane", *args], cwd=ROOT, env=env,
@@ -101,6 +104,9 @@ def run_chute(env: dict[str, str], *args: str) -> tuple[int, str, float]:
     elapsed = time.monotonic() - started
     print(f"chute {' '.join(args)}: exit {done.returncode} after {elapsed:.2f} s: "
           f"{done.stderr.strip()}")
+    # A refusal ends the command at once, not after the clients' own timeouts (30-60 s);
+    # the bound is loose because the machine may be loaded (7 s seen).
+    assert elapsed < REFUSAL_BOUND_SECONDS, f"took {elapsed:.1f} s"
     return done.returncode, done.stderr, elapsed
 
 
