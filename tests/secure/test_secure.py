@@ -66,18 +66,23 @@ def test_ingest_sync_table_over_sasl_ssl_and_tls(secure_stack: Settings) -> None
 def test_both_backends_produce_and_consume_over_sasl_ssl(secure_stack: Settings,
                                                          security: KafkaSecurity,
                                                          client: str) -> None:
+    round_trip(secure_stack.kafka_bootstrap, client, security)
+
+
+def round_trip(bootstrap: str, client: str, security: KafkaSecurity) -> None:
+    """A topic created, two records produced and consumed back, the topic deleted: every
+    kind of client of the seam authenticates with `security`."""
     topic = f"secure_{uuid.uuid4().hex[:8]}"
-    admin = kafka.admin(secure_stack.kafka_bootstrap, client=client, security=security)
+    admin = kafka.admin(bootstrap, client=client, security=security)
     try:
         assert admin.create_topic(kafka.TopicConfig(topic, 1, {}))
-        producer = kafka.producer(secure_stack.kafka_bootstrap, ProducerOptions(linger_ms=0),
-                                  client=client, security=security)
+        producer = kafka.producer(bootstrap, ProducerOptions(linger_ms=0), client=client,
+                                  security=security)
         producer.deliver(topic, [b"one", b"two"], timeout=30)
         producer.close(5)
         ends = admin.end_offsets([kafka.TopicPartition(topic, 0)])
         assert ends[kafka.TopicPartition(topic, 0)] == 2
-        consumer = kafka.consumer(secure_stack.kafka_bootstrap,
-                                  kafka.ConsumerOptions(group_id=f"g-{topic}"),
+        consumer = kafka.consumer(bootstrap, kafka.ConsumerOptions(group_id=f"g-{topic}"),
                                   client=client, security=security)
         try:
             consumer.subscribe([topic], StartAtCommit())
@@ -271,33 +276,8 @@ def test_oauthbearer_produce_consume_and_chute_plan(secure_stack: Settings,
                                                     client: str) -> None:
     """SASL/OAUTHBEARER with the client credentials grant: tokens from the provider, checked
     by the broker against the provider's public key."""
-    topic = f"oauth_{uuid.uuid4().hex[:8]}"
     with identity_provider.running(secure.files(secure_stack)) as provider:
-        via_oauth = oauth(security, provider)
-        admin = kafka.admin(secure_stack.kafka_bootstrap, client=client, security=via_oauth)
-        try:
-            assert admin.create_topic(kafka.TopicConfig(topic, 1, {}))
-            producer = kafka.producer(secure_stack.kafka_bootstrap,
-                                      ProducerOptions(linger_ms=0), client=client,
-                                      security=via_oauth)
-            producer.deliver(topic, [b"one", b"two"], timeout=30)
-            producer.close(5)
-            consumer = kafka.consumer(secure_stack.kafka_bootstrap,
-                                      kafka.ConsumerOptions(group_id=f"g-{topic}"),
-                                      client=client, security=via_oauth)
-            try:
-                consumer.subscribe([topic], StartAtCommit())
-                got: list[bytes | None] = []
-                deadline = time.monotonic() + 30
-                while len(got) < 2 and time.monotonic() < deadline:
-                    for batch in consumer.poll(0.2).values():
-                        got.extend(batch.values)
-                assert got == [b"one", b"two"]
-            finally:
-                consumer.close()
-        finally:
-            admin.delete_topic(topic)
-            admin.close()
+        round_trip(secure_stack.kafka_bootstrap, client, oauth(security, provider))
         assert provider.issued, "no token was fetched: OAUTHBEARER was not used"
         code, stderr, _ = run_chute({**oauth_env(secure_env, provider),
                                      "CHUTE_KAFKA_CLIENT": client}, "plan")
