@@ -28,15 +28,18 @@ class ManualClock:
 
 
 class MemoryConsumer:
-    """Fetches what the test fed, per partition, except from paused partitions. `commits`
-    holds the group's committed offsets; `commit_calls` each commit as it was made;
-    `commit_failures` are raised by the next commits, in order."""
+    """A log per partition, fed by the test, and a fetch position per partition: poll returns
+    what lies at or after the position (not from paused partitions) and moves it past;
+    `seek` moves it back, as a real consumer does. `commits` holds the group's committed
+    offsets; `commit_calls` each commit as it was made; `commit_failures` are raised by the
+    next commits, in order."""
 
     def __init__(self, partitions: Iterable[TopicPartition] = (),
                  committed: Mapping[TopicPartition, int] | None = None) -> None:
         self.partitions = set(partitions)
         self.paused: set[TopicPartition] = set()
-        self.pending: dict[TopicPartition, list[Record]] = {}
+        self.log: dict[TopicPartition, list[Record]] = {}
+        self.position: dict[TopicPartition, int] = {}
         self.commits: dict[TopicPartition, int] = dict(committed or {})
         self.commit_calls: list[dict[TopicPartition, int]] = []
         self.commit_failures: list[Exception] = []
@@ -55,18 +58,24 @@ class MemoryConsumer:
         self.closed = True
 
     def feed(self, tp: TopicPartition, records: list[Record]) -> None:
-        self.pending.setdefault(tp, []).extend(records)
+        self.log.setdefault(tp, []).extend(records)
+
+    @property
+    def pending(self) -> dict[TopicPartition, list[Record]]:
+        """What the next poll would return per partition, paused or not."""
+        return {tp: [r for r in records if r.offset >= self.position.get(tp, 0)]
+                for tp, records in self.log.items()}
 
     def poll(self, timeout: float, max_records: int | None = None
              ) -> dict[TopicPartition, RecordBatch]:
         if self.listener is not None:
             listener, self.listener = self.listener, None
-            starts = listener.on_assigned(sorted(self.partitions))
-            self.seeks.extend(starts.items())
+            for tp, offset in listener.on_assigned(sorted(self.partitions)).items():
+                self.seek(tp, offset)
         out = {tp: RecordBatch.of(records) for tp, records in self.pending.items()
                if records and tp not in self.paused}
-        for tp in out:
-            self.pending[tp] = []
+        for tp, batch in out.items():
+            self.position[tp] = batch.offsets[-1] + 1
         return out
 
     def assignment(self) -> set[TopicPartition]:
@@ -90,6 +99,7 @@ class MemoryConsumer:
 
     def seek(self, partition: TopicPartition, offset: int) -> None:
         self.seeks.append((partition, offset))
+        self.position[partition] = offset
 
     def highwater(self, tp: TopicPartition) -> int:
         return self.ends.get(tp, 0)
@@ -152,16 +162,22 @@ class MemoryWriter:
 
 class MemoryProducer:
     """Dead letters, decoded, in the order delivered; each also noted in `log` (the
-    writer's, to see what went first)."""
+    writer's, to see what went first). `failures` are raised by the next deliveries, in
+    order, before anything of them is delivered."""
 
     def __init__(self, log: list[str]) -> None:
         self.sent: list[tuple[str, dict[str, Any]]] = []
         self.log = log
+        self.failures: list[Exception] = []
+        self.flushes = 0
 
     def deliver(self, topic: str, values: Sequence[bytes], timeout: float) -> None:
+        if self.failures:
+            raise self.failures.pop(0)
         for value in values:
             self.sent.append((topic, orjson.loads(value)))
             self.log.append(f"dead letter {topic}")
 
     def flush(self, timeout: float) -> int:
+        self.flushes += 1
         return 0

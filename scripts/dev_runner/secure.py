@@ -2,6 +2,10 @@
 SASL_SSL with SCRAM-SHA-512 users, ClickHouse gets a TLS native port, and the services connect
 through them with a CA and certificates made here under <state>/secure/ (openssl CLI).
 
+The listener also takes OAUTHBEARER: the broker checks tokens against the public key in
+<state>/secure/oauth-jwks.json (RS256, key id `OAUTH_KEY_ID`); whatever signs tokens with
+oauth-signing.key is the identity provider it trusts (the secure tests run one).
+
 The mode is remembered by the file <state>/secure/enabled, so later `start`/`restart` keep it;
 Kafka's SCRAM users are created when its storage is formatted (`--add-scram`), so a data folder
 formatted in the other mode is refused rather than half-working.
@@ -9,6 +13,8 @@ formatted in the other mode is refused rather than half-working.
 
 from __future__ import annotations
 
+import base64
+import json
 import secrets
 import subprocess
 from dataclasses import dataclass
@@ -21,6 +27,9 @@ from dev_runner.settings import RunnerError, Settings
 MECHANISM: SaslMechanism = "SCRAM-SHA-512"
 CLIENT_USER = "chute"
 BROKER_USER = "broker"
+OAUTH_KEY_ID = "chute-dev"
+OAUTH_AUDIENCE = "chute-kafka"
+OAUTH_CLIENT_ID = "chute-oauth"
 
 
 @dataclass(frozen=True)
@@ -68,6 +77,18 @@ class SecureFiles:
     @property
     def broker_password(self) -> Path:
         return self.folder / "kafka-broker.password"
+
+    @property
+    def oauth_signing_key(self) -> Path:
+        return self.folder / "oauth-signing.key"
+
+    @property
+    def oauth_jwks(self) -> Path:
+        return self.folder / "oauth-jwks.json"
+
+    @property
+    def oauth_client_secret(self) -> Path:
+        return self.folder / "oauth-client.secret"
 
     @property
     def formatted_marker(self) -> Path:
@@ -135,11 +156,29 @@ def ensure_certificates(s: Settings) -> SecureFiles:
         f.kafka_keystore.write_text(f.server_key.read_text() + f.server_cert.read_text()
                                     + f.ca_cert.read_text())
         f.kafka_keystore.chmod(0o600)
-    for path in (f.client_password, f.broker_password):
+    for path in (f.client_password, f.broker_password, f.oauth_client_secret):
         if not path.exists():
             path.write_text(secrets.token_hex(16) + "\n")
             path.chmod(0o600)
+    if not f.oauth_jwks.exists():
+        _openssl("genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048",
+                 "-out", f.oauth_signing_key)
+        f.oauth_signing_key.chmod(0o600)
+        f.oauth_jwks.write_text(json.dumps({"keys": [_public_jwk(f.oauth_signing_key)]}))
     return f
+
+
+def _public_jwk(key: Path) -> dict[str, str]:
+    """The RSA public key of `key` as a JSON Web Key (RFC 7517) for RS256."""
+    done = subprocess.run(["openssl", "rsa", "-in", str(key), "-noout", "-modulus"],
+                          capture_output=True, text=True, check=True)
+    modulus = bytes.fromhex(done.stdout.strip().partition("=")[2])
+    return {"kty": "RSA", "use": "sig", "alg": "RS256", "kid": OAUTH_KEY_ID,
+            "n": base64url(modulus), "e": base64url((65537).to_bytes(3, "big"))}
+
+
+def base64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 def _password(path: Path) -> str:
@@ -166,9 +205,20 @@ def kafka_properties(rendered: str, s: Settings) -> str:
     lines += [
         "",
         "# Secure mode (scripts/dev up --secure): SCRAM over TLS with PEM files from the runner.",
-        f"sasl.enabled.mechanisms={MECHANISM}",
+        f"sasl.enabled.mechanisms={MECHANISM},OAUTHBEARER",
         f"sasl.mechanism.inter.broker.protocol={MECHANISM}",
         f"listener.name.sasl_ssl.{MECHANISM.lower()}.sasl.jaas.config={jaas}",
+        # OAUTHBEARER: tokens signed by the key whose public half is in the JWKS file.
+        "listener.name.sasl_ssl.oauthbearer.sasl.jaas.config="
+        "org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required ;",
+        "listener.name.sasl_ssl.oauthbearer.sasl.server.callback.handler.class="
+        "org.apache.kafka.common.security.oauthbearer.OAuthBearerValidatorCallbackHandler",
+        f"sasl.oauthbearer.jwks.endpoint.url={f.oauth_jwks.as_uri()}",
+        # Kafka 4.1's default validator (DefaultJwtValidator) checks no signature when the
+        # handler builds it: without this line a token signed by anyone is accepted.
+        "sasl.oauthbearer.jwt.validator.class="
+        "org.apache.kafka.common.security.oauthbearer.BrokerJwtValidator",
+        f"sasl.oauthbearer.expected.audience={OAUTH_AUDIENCE}",
         "ssl.keystore.type=PEM",
         f"ssl.keystore.location={f.kafka_keystore}",
         "ssl.truststore.type=PEM",
@@ -238,3 +288,8 @@ def service_env(s: Settings) -> tuple[tuple[str, str], ...]:
         ("CHUTE_CLICKHOUSE_PORT", str(s.clickhouse_secure_port)),
         ("CHUTE_CLICKHOUSE_CA_FILE", str(f.ca_cert)),
     )
+
+
+def kafka_jvm_options(s: Settings) -> tuple[str, ...]:
+    """Kafka reads an OAuth JWKS only from URLs a system property allows."""
+    return (f"-Dorg.apache.kafka.sasl.oauthbearer.allowed.urls={files(s).oauth_jwks.as_uri()}",)

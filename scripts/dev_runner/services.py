@@ -80,6 +80,7 @@ def kafka_argv(s: Settings) -> tuple[str, ...]:
         "-Dlog4j2.shutdownHookEnabled=false",
         f"-Dkafka.logs.dir={s.log_dir}",
         f"-Dlog4j2.configurationFile={s.kafka_log4j}",
+        *(secure.kafka_jvm_options(s) if secure.enabled(s) else ()),
         "-cp",
         f"{s.kafka_home}/libs/*",
         "kafka.Kafka",

@@ -15,6 +15,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from ingest_api.keys import KeyEntry, parse_entry
+from ingest_api.receive import ReceiveLimits
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -110,6 +111,16 @@ class IngestSettings(CommonSettings):
         if self.ingest_public_docs is None:
             return not self.ingest_api_keys
         return self.ingest_public_docs
+
+    def receive_limits(self) -> ReceiveLimits:
+        """The bounds on receiving request bodies (ingest_api.receive)."""
+        return ReceiveLimits(
+            max_body_bytes=self.ingest_max_body_bytes,
+            max_drain_bytes=self.ingest_max_drain_bytes,
+            grace_seconds=self.ingest_body_grace_seconds,
+            min_rate_bytes=self.ingest_body_min_rate_bytes,
+            max_receiving=self.ingest_max_receiving_requests,
+            max_in_flight_bytes=self.ingest_max_in_flight_bytes)
 
     def producer_options(self, bootstrap_timeout_ms: int = 10_000) -> ProducerOptions:
         """Producer settings that keep every wait inside the ack timeout.

@@ -26,9 +26,10 @@ def partition_names(tps: Iterable[TopicPartition]) -> str:
 
 
 class AssignmentManager:
-    """`assigned`, `committed`, `watermarks` and `topic_ids` are shared by reference with the
-    steps that read them (never rebound). `read_topic_ids`: asks Kafka for topics' ids
-    (needed by exactly-once streams only)."""
+    """`assigned`, `committed`, `watermarks`, `topic_ids` and `first_fetched` are shared by
+    reference with the steps that read them (never rebound). `first_fetched`: the first offset
+    fetched of each owned partition (where a partition with no commit and no watermark is read
+    again from). `read_topic_ids`: asks Kafka for topics' ids (exactly-once streams only)."""
 
     def __init__(self, routes: dict[str, Route], consumer: kafka.Consumer, writer: Writer,
                  retrier: Retrier, control: PipelineControl, commits: CommitStep,
@@ -44,6 +45,7 @@ class AssignmentManager:
         self.committed = commits.committed
         self.watermarks: dict[TopicPartition, int] = {}
         self.topic_ids: dict[str, str] = {}
+        self.first_fetched: dict[TopicPartition, int] = {}
 
     def on_assigned(self, assigned: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
         """Where each new partition starts: its committed offset, or past the exactly-once
@@ -58,14 +60,20 @@ class AssignmentManager:
             self.assigned.discard(tp)
             self.watermarks.pop(tp, None)
             self.committed.pop(tp, None)
+            self.first_fetched.pop(tp, None)
             with contextlib.suppress(KeyError):
                 metrics.SYNC_CONSUMER_LAG.remove(tp.topic, str(tp.partition))
 
     def rewind(self, partitions: set[TopicPartition]) -> None:
         """Seek partitions still owned back to where the table and the commits say they
-        are, so rows dropped from the buffers are read again."""
-        if partitions:
-            for tp, offset in self.start_offsets(sorted(partitions)).items():
+        are, or (neither says anything) to the first offset fetched, so rows dropped from
+        the buffers are read again."""
+        if not partitions:
+            return
+        starts = self.start_offsets(sorted(partitions))
+        for tp in sorted(partitions):
+            offset = starts.get(tp, self.first_fetched.get(tp))
+            if offset is not None:
                 self.consumer.seek(tp, offset)
 
     def start_offsets(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:

@@ -14,6 +14,7 @@ from chute import metrics
 from chute.kafka import RecordBatch, TopicPartition
 from pydantic import BaseModel
 
+from sync_worker.assignment import AssignmentManager
 from sync_worker.inserting import InsertStep
 from sync_worker.intake import model_header, one_model, run_end
 from sync_worker.policy import FlushReason
@@ -25,19 +26,19 @@ log = structlog.get_logger()
 
 
 class DecodeStep:
-    """`submit((partition, records))`: records of a partition this worker owns (`assigned`),
-    as the consumer returned them. `watermarks`: exactly-once, the highest offset already in
-    the table per partition (kept by the assignment manager): records up to it are skipped
-    but committed. poll, join and close go on to the insert step: the buffers are its input."""
+    """`submit((partition, records))`: records of a partition this worker owns (the assignment
+    manager's `assigned`), as the consumer returned them; the first offset fetched of each is
+    noted there. Exactly-once: records up to the partition's watermark are skipped but
+    committed. poll, join and close go on to the insert step: the buffers are its input."""
 
     def __init__(self, routes: dict[str, Route], insert: InsertStep, control: PipelineControl,
-                 assigned: set[TopicPartition], watermarks: dict[TopicPartition, int],
-                 clock: Callable[[], float]) -> None:
+                 assignment: AssignmentManager, clock: Callable[[], float]) -> None:
         self.routes = routes
         self.insert = insert
         self.control = control
-        self.assigned = assigned
-        self.watermarks = watermarks
+        self.assigned = assignment.assigned
+        self.watermarks = assignment.watermarks
+        self.first_fetched = assignment.first_fetched
         self.clock = clock
 
     def submit(self, item: tuple[TopicPartition, RecordBatch]) -> None:
@@ -45,10 +46,12 @@ class DecodeStep:
         if tp not in self.assigned:
             return  # fetched before a revocation: the new owner reads it
         route = self.routes[tp.topic]
+        offsets = batch.offsets
+        if offsets and tp not in self.first_fetched:
+            self.first_fetched[tp] = offsets[0]
         if not route.taking:
             return
         buf = route.buffer
-        offsets = batch.offsets
         start, n = 0, len(offsets)
         if route.exactly_once and n and offsets[0] <= self.watermarks.get(tp, -1):
             # Already in the table (offsets ascend): skipped, but committed.

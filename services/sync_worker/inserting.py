@@ -80,8 +80,9 @@ class InsertStep:
     def join(self, reason: str) -> dict[TopicPartition, int]:
         """Insert and commit everything buffered now, retrying until the retrier's deadline
         (the stop deadline, or `sync_shutdown_flush_seconds` from now); returns the offsets
-        committed. Failed and held pipelines insert nothing more. FlushAbandoned, naming the
-        pipelines that could not finish in time, once all the others are done."""
+        it covered (committed, unless a rebalance refused the commit: logged). Failed and
+        held pipelines insert nothing more. FlushAbandoned, naming the pipelines that could
+        not finish in time, once all the others are done."""
         offsets: dict[TopicPartition, int] = {}
         abandoned: list[str] = []
         for route in self.routes.values():

@@ -3,10 +3,11 @@ strategies): decode -> batch -> insert -> commit.
 
 Every step takes work with `submit`, does what has come due with `poll(now)`, finishes what
 it holds before a deadline with `join`, and forgets what it holds with `close` (nothing of it
-was committed, so Kafka delivers it again). Decoding and batching are one step
-(`decoding.DecodeStep`): a run of records is validated in one pass up to where the batch is
-full, so where a run ends depends on the batch. Then `inserting.InsertStep` and
-`committing.CommitStep`. The loop around them is `worker.SyncWorker`.
+was committed; the worker rewinds the consumer so that it is read again). Decoding and
+batching are one step (`decoding.DecodeStep`): a run of records is validated in one pass up
+to where the batch is full, so where a run ends depends on the batch. Then
+`inserting.InsertStep` and `committing.CommitStep`. The loop around them is
+`worker.SyncWorker`.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ class Step(Protocol[T_contra]):
         covered. Raises FlushAbandoned for what could not finish in time."""
 
     def close(self) -> None:
-        """Forget what is held, uncommitted: it is delivered again."""
+        """Forget what is held (nothing of it was committed); the caller rewinds the consumer
+        (AssignmentManager.rewind) so that it is read again."""
 
 
 class FlushAbandoned(RuntimeError):

@@ -48,6 +48,7 @@ class SyncWorker:
         self.routes = routes
         self.clock = clock
         self.stopping = False
+        self.stop_at: float | None = None  # when a stop was asked for: the flushes' deadline
         self.closing = False
         self.last_loop = clock()
         self._next_lag_update = 0.0
@@ -58,8 +59,7 @@ class SyncWorker:
                                             self.control, self.commits, topic_ids)
         self.inserts = InsertStep(settings, routes, writer, producer, self.commits,
                                   self.control, self.retrier, self.assignment.topic_ids, clock)
-        self.decode = DecodeStep(routes, self.inserts, self.control, self.assignment.assigned,
-                                 self.assignment.watermarks, clock)
+        self.decode = DecodeStep(routes, self.inserts, self.control, self.assignment, clock)
 
     # --- what the service and /health read ----------------------------------------------
 
@@ -89,9 +89,14 @@ class SyncWorker:
         log.info("subscribed", topics=sorted(self.routes), group=self.settings.sync_group)
 
     def request_stop(self) -> None:
+        """From the signal handler or the definitions watcher: the flushes from now on end by
+        the stop deadline (a revocation flush under way keeps its own budget if sooner)."""
         if not self.stopping:
             self.stopping = True
-            self.retrier.deadline = self.clock() + self.settings.sync_shutdown_flush_seconds
+            self.stop_at = self.clock() + self.settings.sync_shutdown_flush_seconds
+            current = self.retrier.deadline
+            self.retrier.deadline = self.stop_at if current is None else min(current,
+                                                                              self.stop_at)
             log.info("stopping: flushing buffers before leaving the group")
 
     def run(self) -> None:
@@ -147,9 +152,10 @@ class SyncWorker:
 
     def _while_waiting(self, now: float) -> None:
         """Between the sleeps of a retry: the loop is alive (for /health) and lag keeps
-        being reported, asked from the broker since nothing is fetched."""
+        being reported, asked from the broker since nothing is fetched; not while a stop or
+        a revocation budget runs (asking the broker may take seconds per partition)."""
         self.last_loop = now
-        if now >= self._next_lag_update:
+        if now >= self._next_lag_update and self.retrier.deadline is None:
             self._next_lag_update = now + _LAG_INTERVAL
             self.assignment.update_lag(ask_broker=True)
 
@@ -165,17 +171,17 @@ class SyncWorker:
         buffered rows are dropped: nothing was committed for them, the next owner re-reads."""
         log.info("partitions revoked", partitions=partition_names(revoked))
         kept = self.assigned - set(revoked)
-        previous = self.retrier.deadline
-        deadline = self.clock() + self.settings.sync_rebalance_flush_seconds
-        self.retrier.deadline = deadline if previous is None else min(previous, deadline)
+        budget = self.clock() + self.settings.sync_rebalance_flush_seconds
+        self.retrier.deadline = budget if self.stop_at is None else min(budget, self.stop_at)
         try:
             self.decode.join(FlushReason.REBALANCE)
         except FlushAbandoned as exc:
             log.warning("rebalance flush abandoned; rows will be re-delivered", error=str(exc))
-            self.retrier.deadline = previous
+            self.retrier.deadline = self.stop_at
             self._drop_buffered(kept)
         finally:
-            self.retrier.deadline = previous
+            # Back to the stop deadline, also when a stop was asked for during the flush.
+            self.retrier.deadline = self.stop_at
         self.assignment.forget(revoked)
 
     def on_lost(self, lost: Sequence[TopicPartition]) -> None:

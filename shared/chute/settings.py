@@ -54,14 +54,27 @@ class KafkaConnectionSettings(ChuteSettings):
     kafka_ssl_key_file: str | None = None
     kafka_ssl_key_password: str = Field("", json_schema_extra=SECRET, repr=False)
     kafka_ssl_verify_hostname: bool = True
+    # SASL OAUTHBEARER (OAuth 2.0 client credentials): where the client id and secret (the
+    # SASL username and password) are exchanged for tokens; the scope asked for, and SASL
+    # extensions as key=value,key=value.
+    kafka_sasl_oauthbearer_token_url: str = ""
+    kafka_sasl_oauthbearer_scope: str = ""
+    kafka_sasl_oauthbearer_extensions: str = ""
 
     @model_validator(mode="after")
     def _complete_kafka_security(self) -> Self:
-        if self.kafka_security_protocol.startswith("SASL_") and not (
-                self.kafka_sasl_username and self.kafka_sasl_password):
+        sasl = self.kafka_security_protocol.startswith("SASL_")
+        oauth = sasl and self.kafka_sasl_mechanism == "OAUTHBEARER"
+        if sasl and not (self.kafka_sasl_username and self.kafka_sasl_password):
             raise ValueError(
                 f"CHUTE_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
-                "CHUTE_KAFKA_SASL_USERNAME and CHUTE_KAFKA_SASL_PASSWORD (or _FILE)")
+                "CHUTE_KAFKA_SASL_USERNAME and CHUTE_KAFKA_SASL_PASSWORD (or _FILE)"
+                + (": the OAuth client id and secret" if oauth else ""))
+        if oauth and not self.kafka_sasl_oauthbearer_token_url.startswith(
+                ("https://", "http://")):
+            raise ValueError("CHUTE_KAFKA_SASL_MECHANISM=OAUTHBEARER needs "
+                             "CHUTE_KAFKA_SASL_OAUTHBEARER_TOKEN_URL, the identity provider's "
+                             "token endpoint (https://...)")
         if bool(self.kafka_ssl_cert_file) != bool(self.kafka_ssl_key_file):
             raise ValueError("CHUTE_KAFKA_SSL_CERT_FILE and CHUTE_KAFKA_SSL_KEY_FILE go "
                              "together (a client certificate needs its key)")
@@ -73,7 +86,10 @@ class KafkaConnectionSettings(ChuteSettings):
             sasl_username=self.kafka_sasl_username, sasl_password=self.kafka_sasl_password,
             ca_file=self.kafka_ssl_ca_file, cert_file=self.kafka_ssl_cert_file,
             key_file=self.kafka_ssl_key_file, key_password=self.kafka_ssl_key_password,
-            verify_hostname=self.kafka_ssl_verify_hostname)
+            verify_hostname=self.kafka_ssl_verify_hostname,
+            oauth_token_url=self.kafka_sasl_oauthbearer_token_url,
+            oauth_scope=self.kafka_sasl_oauthbearer_scope,
+            oauth_extensions=self.kafka_sasl_oauthbearer_extensions)
 
 
 class ClickHouseConnectionSettings(ChuteSettings):

@@ -22,7 +22,8 @@ import jiter
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 
-from chute.constraints import DECIMAL_FROM_FLOAT, ConstrainedModel, Extra, constrained_model
+from chute.column_rules.numeric import DECIMAL_FROM_FLOAT
+from chute.constraints import ConstrainedModel, Extra, constrained_model
 from chute.server import ServerProfile
 from chute.typemap import ColumnSpec, columns_for
 

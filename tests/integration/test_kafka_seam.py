@@ -318,7 +318,7 @@ def test_lost_partitions(kafka_bootstrap: str, client: str, topic: str,
         wait_for(lambda: not seam_admin.group_members(group), 40,
                  "the silent member to leave the group", interval=0.5)
         wait_for(lambda: consumer.poll(0.2) is not None and any(
-            kind == "lost" for kind, _ in listener.events), 30, "on_lost")
+            kind == "lost" for kind, _ in listener.events), 60, "on_lost")
         lost = next(tps for kind, tps in listener.events if kind == "lost")
         assert sorted(lost) == [TopicPartition(topic, p) for p in range(PARTITIONS)]
         assert [k for k, _ in listener.events].count("revoked") == 0

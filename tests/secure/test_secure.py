@@ -8,6 +8,7 @@ import json
 import subprocess
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
@@ -18,7 +19,22 @@ from clickhouse_driver import Client
 from dev_runner import secure
 from dev_runner.settings import Settings
 
+from tests.secure import identity_provider
 from tests.support import PYTHON, ROOT, wait_for
+
+
+class StartAtCommit:
+    """A rebalance listener that keeps the seam's defaults (the earliest offset here)."""
+
+    def on_assigned(self, partitions: Sequence[kafka.TopicPartition]
+                    ) -> dict[kafka.TopicPartition, int]:
+        return {}
+
+    def on_revoked(self, partitions: Sequence[kafka.TopicPartition]) -> None:
+        pass
+
+    def on_lost(self, partitions: Sequence[kafka.TopicPartition]) -> None:
+        pass
 
 
 def secure_clickhouse(s: Settings) -> Client:
@@ -50,19 +66,40 @@ def test_ingest_sync_table_over_sasl_ssl_and_tls(secure_stack: Settings) -> None
 def test_both_backends_produce_and_consume_over_sasl_ssl(secure_stack: Settings,
                                                          security: KafkaSecurity,
                                                          client: str) -> None:
+    round_trip(secure_stack.kafka_bootstrap, client, security)
+
+
+def round_trip(bootstrap: str, client: str, security: KafkaSecurity) -> None:
+    """A topic created, two records produced and consumed back, the topic deleted: every
+    kind of client of the seam authenticates with `security`."""
     topic = f"secure_{uuid.uuid4().hex[:8]}"
-    admin = kafka.admin(secure_stack.kafka_bootstrap, client=client, security=security)
+    admin = kafka.admin(bootstrap, client=client, security=security)
     try:
         assert admin.create_topic(kafka.TopicConfig(topic, 1, {}))
-        producer = kafka.producer(secure_stack.kafka_bootstrap, ProducerOptions(linger_ms=0),
-                                  client=client, security=security)
+        producer = kafka.producer(bootstrap, ProducerOptions(linger_ms=0), client=client,
+                                  security=security)
         producer.deliver(topic, [b"one", b"two"], timeout=30)
         producer.close(5)
         ends = admin.end_offsets([kafka.TopicPartition(topic, 0)])
         assert ends[kafka.TopicPartition(topic, 0)] == 2
+        consumer = kafka.consumer(bootstrap, kafka.ConsumerOptions(group_id=f"g-{topic}"),
+                                  client=client, security=security)
+        try:
+            consumer.subscribe([topic], StartAtCommit())
+            got: list[bytes | None] = []
+            deadline = time.monotonic() + 30
+            while len(got) < 2 and time.monotonic() < deadline:
+                for batch in consumer.poll(0.2).values():
+                    got.extend(batch.values)
+            assert got == [b"one", b"two"]
+        finally:
+            consumer.close()
     finally:
         admin.delete_topic(topic)
         admin.close()
+
+
+REFUSAL_BOUND_SECONDS = 20.0
 
 
 def run_chute(env: dict[str, str], *args: str) -> tuple[int, str, float]:
@@ -72,6 +109,9 @@ def run_chute(env: dict[str, str], *args: str) -> tuple[int, str, float]:
     elapsed = time.monotonic() - started
     print(f"chute {' '.join(args)}: exit {done.returncode} after {elapsed:.2f} s: "
           f"{done.stderr.strip()}")
+    # A refusal ends the command at once, not after the clients' own timeouts (30-60 s);
+    # the bound is loose because the machine may be loaded (7 s seen).
+    assert elapsed < REFUSAL_BOUND_SECONDS, f"took {elapsed:.1f} s"
     return done.returncode, done.stderr, elapsed
 
 
@@ -137,6 +177,22 @@ def test_plaintext_clients_are_refused(secure_stack: Settings, secure_env: dict[
         plain.close()
 
 
+def test_clickhouse_refusals_name_their_settings(secure_stack: Settings,
+                                                 secure_env: dict[str, str]) -> None:
+    """A wrong ClickHouse password, and TLS spoken to the plaintext native port."""
+    code, stderr, _ = run_chute({**secure_env, "CHUTE_CLICKHOUSE_PASSWORD": "no-such-4410"},
+                                   "plan")
+    assert code != 0
+    line = refused_line(stderr)
+    assert "login refused" in line and "CHUTE_CLICKHOUSE_PASSWORD" in line
+    assert "no-such-4410" not in stderr
+    code, stderr, _ = run_chute(
+        {**secure_env, "CHUTE_CLICKHOUSE_PORT": str(secure_stack.clickhouse_port)}, "status")
+    assert code != 0
+    line = refused_line(stderr)
+    assert "does not speak TLS" in line and "CHUTE_CLICKHOUSE_PORT" in line
+
+
 def test_sync_worker_with_a_wrong_password_exits_at_once(secure_env: dict[str, str],
                                                          tmp_path: Path) -> None:
     wrong = tmp_path / "wrong"
@@ -195,3 +251,62 @@ def test_clickhouse_client_certificates(secure_stack: Settings, secure_env: dict
     code, stderr, _ = run_chute({**secure_env, "CHUTE_CLICKHOUSE_CERT_FILE": cert,
                                  "CHUTE_CLICKHOUSE_KEY_FILE": key}, "plan")
     assert code != 0 and "CHUTE_CLICKHOUSE_CERT_FILE" in refused_line(stderr)
+
+
+def oauth(security: KafkaSecurity, provider: identity_provider.Provider) -> KafkaSecurity:
+    return dataclasses.replace(security, sasl_mechanism="OAUTHBEARER",
+                               sasl_username=provider.client_id,
+                               sasl_password=provider.client_secret,
+                               oauth_token_url=provider.url, oauth_scope="kafka")
+
+
+def oauth_env(env: dict[str, str], provider: identity_provider.Provider) -> dict[str, str]:
+    env = {k: v for k, v in env.items() if not k.startswith("CHUTE_KAFKA_SASL_PASSWORD")}
+    return {**env, "CHUTE_KAFKA_SASL_MECHANISM": "OAUTHBEARER",
+            "CHUTE_KAFKA_SASL_USERNAME": provider.client_id,
+            "CHUTE_KAFKA_SASL_PASSWORD": provider.client_secret,
+            "CHUTE_KAFKA_SASL_OAUTHBEARER_TOKEN_URL": provider.url,
+            "CHUTE_KAFKA_SASL_OAUTHBEARER_SCOPE": "kafka"}
+
+
+@pytest.mark.parametrize("client", kafka.CLIENTS)
+def test_oauthbearer_produce_consume_and_chute_plan(secure_stack: Settings,
+                                                    security: KafkaSecurity,
+                                                    secure_env: dict[str, str],
+                                                    client: str) -> None:
+    """SASL/OAUTHBEARER with the client credentials grant: tokens from the provider, checked
+    by the broker against the provider's public key."""
+    with identity_provider.running(secure.files(secure_stack)) as provider:
+        round_trip(secure_stack.kafka_bootstrap, client, oauth(security, provider))
+        assert provider.issued, "no token was fetched: OAUTHBEARER was not used"
+        code, stderr, _ = run_chute({**oauth_env(secure_env, provider),
+                                     "CHUTE_KAFKA_CLIENT": client}, "plan")
+        assert code == 0, stderr
+
+
+def test_oauthbearer_refusals_name_their_settings(secure_stack: Settings,
+                                                  secure_env: dict[str, str],
+                                                  tmp_path: Path) -> None:
+    files = secure.files(secure_stack)
+    with identity_provider.running(files) as provider:
+        env = oauth_env(secure_env, provider)
+        code, stderr, _ = run_chute({**env, "CHUTE_KAFKA_SASL_PASSWORD": "not-it-3381"}, "plan")
+        line = refused_line(stderr)
+        assert code != 0 and "no token for client" in line
+        assert "CHUTE_KAFKA_SASL_PASSWORD" in line and "not-it-3381" not in stderr
+    # The provider is gone: its URL answers nothing.
+    code, stderr, _ = run_chute(env, "plan")
+    line = refused_line(stderr)
+    assert code != 0 and "not reachable" in line
+    assert "CHUTE_KAFKA_SASL_OAUTHBEARER_TOKEN_URL" in line
+    # A provider the broker does not trust: tokens signed by another key.
+    stranger = tmp_path / "stranger.key"
+    subprocess.run(["openssl", "genpkey", "-algorithm", "RSA", "-out", str(stranger)],
+                   check=True, capture_output=True)
+    with identity_provider.running(files, signing_key=stranger) as provider:
+        for client in kafka.CLIENTS:
+            code, stderr, _ = run_chute({**oauth_env(secure_env, provider),
+                                         "CHUTE_KAFKA_CLIENT": client}, "plan")
+            line = refused_line(stderr)
+            assert code != 0 and "OAUTHBEARER authentication" in line, client
+        assert provider.issued, "the token was not even fetched"

@@ -30,7 +30,10 @@ def test_kafka_has_sasl_ssl_as_its_only_client_listener(settings: Settings) -> N
                                   f"{settings.kafka_controller_port}")
     assert props["advertised.listeners"] == props["listeners"]
     assert "PLAINTEXT://" not in props["listeners"]
-    assert props["sasl.enabled.mechanisms"] == "SCRAM-SHA-512"
+    assert props["sasl.enabled.mechanisms"] == "SCRAM-SHA-512,OAUTHBEARER"
+    # OAuth tokens are checked against the JWKS, signature included (not 4.1's default).
+    assert props["sasl.oauthbearer.jwt.validator.class"].endswith(".BrokerJwtValidator")
+    assert props["sasl.oauthbearer.jwks.endpoint.url"].startswith("file:///")
     assert props["ssl.keystore.type"] == "PEM"
     assert 'password="pw-kafka-broker.password"' in props[
         "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config"]

@@ -9,9 +9,9 @@ from collections.abc import Sequence
 import orjson
 from chute.kafka import DeliveryCallback, Headers, KafkaTimeout
 from fastapi.testclient import TestClient
-from ingest_api.app import INLINE_BODY_BYTES
 from ingest_api.body import EncodedBatch
 from ingest_api.produce import PARTITIONS_REFRESH_SECONDS, AckWaiter, KafkaSink
+from ingest_api.service import INLINE_BODY_BYTES
 
 from schemas.events import Event
 from tests.unit.test_ingest_app import URL, FakeProducer, event, make_app

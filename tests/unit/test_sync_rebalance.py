@@ -71,6 +71,7 @@ def test_revocation_inserts_and_commits_the_buffered_rows() -> None:
     assert len(writer.tables[TOPIC]) == 8
     assert consumer.commits == {P0: 5, P1: 3}
     assert worker.assigned == {P0}
+    assert worker.stop_deadline is None  # the revocation budget ended with the revocation
 
 
 def test_revocation_that_cannot_insert_in_time_drops_and_rewinds() -> None:
@@ -107,3 +108,45 @@ def test_lost_partitions_are_never_inserted() -> None:
     worker.decode.join("rows")
     assert TOPIC not in writer.tables and consumer.commit_calls == []
     assert worker.assigned == {P1}
+
+
+def test_rows_dropped_for_a_partition_with_no_commit_are_read_again() -> None:
+    """P1 never committed (a new partition during an outage): after P0 is lost, the rows
+    buffered for P1 are dropped and P1 is read again from its first fetched offset, so none
+    of them is skipped."""
+    consumer = MemoryConsumer([P0, P1], committed={P0: 0})
+    writer = MemoryWriter()
+    worker, _ = make_worker(consumer, writer)
+    worker.subscribe()
+    consumer.feed(P0, list(records(P0, 0, 5)))
+    consumer.feed(P1, list(records(P1, 0, 5)))
+    worker.poll_once()  # assigned and buffered, not yet due
+    assert worker.routes[TOPIC].buffer.count == 10 and TOPIC not in writer.tables
+    worker.on_lost([P0])
+    consumer.feed(P1, list(records(P1, 5, 5)))
+    worker.poll_once()
+    worker.decode.join("shutdown")
+    assert sorted(row["id"] for row in writer.tables[TOPIC]) == sorted(
+        f"1-{o}" for o in range(10))
+    assert consumer.commits.get(P1) == 10
+
+
+def test_a_stop_asked_for_during_a_revocation_flush_keeps_its_deadline() -> None:
+    """SIGTERM arrives while a revocation flush retries: once the revocation is over the
+    worker still stops by the stop deadline, not without one."""
+    consumer = MemoryConsumer(committed={P0: 0, P1: 0})
+    writer = failing_writer()
+    worker, _ = make_worker(consumer, writer, sync_rebalance_flush_seconds=3.0,
+                            sync_retry_initial_seconds=0.5, sync_retry_max_seconds=1.0)
+    worker.on_assigned([P0, P1])
+    accept(worker, records(P1, 0, 5))
+    stop = worker.retrier.sleep
+
+    def sleep_then_stop(seconds: float) -> None:
+        stop(seconds)
+        worker.request_stop()
+
+    worker.retrier.sleep = sleep_then_stop
+    worker.flush_for_revocation([P1])
+    assert worker.stopping and worker.stop_deadline is not None
+    assert worker.stop_deadline == worker.stop_at

@@ -12,7 +12,7 @@ import orjson
 import pytest
 from chute import IngestPipeline, Key
 from chute.fingerprint import FINGERPRINT_HEADER, model_fingerprint
-from chute.kafka import Record, TopicPartition
+from chute.kafka import KafkaClientError, Record, TopicPartition
 from chute.registry import Definitions
 from chute.server import OLD_SERVER
 from clickhouse_driver import errors as ch_errors
@@ -285,6 +285,23 @@ def test_dead_letters_are_durable_before_the_insert_that_passes_them() -> None:
     assert h.producer.sent[0][1]["payload"] == "not json"
 
 
+def test_no_row_goes_in_before_its_batch_s_dead_letters_are_acknowledged() -> None:
+    """Kafka refuses the dead letters: the insert waits; the retry delivers them, then
+    inserts, once each."""
+    h = make("exactly_once")
+    tp = TopicPartition("b", 0)
+    h.producer.failures = [KafkaClientError("broker down", retriable=True)]
+    h.consumer.feed(tp, [Message(0, record(0)), Message(1, b"not json"),
+                         Message(2, record(2))])
+    h.step()
+    h.step(2)
+    assert h.writer.log == [] and h.committed("b") is None
+    assert not h.worker.routes["b"].state.flowing
+    h.step(10)
+    assert h.writer.log == ["dead letter b_dlq", "insert b 2"]
+    assert h.committed("b") == 3
+
+
 def test_a_row_clickhouse_rejects_is_dead_lettered_with_its_original_bytes() -> None:
     h = make("exactly_once")
     h.writer.failures["b"] = [ch_errors.ServerException("Cannot parse", code=6)]
@@ -408,7 +425,9 @@ def test_the_topic_id_is_read_again_on_every_assignment() -> None:
     h.step()
     h.worker.flush_for_revocation([tp_b])
     h.topic_ids["b"] = "id-b-2"
-    h.consumer.commits.pop(tp_b)  # Kafka drops a deleted topic's commits
+    h.consumer.commits.pop(tp_b)  # Kafka drops a deleted topic's commits, and its records
+    h.consumer.log.pop(tp_b)
+    h.consumer.position.pop(tp_b)
     h.consumer.ends = {tp_b: 10}
     assert h.worker.on_assigned([tp_b]) == {}
     h.feed("b", 0, 10)

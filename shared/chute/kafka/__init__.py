@@ -2,7 +2,7 @@
 
 `CHUTE_KAFKA_CLIENT` chooses the backend: `confluent-kafka` (librdkafka, the default) or
 `kafka-python` (pure Python, for platforms without librdkafka wheels). The factories below
-are the only place that picks one; the backend modules are imported only when chosen.
+are the only place that picks one; the backend packages are imported only when chosen.
 """
 
 from __future__ import annotations
@@ -92,9 +92,9 @@ def producer(bootstrap: str, options: ProducerOptions | None = None, *,
     options = options or ProducerOptions()
     security = security or security_from_env()
     if (client or client_from_env()) == "kafka-python":
-        from chute.kafka.kafkapython import KafkaPythonProducer
+        from chute.kafka.kafkapython.producer import KafkaPythonProducer
         return KafkaPythonProducer(bootstrap, options, extra, security)
-    from chute.kafka.confluent import ConfluentProducer
+    from chute.kafka.confluent.producer import ConfluentProducer
     return ConfluentProducer(bootstrap, options, extra, security)
 
 
@@ -105,9 +105,9 @@ def consumer(bootstrap: str, options: ConsumerOptions, *, client: str | None = N
     that have no commit."""
     security = security or security_from_env()
     if (client or client_from_env()) == "kafka-python":
-        from chute.kafka.kafkapython import KafkaPythonConsumer
+        from chute.kafka.kafkapython.consumer import KafkaPythonConsumer
         return KafkaPythonConsumer(bootstrap, options, extra, security)
-    from chute.kafka.confluent import ConfluentConsumer
+    from chute.kafka.confluent.consumer import ConfluentConsumer
     return ConfluentConsumer(bootstrap, options, extra, security)
 
 
@@ -115,7 +115,7 @@ def admin(bootstrap: str, timeout: float = 10.0, *, client: str | None = None,
           security: KafkaSecurity | None = None) -> Admin:
     security = security or security_from_env()
     if (client or client_from_env()) == "kafka-python":
-        from chute.kafka.kafkapython import KafkaPythonAdmin
+        from chute.kafka.kafkapython.admin import KafkaPythonAdmin
         return KafkaPythonAdmin(bootstrap, timeout, security=security)
-    from chute.kafka.confluent import ConfluentAdmin
+    from chute.kafka.confluent.admin import ConfluentAdmin
     return ConfluentAdmin(bootstrap, timeout, security=security)

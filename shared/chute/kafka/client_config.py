@@ -51,7 +51,8 @@ def producer_settings(bootstrap: str, options: ProducerOptions) -> dict[str, Any
         "acks": "all",
         "linger_ms": options.linger_ms,
         "request_timeout_ms": options.request_timeout_ms,
-        # Idempotence is each backend's choice (confluent.py: on; kafkapython.py: off).
+        # Idempotence is each backend's choice (on in confluent/producer.py, off in
+        # kafkapython/producer.py).
         "reconnect_backoff_max_ms": 2_000,
     }
 
@@ -82,6 +83,8 @@ def backend_config(backend: Backend, neutral: Mapping[str, Any],
     column = 0 if backend == "confluent-kafka" else 1
     merged = {**neutral, **security.neutral()}
     config = {CLIENT_KEYS[name][column]: value for name, value in merged.items()}
+    if security.oauth:
+        config.update(oauth_config(backend, security))
     if security.tls:
         # Host names are checked by default; both libraries spell the switch differently.
         if backend == "confluent-kafka":
@@ -90,3 +93,24 @@ def backend_config(backend: Backend, neutral: Mapping[str, Any],
         else:
             config["ssl_check_hostname"] = security.verify_hostname
     return config
+
+
+def oauth_config(backend: Backend, security: KafkaSecurity) -> dict[str, Any]:
+    """SASL/OAUTHBEARER with the client credentials grant: librdkafka fetches and refreshes
+    its tokens itself; kafka-python is given a token provider."""
+    if backend == "confluent-kafka":
+        config = {
+            "sasl.oauthbearer.method": "oidc",
+            "sasl.oauthbearer.client.id": security.sasl_username,
+            "sasl.oauthbearer.client.secret": security.sasl_password,
+            "sasl.oauthbearer.token.endpoint.url": security.oauth_token_url,
+        }
+        if security.oauth_scope:
+            config["sasl.oauthbearer.scope"] = security.oauth_scope
+        if security.oauth_extensions:
+            config["sasl.oauthbearer.extensions"] = ",".join(
+                f"{k}={v}" for k, v in security.extensions().items())
+        return config
+    from chute.kafka.kafkapython.oauth import TokenProvider
+
+    return {"sasl_oauth_token_provider": TokenProvider(security)}

@@ -4,8 +4,9 @@ or wrong credentials raise HandshakeError within seconds (the clients would retr
 silently until their timeouts); a broker that cannot be reached is left to the caller's retry.
 
 TLS and the mechanism are checked here with the standard library and two requests of Kafka's
-protocol (ApiVersions v0, SaslHandshake v1); the credentials by the chosen backend, since each
-speaks SCRAM itself.
+protocol (ApiVersions v0, SaslHandshake v1); PLAIN and SCRAM credentials by the chosen backend,
+since each speaks SCRAM itself; an OAUTHBEARER token here too (SaslAuthenticate v0), after
+fetching it from the provider.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from typing import Any
 
 from chute.handshake import HandshakeError, tls_problem
 from chute.kafka.client_config import backend_config
+from chute.kafka.oauth import ClientCredentials, TokenEndpointUnreachable, TokenRefused
 from chute.kafka.security import SETTING_NAMES, KafkaSecurity
 
-_API_VERSIONS, _SASL_HANDSHAKE = 18, 17
+_API_VERSIONS, _SASL_HANDSHAKE, _SASL_AUTHENTICATE = 18, 17, 36
 _CORRELATION = 7301
 # The first bytes of a TLS alert or handshake record (TLS 1.0-1.3 all say 3.x).
 _TLS_RECORDS = (b"\x15\x03", b"\x16\x03")
@@ -118,8 +120,26 @@ def check(bootstrap: str, security: KafkaSecurity, client: str, timeout: float =
             return
         except ssl.SSLError as exc:
             raise HandshakeError(f"{where}: {_tls_problem(exc, host, security)}") from None
-    if security.sasl:
+    if security.sasl and not security.oauth:  # OAUTHBEARER was checked by _look
         check_credentials(bootstrap, security, client, timeout)
+
+
+def token_for(security: KafkaSecurity, timeout: float = 10.0) -> str:
+    """OAUTHBEARER: the client credentials exchanged for a token once, so a wrong secret or
+    token URL is named here rather than retried by the clients."""
+    url = security.oauth_token_url
+    names = f"{SETTING_NAMES['sasl_username']} and {SETTING_NAMES['sasl_password']} (or _FILE)"
+    try:
+        return ClientCredentials(security, timeout=timeout).fetch()[0]
+    except TokenRefused as exc:
+        raise HandshakeError(
+            f"OAuth token endpoint {url}: no token for client {security.sasl_username!r} "
+            f"({exc}); check {names} (the client id and secret) and "
+            f"{SETTING_NAMES['oauth_scope']}") from None
+    except TokenEndpointUnreachable as exc:
+        raise HandshakeError(
+            f"OAuth token endpoint {url}: not reachable ({exc}); check "
+            f"{SETTING_NAMES['oauth_token_url']}") from None
 
 
 def _tls_problem(exc: BaseException, host: str, security: KafkaSecurity) -> str | None:
@@ -150,6 +170,8 @@ def _look(raw: socket.socket, host: str, where: str, security: KafkaSecurity) ->
                     f"{where}: the broker does not offer SASL mechanism "
                     f"{security.sasl_mechanism} (it offers {', '.join(offered) or 'none'}); "
                     f"check {SETTING_NAMES['sasl_mechanism']}")
+            if security.oauth:
+                _authenticate_with_token(sock, where, security)
     else:
         sock.sendall(request(_API_VERSIONS, 0, b""))
         body = response(sock)
@@ -160,7 +182,39 @@ def _look(raw: socket.socket, host: str, where: str, security: KafkaSecurity) ->
             f"listener expect {expects} or SASL?); check {SETTING_NAMES['protocol']}")
 
 
+def _authenticate_with_token(sock: socket.socket, where: str, security: KafkaSecurity) -> None:
+    """SaslAuthenticate v0 with a token from the provider (RFC 7628's initial response), the
+    same whatever the backend: a broker that refuses the token answers with an error, or
+    with a JSON challenge (`{"status":"invalid_token"}`) before it fails the exchange."""
+    token = token_for(security)
+    extensions = "".join(f"\x01{k}={v}" for k, v in security.extensions().items())
+    auth = f"n,,\x01auth=Bearer {token}{extensions}\x01\x01".encode()
+    sock.sendall(request(_SASL_AUTHENTICATE, 0, struct.pack(">i", len(auth)) + auth))
+    body = response(sock)
+    if body is None:
+        raise NoAnswerYet
+    error, message, challenge = parse_sasl_authenticate(body)
+    if error or challenge:
+        detail = message or challenge.decode("utf-8", errors="replace") or f"error {error}"
+        raise _credentials_refused(where, security, detail)
+
+
+def parse_sasl_authenticate(body: bytes) -> tuple[int, str, bytes]:
+    """(error code, error message, server bytes) of a SaslAuthenticate v0 answer."""
+    error, size = struct.unpack(">hh", body[:4])
+    at = 4 + max(size, 0)
+    message = body[4:at].decode("utf-8", errors="replace") if size > 0 else ""
+    length, = struct.unpack(">i", body[at:at + 4])
+    return error, message, body[at + 4:at + 4 + max(length, 0)]
+
+
 def _credentials_refused(where: str, security: KafkaSecurity, detail: str) -> HandshakeError:
+    if security.oauth:
+        return HandshakeError(
+            f"{where}: SASL OAUTHBEARER authentication of client {security.sasl_username!r} "
+            f"failed ({detail}): the broker refused the token from "
+            f"{security.oauth_token_url}; check {SETTING_NAMES['oauth_token_url']} (the "
+            f"provider the broker trusts) and {SETTING_NAMES['oauth_scope']}")
     return HandshakeError(
         f"{where}: SASL {security.sasl_mechanism} authentication of user "
         f"{security.sasl_username!r} failed ({detail}); check "

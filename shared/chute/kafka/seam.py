@@ -249,8 +249,12 @@ class Producer(Protocol):
 
     def deliver(self, topic: str, values: Sequence[bytes], timeout: float) -> None:
         """Send every value and wait until all are acknowledged; raises the first failure,
-        or KafkaTimeout after `timeout` seconds."""
-        ...
+        or KafkaTimeout after `timeout` seconds. (The backends' producers subclass Producer
+        and inherit this.)"""
+        waiter = Waiter(len(values))
+        for value in values:
+            self.send(topic, value, on_delivery=waiter)
+        waiter.wait(timeout)
 
     def partitions_for(self, topic: str) -> list[int]:
         """The topic's partitions (waits up to max_block_ms for metadata); LookupError if the
