@@ -3,10 +3,10 @@ one line each, naming the stream, the table and what to change."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from chute.pipeline import Stream
+from chute.pipeline import OlapTable, Stream
 
 
 def exactly_once_refusals(streams: Iterable[Stream[Any]], default_cluster: str | None,
@@ -18,11 +18,7 @@ def exactly_once_refusals(streams: Iterable[Stream[Any]], default_cluster: str |
     replica a worker fails over to may lack the last acknowledged part, the watermark is read
     too low, and those rows are inserted again."""
     problems = []
-    for stream in streams:
-        table = stream.destination
-        if table is None or not stream.exactly_once:
-            continue
-        cluster = table.cluster(default_cluster)
+    for stream, table, cluster in _exactly_once_tables(streams, default_cluster):
         if cluster is not None and insert_quorum < 2:
             problems.append(
                 f"stream {stream.name}: delivery='exactly_once' on table {table.name}, which is "
@@ -41,11 +37,7 @@ def sharded_refusals(streams: Iterable[Stream[Any]], default_cluster: str | None
     would skip rows. Exactly-once is refused there. `shards`: per cluster, as the server has
     them (chute.clickhouse.cluster_shards)."""
     problems = []
-    for stream in streams:
-        table = stream.destination
-        if table is None or not stream.exactly_once:
-            continue
-        cluster = table.cluster(default_cluster)
+    for stream, table, cluster in _exactly_once_tables(streams, default_cluster):
         count = shards.get(cluster, 1) if cluster is not None else 1
         if count > 1:
             problems.append(
@@ -55,3 +47,12 @@ def sharded_refusals(streams: Iterable[Stream[Any]], default_cluster: str | None
                 "at_least_once, or a cluster with one shard (CHUTE_CLICKHOUSE_CLUSTER or the "
                 "table's OlapConfig(cluster=...))")
     return problems
+
+
+def _exactly_once_tables(streams: Iterable[Stream[Any]], default_cluster: str | None
+                         ) -> Iterator[tuple[Stream[Any], OlapTable[Any], str | None]]:
+    """Each exactly-once stream with its table and the table's cluster (None: one server)."""
+    for stream in streams:
+        table = stream.destination
+        if table is not None and stream.exactly_once:
+            yield stream, table, table.cluster(default_cluster)
