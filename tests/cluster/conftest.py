@@ -17,7 +17,7 @@ import dev_runner
 import pytest
 from dev_runner import cluster
 
-from tests.e2e.stack import Stack
+from tests.e2e.stack import Stack, Stacks
 from tests.faults.accounting import SUMMARY, format_summary
 from tests.support import wait_for
 
@@ -105,17 +105,12 @@ class ClusterStack(Stack):
 @pytest.fixture
 def make_cluster_stack(replicas: list[Any], cluster_env: dict[str, str], unique_name: str,
                        tmp_path: Path) -> Iterator[Callable[..., ClusterStack]]:
-    stacks: list[ClusterStack] = []
+    stacks = Stacks(tmp_path, unique_name)
 
     def make(stream: dict[str, Any], **env: str) -> ClusterStack:
-        schema_dir = tmp_path / f"schemas{len(stacks)}"
-        schema_dir.mkdir()
-        stack = ClusterStack(f"{unique_name}{len(stacks) or ''}", schema_dir, tmp_path,
-                             replicas[0], stream, cluster_env={**cluster_env, **env})
-        stack.apply()
-        stacks.append(stack)
-        return stack
+        name, schema_dir = stacks.next_place()
+        return stacks.add(ClusterStack(name, schema_dir, tmp_path, replicas[0], stream,
+                                       cluster_env={**cluster_env, **env}))
 
     yield make
-    for stack in stacks:
-        stack.stop_all()
+    stacks.stop_all()

@@ -22,6 +22,7 @@ from clickhouse_driver import Client
 from dev_runner import cluster
 
 from tests.cluster.conftest import BROKERS, ClusterStack, cluster_settings
+from tests.e2e.stack import Stacks
 from tests.faults.accounting import account
 from tests.faults.test_faults import FAST
 from tests.support import PYTHON, ROOT, wait_for
@@ -80,22 +81,16 @@ def shards(shard_servers: dev_runner.Settings) -> Iterator[list[Client]]:
 @pytest.fixture
 def make_shard_stack(shard_servers: dev_runner.Settings, shards: list[Client], unique_name: str,
                      tmp_path: Path) -> Iterator[Callable[..., ClusterStack]]:
-    stacks: list[ClusterStack] = []
+    stacks = Stacks(tmp_path, unique_name)
     env = dict(cluster.service_env(shard_servers))
 
     def make(stream: dict[str, Any], apply: bool = True) -> ClusterStack:
-        schema_dir = tmp_path / f"schemas{len(stacks)}"
-        schema_dir.mkdir()
-        stack = ClusterStack(f"{unique_name}{len(stacks) or ''}", schema_dir, tmp_path,
-                             shards[0], stream, cluster_env=env)
-        if apply:
-            stack.apply()
-        stacks.append(stack)
-        return stack
+        name, schema_dir = stacks.next_place()
+        return stacks.add(ClusterStack(name, schema_dir, tmp_path, shards[0], stream,
+                                       cluster_env=env), apply=apply)
 
     yield make
-    for stack in stacks:
-        stack.stop_all()
+    stacks.stop_all()
 
 
 def _count(client: Client, table: str, where: str = "") -> int:

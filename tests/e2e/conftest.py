@@ -8,23 +8,18 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.stack import Stack
+from tests.e2e.stack import Stack, Stacks
 
 
 @pytest.fixture
 def make_stack(ch: Any, unique_name: str, tmp_path: Path) -> Iterator[Callable[..., Stack]]:
-    stacks: list[Stack] = []
+    stacks = Stacks(tmp_path, unique_name)
 
     def make(stream: dict[str, Any] | None = None, extra_fields: str = "",
              name: str | None = None) -> Stack:
-        schema_dir = tmp_path / f"schemas{len(stacks)}"
-        schema_dir.mkdir()
-        stack = Stack(name or f"{unique_name}{len(stacks) or ''}", schema_dir, tmp_path, ch,
-                      stream or {}, extra_fields=extra_fields)
-        stack.apply()
-        stacks.append(stack)
-        return stack
+        default_name, schema_dir = stacks.next_place()
+        return stacks.add(Stack(name or default_name, schema_dir, tmp_path, ch, stream or {},
+                                extra_fields=extra_fields))
 
     yield make
-    for stack in stacks:
-        stack.stop_all()
+    stacks.stop_all()

@@ -7,7 +7,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import orjson
@@ -124,3 +124,32 @@ def event(i: int, **overrides: Any) -> dict[str, Any]:
 
 def elapsed_since(start: float) -> float:
     return time.monotonic() - start
+
+
+S = TypeVar("S", bound=Stack)
+
+
+class Stacks:
+    """The stacks one test makes: each gets the next name and its own schema folder under
+    the test's tmp_path, is applied when added, and every one is stopped at the end."""
+
+    def __init__(self, tmp_path: Path, unique_name: str) -> None:
+        self.tmp_path = tmp_path
+        self.unique_name = unique_name
+        self.made: list[Stack] = []
+
+    def next_place(self) -> tuple[str, Path]:
+        """(the next stack's name, its new schema folder)."""
+        schema_dir = self.tmp_path / f"schemas{len(self.made)}"
+        schema_dir.mkdir()
+        return f"{self.unique_name}{len(self.made) or ''}", schema_dir
+
+    def add(self, stack: S, apply: bool = True) -> S:
+        if apply:
+            stack.apply()
+        self.made.append(stack)
+        return stack
+
+    def stop_all(self) -> None:
+        for stack in self.made:
+            stack.stop_all()
