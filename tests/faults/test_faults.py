@@ -324,6 +324,10 @@ def test_rebalance_while_every_insert_takes_10s(make_stack: MakeStack) -> None:
         after = len(samples)
         sample(25)
         assert all({"w1", "w3"} <= set(members) for members in samples[after:]), samples[after:]
+        # It ends within the stop grace (30 s after SIGTERM, when a supervisor sends SIGKILL):
+        # an insert under way (~10 s), the shutdown flush, the commit, leaving the group.
+        wait_for(lambda: leaving.proc is not None and leaving.proc.poll() is not None, 10,
+                 "the leaving worker to end its shutdown within the stop grace")
         assert leaving.proc.poll() == 0, "the leaving worker did not finish its shutdown"
         assert joining.proc is not None and joining.proc.poll() is None
         proxy.pass_through()

@@ -36,6 +36,10 @@ from chute.kafka.seam import ConsumerOptions, RebalanceListener, RecordBatch, To
 from chute.kafka.security import PLAINTEXT, KafkaSecurity
 
 _LOG = logging.getLogger("chute.kafka.kafkapython")
+# A synchronous commit waits for the group coordinator, also through a rebalance in progress:
+# bounded, so a commit on the way out cannot hold a stopping worker past its grace (the caller
+# retries a timed-out commit until its deadline).
+COMMIT_TIMEOUT_MS = 10_000
 
 
 @dataclass
@@ -247,7 +251,8 @@ class KafkaPythonConsumer:
             return
         try:
             self._consumer.commit(
-                {to_client(tp): OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()})
+                {to_client(tp): OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()},
+                timeout_ms=COMMIT_TIMEOUT_MS)
         except kerrors.KafkaError as exc:
             raise client_error(exc, "commit") from None
 
