@@ -48,9 +48,11 @@ class SyncSettings(CommonSettings):
     sync_max_poll_interval_ms: int = Field(900_000, ge=10_000)
     # What the consumer fetches ahead of the worker, in bytes (also bounds librdkafka's queue
     # of fetched records, which costs several hundred bytes of RSS per small record). Measured
-    # with 91-byte records: 4 MiB starves the worker (about 65,000 rows/s, peak RSS 170 MiB),
-    # 16 MiB keeps it busy (about 130,000 rows/s, 217 MiB).
-    sync_prefetch_bytes: int = Field(16 * 1024 * 1024, ge=1024 * 1024, le=1024 * 1024 * 1024)
+    # with 91-byte records, 2,000,000 pre-filled, one worker (scripts/bench --only sync
+    # --no-engine): 4 MiB 250,887 rows/s, peak RSS 175 MiB; 8 MiB 250,371, 209 MiB; 16 MiB
+    # 253,959, 243 MiB (librdkafka's fetch.queue.backoff.ms at 10 ms: with its default, 1 s,
+    # 16 MiB gave 137,360 and smaller prefetches less).
+    sync_prefetch_bytes: int = Field(4 * 1024 * 1024, ge=1024 * 1024, le=1024 * 1024 * 1024)
     # Fault injection for the fault suite: SIGKILL this process right after its N-th insert,
     # before the offsets are committed (the worst moment for duplicates). 0 = off.
     sync_fault_kill_after_inserts: int = Field(0, ge=0)
