@@ -19,8 +19,7 @@ def check_kafka(settings: CommonSettings, service: str, timeout: float = 10.0) -
     """Exits when Kafka refuses the TLS/SASL settings; returns when it accepts them or cannot
     be reached (the caller's retry handles an absent broker)."""
     try:
-        preflight.check(settings.kafka_bootstrap, settings.kafka_security(),
-                        settings.kafka_client, timeout)
+        preflight.check(settings.kafka_bootstrap, settings.kafka_security(), timeout)
     except HandshakeError as exc:
         refused(service, str(exc))
 

@@ -233,7 +233,7 @@ def test_kafka_client_certificates(secure_stack: Settings, security: KafkaSecuri
     f = secure.files(secure_stack)
     mtls = dataclasses.replace(security, cert_file=str(f.client_cert),
                                key_file=str(f.client_key))
-    preflight.check(secure_stack.kafka_bootstrap, mtls, client)
+    preflight.check(secure_stack.kafka_bootstrap, mtls)
     admin = kafka.admin(secure_stack.kafka_bootstrap, client=client, security=mtls)
     try:
         assert "__consumer_offsets" not in admin.topic_partitions()

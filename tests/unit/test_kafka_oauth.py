@@ -129,3 +129,18 @@ def test_sasl_authenticate_answers_are_parsed() -> None:
     assert parse_sasl_authenticate(refused) == (0, "", challenge)
     failed = struct.pack(">hh", 58, 4) + b"nope" + struct.pack(">i", -1)
     assert parse_sasl_authenticate(failed) == (58, "nope", b"")
+
+
+def test_scram_messages_follow_rfc_7677() -> None:
+    """RFC 7677's SCRAM-SHA-256 example exchange, byte for byte."""
+    from chute.kafka.sasl import ScramClient
+
+    scram = ScramClient("SCRAM-SHA-256", "user", "pencil", nonce="rOprNGfwEbeRWgbNEkqO")
+    assert scram.first() == b"n,,n=user,r=rOprNGfwEbeRWgbNEkqO"
+    server_first = (b"r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,"
+                    b"s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096")
+    assert scram.final(server_first) == (
+        b"c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,"
+        b"p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=")
+    assert scram.verify(b"v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=")
+    assert not scram.verify(b"v=AAAA")

@@ -3,24 +3,20 @@ TLS handshake, a SASL mechanism the broker does not offer, a plaintext client on
 or wrong credentials raise HandshakeError within seconds (the clients would retry them
 silently until their timeouts); a broker that cannot be reached is left to the caller's retry.
 
-TLS and the mechanism are checked here with the standard library and two requests of Kafka's
-protocol (ApiVersions v0, SaslHandshake v1); PLAIN and SCRAM credentials by the chosen backend,
-since each speaks SCRAM itself; an OAUTHBEARER token here too (SaslAuthenticate v0), after
-fetching it from the provider.
+Everything is checked here with the standard library and Kafka's protocol, the same whatever
+client library the service uses: TLS, then ApiVersions v0 (no SASL) or SaslHandshake v1 and a
+login with SaslAuthenticate v0 (PLAIN, SCRAM, or an OAUTHBEARER token fetched from the
+provider; chute.kafka.sasl).
 """
 
 from __future__ import annotations
 
-import logging
 import socket
 import ssl
 import struct
-import threading
-import time
-from typing import Any
 
 from chute.handshake import HandshakeError, tls_problem
-from chute.kafka.client_config import backend_config
+from chute.kafka import sasl
 from chute.kafka.oauth import ClientCredentials, TokenEndpointUnreachable, TokenRefused
 from chute.kafka.security import SETTING_NAMES, KafkaSecurity
 
@@ -28,10 +24,6 @@ _API_VERSIONS, _SASL_HANDSHAKE, _SASL_AUTHENTICATE = 18, 17, 36
 _CORRELATION = 7301
 # The first bytes of a TLS alert or handshake record (TLS 1.0-1.3 all say 3.x).
 _TLS_RECORDS = (b"\x15\x03", b"\x16\x03")
-# librdkafka's log lines of the check (its own view of the same failure) are not shown.
-_QUIET = logging.getLogger("chute.kafka.preflight")
-_QUIET.addHandler(logging.NullHandler())
-_QUIET.propagate = False
 
 
 def first_address(bootstrap: str) -> tuple[str, int]:
@@ -105,7 +97,7 @@ def parse_sasl_handshake(body: bytes) -> tuple[int, list[str]]:
     return error, mechanisms
 
 
-def check(bootstrap: str, security: KafkaSecurity, client: str, timeout: float = 10.0) -> None:
+def check(bootstrap: str, security: KafkaSecurity, timeout: float = 10.0) -> None:
     """Raises HandshakeError when the first broker refuses this configuration."""
     host, port = first_address(bootstrap)
     where = f"Kafka at {host}:{port}"
@@ -120,8 +112,6 @@ def check(bootstrap: str, security: KafkaSecurity, client: str, timeout: float =
             return
         except ssl.SSLError as exc:
             raise HandshakeError(f"{where}: {_tls_problem(exc, host, security)}") from None
-    if security.sasl and not security.oauth:  # OAUTHBEARER was checked by _look
-        check_credentials(bootstrap, security, client, timeout)
 
 
 def token_for(security: KafkaSecurity, timeout: float = 10.0) -> str:
@@ -170,8 +160,7 @@ def _look(raw: socket.socket, host: str, where: str, security: KafkaSecurity) ->
                     f"{where}: the broker does not offer SASL mechanism "
                     f"{security.sasl_mechanism} (it offers {', '.join(offered) or 'none'}); "
                     f"check {SETTING_NAMES['sasl_mechanism']}")
-            if security.oauth:
-                _authenticate_with_token(sock, where, security)
+            _log_in(sock, where, security)
     else:
         sock.sendall(request(_API_VERSIONS, 0, b""))
         body = response(sock)
@@ -182,19 +171,46 @@ def _look(raw: socket.socket, host: str, where: str, security: KafkaSecurity) ->
             f"listener expect {expects} or SASL?); check {SETTING_NAMES['protocol']}")
 
 
-def _authenticate_with_token(sock: socket.socket, where: str, security: KafkaSecurity) -> None:
-    """SaslAuthenticate v0 with a token from the provider (RFC 7628's initial response), the
-    same whatever the backend: a broker that refuses the token answers with an error, or
-    with a JSON challenge (`{"status":"invalid_token"}`) before it fails the exchange."""
-    token = token_for(security)
-    extensions = "".join(f"\x01{k}={v}" for k, v in security.extensions().items())
-    auth = f"n,,\x01auth=Bearer {token}{extensions}\x01\x01".encode()
+def _log_in(sock: socket.socket, where: str, security: KafkaSecurity) -> None:
+    """SaslAuthenticate v0 exchanges for the configured mechanism, after a SaslHandshake v1
+    the broker accepted; raises HandshakeError naming the settings when it refuses. The same
+    whatever client library the service uses (each would otherwise retry a refusal quietly
+    until its own timeout)."""
+    if security.oauth:
+        answer = _authenticate(sock, sasl.oauthbearer_message(
+            token_for(security), security.extensions()))
+        # A refused token gets a JSON challenge (`{"status":"invalid_token"}`) before the
+        # broker fails the exchange.
+        _refused_unless(answer, where, security, challenge_is_refusal=True)
+    elif security.sasl_mechanism == "PLAIN":
+        answer = _authenticate(sock, sasl.plain_message(security.sasl_username,
+                                                        security.sasl_password))
+        _refused_unless(answer, where, security)
+    else:
+        scram = sasl.ScramClient(security.sasl_mechanism, security.sasl_username,
+                                 security.sasl_password)
+        answer = _authenticate(sock, scram.first())
+        _refused_unless(answer, where, security)
+        try:
+            final = scram.final(answer[2])
+        except sasl.ScramError as exc:
+            raise _credentials_refused(where, security, str(exc)) from None
+        answer = _authenticate(sock, final)
+        _refused_unless(answer, where, security)
+
+
+def _authenticate(sock: socket.socket, auth: bytes) -> tuple[int, str, bytes]:
     sock.sendall(request(_SASL_AUTHENTICATE, 0, struct.pack(">i", len(auth)) + auth))
     body = response(sock)
     if body is None:
         raise NoAnswerYet
-    error, message, challenge = parse_sasl_authenticate(body)
-    if error or challenge:
+    return parse_sasl_authenticate(body)
+
+
+def _refused_unless(answer: tuple[int, str, bytes], where: str, security: KafkaSecurity,
+                    challenge_is_refusal: bool = False) -> None:
+    error, message, challenge = answer
+    if error or (challenge_is_refusal and challenge):
         detail = message or challenge.decode("utf-8", errors="replace") or f"error {error}"
         raise _credentials_refused(where, security, detail)
 
@@ -219,87 +235,3 @@ def _credentials_refused(where: str, security: KafkaSecurity, detail: str) -> Ha
         f"{where}: SASL {security.sasl_mechanism} authentication of user "
         f"{security.sasl_username!r} failed ({detail}); check "
         f"{SETTING_NAMES['sasl_username']} and {SETTING_NAMES['sasl_password']} (or _FILE)")
-
-
-def check_credentials(bootstrap: str, security: KafkaSecurity, client: str,
-                      timeout: float) -> None:
-    """Logs in once with the backend; raises HandshakeError when the broker refuses."""
-    where = f"Kafka at {bootstrap}"
-    if client == "kafka-python":
-        _kafka_python_login(bootstrap, security, timeout)
-        return
-    from confluent_kafka import KafkaError, KafkaException
-    from confluent_kafka.admin import AdminClient
-
-    errors: list[KafkaError] = []
-    config = backend_config("confluent-kafka", {"bootstrap": bootstrap,
-                                                "client_id": "chute-check"}, security)
-    callbacks: dict[str, Any] = {"error_cb": errors.append, "logger": _QUIET}
-    admin = AdminClient({**config, **callbacks})
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            admin.list_topics(timeout=0.25)
-            return
-        except KafkaException:
-            admin.poll(0)  # serves error_cb
-        for error in errors:
-            if error.code() == KafkaError._AUTHENTICATION:
-                detail = error.str().rpartition(": ")[2]
-                raise _credentials_refused(where, security, detail.split(" (after ")[0])
-
-
-class _Refusals(logging.Handler):
-    """Keeps the SASL refusals kafka-python logs (it retries them until its bootstrap timeout
-    instead of raising them)."""
-
-    def __init__(self, refused: type[BaseException]) -> None:
-        super().__init__()
-        self.refused = refused
-        self.seen: list[BaseException] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        args = record.args if isinstance(record.args, tuple) else ()
-        self.seen += [a for a in args if isinstance(a, self.refused)]
-
-
-def _kafka_python_login(bootstrap: str, security: KafkaSecurity, timeout: float) -> None:
-    import kafka.errors as kerrors
-    from kafka import KafkaAdminClient
-
-    config = backend_config("kafka-python", {"bootstrap": bootstrap,
-                                             "client_id": "chute-check"}, security)
-    refusals = _Refusals(kerrors.SaslAuthenticationFailedError)
-    # The connection manager logs the refusal (WARNING); services silence "kafka" (CRITICAL).
-    # For the check, its records go to `refusals` only.
-    logger = logging.getLogger("kafka.net.manager")
-    saved = logger.level, logger.propagate
-    logger.setLevel(logging.WARNING)
-    logger.propagate = False
-    logger.addHandler(refusals)
-    # The client retries a refused login until its bootstrap timeout; it logs each refusal
-    # at once. So it logs in on a thread of its own and the first refusal logged ends the wait.
-    outcome: list[BaseException | None] = []
-
-    def login() -> None:
-        try:
-            KafkaAdminClient(**config, bootstrap_timeout_ms=int(timeout * 1000)).close()
-            outcome.append(None)
-        except Exception as exc:
-            outcome.append(exc)
-
-    threading.Thread(target=login, name="chute-kafka-check", daemon=True).start()
-    deadline = time.monotonic() + timeout + 1
-    try:
-        while not outcome and not refusals.seen and time.monotonic() < deadline:
-            time.sleep(0.05)
-        failure = outcome[0] if outcome else None
-        if isinstance(failure, kerrors.SaslAuthenticationFailedError):
-            refusals.seen.append(failure)
-        if refusals.seen:
-            detail = str(refusals.seen[0]).rpartition(": ")[2] or "refused"
-            raise _credentials_refused(f"Kafka at {bootstrap}", security, detail)
-    finally:
-        logger.removeHandler(refusals)
-        logger.setLevel(saved[0])
-        logger.propagate = saved[1]
