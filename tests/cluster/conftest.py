@@ -49,21 +49,29 @@ def _wait_healthy(name: str, s: dev_runner.Settings) -> None:
     wait_for(lambda: dev_runner.is_healthy(name, s), 120, f"{name} healthy", interval=0.5)
 
 
-@pytest.fixture(scope="session")
-def servers() -> Iterator[None]:
-    """Every node of the cluster running and healthy; the nodes this session started are
-    stopped at its end and the layout recorded before it is recorded again."""
-    before = cluster.with_recorded_layout(dev_runner.Settings.from_env())
-    s = cluster_settings()
-    started = []
-    # ZooKeeper first; the brokers together (a KRaft node alone has no quorum to join).
-    for tier in (["zookeeper"], [n for n in cluster.infra_services(s) if n != "zookeeper"]):
+def start_missing(s: dev_runner.Settings, *tiers: list[str]) -> list[str]:
+    """Starts the services of each tier that are not healthy, all of a tier together, and
+    waits until they are before the next tier; returns those it started, in order."""
+    started: list[str] = []
+    for tier in tiers:
         launched = [n for n in tier if not dev_runner.is_healthy(n, s)]
         for name in launched:
             dev_runner.start_service(name, s, wait=False)
         for name in launched:
             _wait_healthy(name, s)
         started += launched
+    return started
+
+
+@pytest.fixture(scope="session")
+def servers() -> Iterator[None]:
+    """Every node of the cluster running and healthy; the nodes this session started are
+    stopped at its end and the layout recorded before it is recorded again."""
+    before = cluster.with_recorded_layout(dev_runner.Settings.from_env())
+    s = cluster_settings()
+    # ZooKeeper first; the brokers together (a KRaft node alone has no quorum to join).
+    started = start_missing(s, ["zookeeper"],
+                            [n for n in cluster.infra_services(s) if n != "zookeeper"])
     yield
     if started == cluster.infra_services(s):
         dev_runner.down(s)  # the brokers together: the last one alone cannot leave its quorum

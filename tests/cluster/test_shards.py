@@ -21,7 +21,7 @@ import pytest
 from clickhouse_driver import Client
 from dev_runner import cluster
 
-from tests.cluster.conftest import BROKERS, ClusterStack, cluster_settings
+from tests.cluster.conftest import BROKERS, ClusterStack, cluster_settings, start_missing
 from tests.e2e.stack import Stacks
 from tests.faults.accounting import account
 from tests.faults.test_faults import FAST
@@ -44,23 +44,12 @@ def shard_settings() -> dev_runner.Settings:
     return cluster.write_layout(moved, BROKERS, 1, SHARDS)
 
 
-def _wait_healthy(name: str, s: dev_runner.Settings) -> None:
-    wait_for(lambda: dev_runner.is_healthy(name, s), 120, f"{name} healthy", interval=0.5)
-
-
 @pytest.fixture(scope="module")
 def shard_servers(servers: None) -> Iterator[dev_runner.Settings]:
     """ZooKeeper and one ClickHouse server per shard, started when not running (and stopped
     again); Kafka is the session's brokers."""
     s = shard_settings()
-    started = []
-    for tier in (["zookeeper"], ["clickhouse-1", "clickhouse-2"]):
-        launched = [n for n in tier if not dev_runner.is_healthy(n, s)]
-        for name in launched:
-            dev_runner.start_service(name, s, wait=False)
-        for name in launched:
-            _wait_healthy(name, s)
-        started += launched
+    started = start_missing(s, ["zookeeper"], ["clickhouse-1", "clickhouse-2"])
     yield s
     for name in reversed(started):
         dev_runner.stop_service(name, settings=s)
