@@ -118,8 +118,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     g.add_argument("--kafka-python-records", type=_positive(int), default=300_000,
                    help="records produced with kafka-python in-process")
     g = p.add_argument_group("latency")
-    g.add_argument("--latency-rate", type=_positive(int), default=10_000,
-                   help="records/s offered")
+    g.add_argument("--latency-rate", type=_ints, default=(10_000, 50_000),
+                   help="records/s offered, one measurement per rate (comma-separated)")
     g.add_argument("--latency-batch", type=_positive(int), default=100,
                    help="records per request")
     g.add_argument("--latency-seconds", type=_positive(float), default=20.0,
@@ -133,8 +133,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="rows buffered for the bytes-per-row measurement")
     args = p.parse_args(argv)
     if any(c < 1 for c in (*args.ingest_concurrency, *args.ingest_batch_concurrency,
-                           *args.chute_workers)):
-        p.error("worker and connection counts must be >= 1")
+                           *args.chute_workers, *args.latency_rate)):
+        p.error("worker and connection counts and latency rates must be >= 1")
+    if not args.latency_rate:
+        p.error("--latency-rate: at least one rate")
     if max((*args.ingest_concurrency, *args.ingest_batch_concurrency), default=1) > 64:
         p.error("at most 64 connections (the ingest API answers 503 beyond its in-flight "
                 "limit, CHUTE_INGEST_MAX_IN_FLIGHT_REQUESTS)")
@@ -316,11 +318,12 @@ def run_ingest_and_latency(ctx: Context, args: argparse.Namespace,
                 kafka_python_records=args.kafka_python_records), api, pipelines["ingest"],
                 baseline))
         if "latency" in pipelines:
-            section("latency", lambda: latency.run(ctx, latency.LatencyOptions(
-                rate=args.latency_rate, batch=args.latency_batch,
-                seconds=args.latency_seconds, concurrency=args.latency_concurrency,
-                poll_interval=args.poll_interval, drain_timeout=30.0), api,
-                pipelines["latency"]))
+            section("latency", lambda: {"runs": [latency.run(
+                ctx, latency.LatencyOptions(
+                    rate=rate, batch=args.latency_batch, seconds=args.latency_seconds,
+                    concurrency=args.latency_concurrency, poll_interval=args.poll_interval,
+                    drain_timeout=30.0), api, pipelines["latency"])
+                for rate in args.latency_rate]})
     finally:
         ctx.sampler.untrack(api.label)
         api.stop()

@@ -105,6 +105,8 @@ def run(ctx: Context, options: LatencyOptions, ingest: ServiceProcess,
     goal = max_batch_wait + 0.5
     ctx.progress.step(f"latency: {options.rate:,} records/s offered in {options.batch}-record "
                       f"requests for {options.seconds:g} s (goal p99 <= {goal:g} s)")
+    if ctx.servers.count(pipeline.table):  # an earlier rate's rows carry the same ids
+        ctx.servers.ch.execute(f"TRUNCATE TABLE `{pipeline.table}`")
     worker = ctx.worker("latency-w1", pipeline, f"{pipeline.name}_sync")
     worker.start(wait_healthy=False)
     ctx.sampler.track(worker.label, worker.pid)

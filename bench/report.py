@@ -56,7 +56,8 @@ def sync_rows(sync: dict[str, Any]) -> list[Row]:
         duplicates = run.get("duplicates") or 0
         rows.append(("sync", run["label"], _n(run["rows_per_s"], "rows/s"),
                      f"{sync['records']:,} rows in {run['total_s']:.1f} s (first row at "
-                     f"{run['first_row_s']:.1f} s); {steady_text}{batch_text}"
+                     f"{run['first_row_s']:.1f} s{_first_row_text(run)}); "
+                     f"{steady_text}{batch_text}"
                      + (f"; {duplicates:,} duplicates" if duplicates else "")
                      + (f"; {run['rows_per_cpu_s']:,} rows per CPU-s ({cpu_text})"
                         if run.get("rows_per_cpu_s") else "")))
@@ -76,6 +77,15 @@ def sync_rows(sync: dict[str, Any]) -> list[Row]:
             rows.append(("sync", "chute x1 / Kafka engine (rows/s)",
                          f"{total:.2f}x" if total is not None else "n/a", "; ".join(parts)))
     return rows
+
+
+def _first_row_text(run: dict[str, Any]) -> str:
+    after = run.get("first_row_after_healthy_s")
+    if after is None:
+        return ""
+    verdict = "met" if run["first_row_goal_met"] else "NOT met"
+    return (f", {after:.2f} s after healthy: goal <= {run['first_row_goal_s']:g} s "
+            f"{verdict}")
 
 
 def ingest_rows(ingest: dict[str, Any]) -> list[Row]:
@@ -102,9 +112,14 @@ def ingest_rows(ingest: dict[str, Any]) -> list[Row]:
     return rows
 
 
-def latency_rows(latency: dict[str, Any]) -> list[Row]:
-    if not latency:
-        return []
+def latency_rows(section: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    for run in section.get("runs", []):
+        rows += latency_run_rows(run)
+    return rows
+
+
+def latency_run_rows(latency: dict[str, Any]) -> list[Row]:
     verdict = "met" if latency["goal_met"] else "NOT met"
     return [
         ("latency", f"POST acknowledged -> row visible, {latency['offered_records_per_s']:,} "
@@ -113,7 +128,8 @@ def latency_rows(latency: dict[str, Any]) -> list[Row]:
          f"goal p99 <= {latency['goal_p99_s']:g} s: {verdict}; max {_n(latency['max_s'])} s; "
          f"{latency['measured_requests']:,} requests, {latency['acked_records_per_s']:,} "
          f"records/s acknowledged; poll every {latency['poll_interval_s'] * 1000:.0f} ms"),
-        ("latency", "POST answered (ingest API, same load)",
+        ("latency", f"POST answered (ingest API, {latency['offered_records_per_s']:,} "
+                    "records/s)",
          f"p50 {_n(latency['post_p50_ms'])} ms, p99 {_n(latency['post_p99_ms'])} ms",
          f"not visible: {latency['not_visible_requests']}; statuses {latency['statuses']}"),
     ]

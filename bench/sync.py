@@ -5,7 +5,8 @@ materialized view, each into an empty table of the same structure, one after the
 Figures per run: `rows_per_s` = N / (time from launch to count() == N), startup included;
 `steady_rows_per_s` = rows per second between the first count() >= 10% and >= 90% of N
 (startup and tail excluded; null with fewer than three inserts in between: N is too small);
-`first_row_s` = launch to the first row visible. CPU seconds of the worker processes, of
+`first_row_s` = launch to the first row visible (and `first_row_after_healthy_s`, from the
+moment every worker answered /health, polled every 0.1 s). CPU seconds of the worker processes, of
 ClickHouse and of Kafka during the run are taken from /proc where their pids are known
 (scripts/dev's pid files), and `rows_per_cpu_s` = N / their sum.
 """
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from chute.pipeline import StreamConfig
 from clickhouse_driver import Client
 from dev_runner.processes import running_pid
 from dev_runner.services import service_spec
@@ -231,6 +233,13 @@ def run_chute(ctx: Context, pipeline: Pipeline, options: SyncOptions,
         tails = "\n".join(s.log_tail(10) for s in services)
         raise BenchError(f"{label}: {error}\n{tails}")
     result.update(rates(samples, options.records))
+    if result["first_row_s"] is not None:
+        # Goal: the first row within max_batch_wait + 0.5 s of the workers being healthy.
+        goal = StreamConfig().max_batch_wait + 0.5
+        after = max(0.0, result["first_row_s"] - healthy_s)
+        result["first_row_after_healthy_s"] = round(after, 3)
+        result["first_row_goal_s"] = goal
+        result["first_row_goal_met"] = after <= goal
     result["duplicates"] = ctx.servers.count(pipeline.table) - options.records
     result["batches"] = batch_stats(services, result.get("total_s"))
     result["cpu_s"] = cpu_used

@@ -204,6 +204,25 @@ def test_seek_and_start_offsets(kafka_bootstrap: str, client: str, topic: str,
         consumer.close()
 
 
+def test_poll_returns_once_a_record_is_there(kafka_bootstrap: str, client: str, topic: str,
+                                             producer: kafka.Producer) -> None:
+    """poll() does not wait for max_records or its whole timeout when records are there: the
+    sync worker stamps a batch's age when the poll returns (librdkafka's consume() waits
+    for both, which made rows half a second late)."""
+    consumer = subscribed(kafka_bootstrap, client, topic, f"g-{topic}", Recorder())
+    try:
+        produce(producer, topic, 3)
+        consume(consumer, 3)  # assigned and positioned
+        produce(producer, topic, 1, start=3)
+        began = time.monotonic()
+        got = consumer.poll(20.0)
+        waited = time.monotonic() - began
+        assert [r.value for records in got.values() for r in records] == [b"value-3"]
+        assert waited < 10, f"poll(20) held a waiting record for {waited:.1f} s"
+    finally:
+        consumer.close()
+
+
 def test_pause_resume(kafka_bootstrap: str, client: str, topic: str,
                       producer: kafka.Producer) -> None:
     produce(producer, topic, 30)

@@ -210,7 +210,8 @@ class Consumer(Protocol):
 
     def poll(self, timeout: float, max_records: int | None = None
              ) -> dict[TopicPartition, RecordBatch]:
-        """Fetched records, per partition in offset order; rebalance callbacks run in here."""
+        """Fetched records, per partition in offset order, at most `max_records`; returns as
+        soon as there is any, else after `timeout` s. Rebalance callbacks run in here."""
         ...
 
     def assignment(self) -> set[TopicPartition]: ...
