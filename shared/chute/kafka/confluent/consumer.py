@@ -122,11 +122,9 @@ class ConfluentConsumer:
         if self._error is not None:
             error, self._error = self._error, None
             raise error
-        if not messages:
-            return {}
         if any(map(Message.error, messages)):
             messages = _without_events(messages)
-        return _batches(messages)
+        return _batches(messages) if messages else {}
 
     def assignment(self) -> set[TopicPartition]:
         return {to_seam(p) for p in self._consumer.assignment()}
