@@ -106,9 +106,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="connections for batch requests")
     g.add_argument("--ingest-batch-size", type=_positive(int), default=1000,
                    help="records per batch request")
-    g.add_argument("--ingest-processes", type=_positive(int), default=1,
+    g.add_argument("--ingest-processes", type=int, default=0,
                    help="CHUTE_INGEST_PROCESSES of the measured ingest API (SO_REUSEPORT "
-                        "copies on one port)")
+                        "copies on one port; 0: the service's default, one per core)")
     g.add_argument("--ingest-baseline", type=Path, metavar="DIR",
                    help="also measure the ingest API of another source tree (its services/ "
                         "and shared/, e.g. an export of main), each measurement right "

@@ -247,9 +247,10 @@ def summarize_collapsed(path: Path, top: int = 20) -> dict[str, Any]:
             "threads": ranked(threads)}
 
 
-def kcat_produce(bootstrap: str, topic: str, path: Path, *settings: str) -> tuple[float, str]:
+def kcat_produce(bootstrap: str, topic: str, path: Path, *settings: str,
+                 keep: bool = False) -> tuple[float, str]:
     """Produce the key<TAB>value lines of `path` with kcat (acks=all): the seconds it took and
-    the command, for the report. The file is removed afterwards."""
+    the command, for the report. The file is removed afterwards, unless `keep`."""
     argv = ["kcat", "-b", bootstrap, "-P", "-t", topic, "-K", "\t", "-X", "acks=all"]
     for setting in settings:
         argv += ["-X", setting]
@@ -257,7 +258,8 @@ def kcat_produce(bootstrap: str, topic: str, path: Path, *settings: str) -> tupl
     started = time.monotonic()
     done = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False)
     seconds = time.monotonic() - started
-    path.unlink(missing_ok=True)
+    if not keep:
+        path.unlink(missing_ok=True)
     if done.returncode != 0:
         raise BenchError(f"kcat failed ({done.returncode}): {done.stderr[-2000:]}")
     return seconds, " ".join(a if a != "\t" else "'\\t'" for a in argv)

@@ -27,7 +27,11 @@ from bench.records import array_body, keyed_records, object_body, write_keyed_nd
 from bench.sync import cpu_seconds, server_pid
 from testkit.httpload import Connection, LoadResult, closed_loop, encode_request
 from testkit.processes import ServiceProcess
+from testkit.rss import children
 from testkit.stats import percentile
+
+KCAT_RUNS = 3
+KCAT_GOAL = 0.25  # chute's best rate of 1,000-record requests against kcat's
 
 
 @dataclass
@@ -206,15 +210,38 @@ def _report(ctx: Context, summary: dict[str, Any]) -> None:
 
 
 def run_kcat(ctx: Context, pipeline: Pipeline, records: int) -> dict[str, Any]:
+    """The best of KCAT_RUNS runs (one run of a second or two varied by 2x between bench
+    runs; the best is the broker's limit, the figure chute is held against)."""
     path = ctx.run_dir / "kcat.ndjson"
     write_keyed_ndjson(path, records, "k")
-    ctx.progress.status(f"kcat -P: {records:,} records")
-    seconds, command = kcat_produce(ctx.endpoints.kafka, pipeline.topic, path)
-    result = {"label": "kcat -P, acks=all (librdkafka, C)", "records": records,
-              "seconds": round(seconds, 3), "records_per_s": round(records / seconds),
-              "command": command}
+    times: list[float] = []
+    command = ""
+    try:
+        for run in range(KCAT_RUNS):
+            ctx.progress.status(f"kcat -P: {records:,} records, run {run + 1} of {KCAT_RUNS}")
+            seconds, command = kcat_produce(ctx.endpoints.kafka, pipeline.topic, path,
+                                            keep=True)
+            times.append(seconds)
+    finally:
+        path.unlink(missing_ok=True)
+    best = min(times)
+    result = {"label": f"kcat -P, acks=all (librdkafka, C), best of {KCAT_RUNS}",
+              "records": records, "seconds": round(best, 3),
+              "records_per_s": round(records / best),
+              "runs_records_per_s": [round(records / t) for t in times], "command": command}
     ctx.progress.step(f"ingest: {result['label']}: {result['records_per_s']:,} records/s")
     return result
+
+
+def kcat_ratio(http_runs: list[dict[str, Any]], kcat: dict[str, Any],
+               batch: int) -> dict[str, Any]:
+    """The best rate of `batch`-record requests against kcat's (goal >= KCAT_GOAL)."""
+    rates = [r["records_per_s"] for r in http_runs
+             if r["batch"] == batch and not r["label"].startswith("baseline")]
+    best = max(rates, default=0)
+    ratio = best / kcat["records_per_s"] if kcat["records_per_s"] else 0.0
+    return {"batch": batch, "best_records_per_s": best, "ratio": round(ratio, 3),
+            "goal": KCAT_GOAL, "goal_met": ratio >= KCAT_GOAL}
 
 
 def run_kafka_python(ctx: Context, pipeline: Pipeline, records: int) -> dict[str, Any]:
@@ -282,7 +309,8 @@ def run(ctx: Context, options: IngestOptions, ingest: ServiceProcess,
         runs.append(run_http(ctx, ingest, pipeline, options, batch, concurrency,
                              singles if batch == 1 else batches, profile, bodies))
     result: dict[str, Any] = {"pipeline": pipeline.name, "seconds_each": options.seconds,
-                              "http": runs}
+                              "api_processes": len(children(ingest.pid)) or 1, "http": runs}
     result["kcat"] = run_kcat(ctx, pipeline, options.kcat_records)
+    result["kcat_ratio"] = kcat_ratio(runs, result["kcat"], options.batch_size)
     result["kafka_python"] = run_kafka_python(ctx, pipeline, options.kafka_python_records)
     return result

@@ -107,8 +107,19 @@ def ingest_rows(ingest: dict[str, Any]) -> list[Row]:
     for key in ("kcat", "kafka_python"):
         run = ingest.get(key)
         if run:
+            runs = run.get("runs_records_per_s")
             rows.append(("ingest", run["label"], _n(run["records_per_s"], "records/s"),
-                         f"{run['records']:,} records in {run['seconds']:.1f} s"))
+                         f"{run['records']:,} records in {run['seconds']:.1f} s"
+                         + (f"; runs: {', '.join(f'{r:,}' for r in runs)} records/s"
+                            if runs else "")))
+    ratio = ingest.get("kcat_ratio")
+    if ratio:
+        verdict = "met" if ratio["goal_met"] else "NOT met"
+        rows.append(("ingest", f"chute's best {ratio['batch']:,}-record rate / kcat",
+                     f"{ratio['ratio']:.2f}x",
+                     f"{ratio['best_records_per_s']:,} records/s with "
+                     f"{ingest.get('api_processes', 1)} API process(es); goal >= "
+                     f"{ratio['goal']:g}x: {verdict}"))
     return rows
 
 

@@ -23,6 +23,32 @@ def read_memory(pid: int) -> tuple[int, int] | None:
     return values["VmRSS"], values["VmHWM"]
 
 
+def children(pid: int) -> list[int]:
+    """The direct children of a process (from every thread's /proc children list)."""
+    found: list[int] = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            found += [int(p) for p in (task / "children").read_text().split()]
+    except (OSError, ValueError):
+        pass
+    return found
+
+
+def read_tree_memory(pid: int) -> tuple[int, int] | None:
+    """read_memory summed over a process and its children (an ingest API that runs several
+    processes under a supervisor); the VmHWM sum is an upper bound of their joint peak."""
+    own = read_memory(pid)
+    if own is None:
+        return None
+    rss, hwm = own
+    for child in children(pid):
+        memory = read_memory(child)
+        if memory is not None:
+            rss += memory[0]
+            hwm += memory[1]
+    return rss, hwm
+
+
 @dataclass
 class _Track:
     pid: int
@@ -31,10 +57,11 @@ class _Track:
 
 
 class RssSampler:
-    """Samples the RSS of tracked processes every `interval` s in a daemon thread; a label's
-    figure is the largest sample seen while tracked, and with `kernel_peak` also VmHWM (the
-    kernel's own peak since the process started: right for a process started for the
-    measurement, wrong for growth within a window of a process that ran before)."""
+    """Samples the RSS of tracked processes (each with its children) every `interval` s in
+    a daemon thread; a label's figure is the largest sample seen while tracked, and with
+    `kernel_peak` also VmHWM (the kernel's own peak since the process started: right for a
+    process started for the measurement, wrong for growth within a window of a process that
+    ran before)."""
 
     def __init__(self, interval: float = 0.2, kernel_peak: bool = True) -> None:
         self.interval = interval
@@ -69,7 +96,7 @@ class RssSampler:
             track = self._tracks.get(label)
             if track is None:
                 return
-            memory = read_memory(track.pid)
+            memory = read_tree_memory(track.pid)
             if memory is not None:
                 rss, hwm = memory
                 if track.first is None:

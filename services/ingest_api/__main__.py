@@ -112,8 +112,11 @@ def start_gate(settings: IngestSettings, definitions: Definitions,
 def main() -> int:
     settings = load_settings(IngestSettings)
     configure_logging(settings.log_format, settings.log_level, service="ingest-api")
-    if settings.ingest_processes > 1 and not replicas.is_replica():
-        return replicas.supervise(settings.ingest_processes)
+    processes = replicas.process_count(settings.ingest_processes)
+    if replicas.is_replica():
+        replicas.follow_supervisor()
+    elif processes > 1:
+        return replicas.supervise(processes)
     try:
         definitions = load_definitions(settings.schemas)
     except DefinitionError as exc:

@@ -15,13 +15,14 @@ from chute.registry import Definitions
 from chute.server import OLD_SERVER, ServerProfile
 from fastapi import FastAPI, Request, Response
 from fastapi.openapi.utils import get_openapi
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
 from ingest_api.gate import ColumnGate
 from ingest_api.openapi import RESPONSES, model_schemas, request_body
 from ingest_api.produce import Producer
+from ingest_api.replica_metrics import metrics_text
 from ingest_api.service import IngestService, json_response
 from ingest_api.settings import IngestSettings
 
@@ -136,7 +137,7 @@ def create_app(settings: IngestSettings, definitions: Definitions, producer: Pro
 
     @app.get("/metrics")
     async def metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        return Response(metrics_text(), media_type=CONTENT_TYPE_LATEST)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

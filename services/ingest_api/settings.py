@@ -72,9 +72,9 @@ class IngestSettings(CommonSettings):
     # processes (replicas), not threads.
     ingest_worker_threads: int = Field(1, ge=1, le=64)
     # Processes serving the port together (SO_REUSEPORT; ingest_api.replicas): each uses one
-    # core at most. 1: this process serves. Each process has its own metrics: /metrics shows
-    # the one process that answered the scrape.
-    ingest_processes: int = Field(1, ge=1, le=64)
+    # core at most. 0: one per core available to the service (its CPU affinity and cgroup
+    # quota), at most 8; 1: this process serves alone. /metrics reports all of them together.
+    ingest_processes: int = Field(0, ge=0, le=64)
     # How often the pipelines' tables are checked for a column per field of their model
     # (ingest_api.gate: records are refused with 503 until they are).
     ingest_column_check_seconds: float = Field(5.0, gt=0, le=3600)

@@ -22,11 +22,14 @@ INGEST_REQUEST_SECONDS = Histogram(
     "chute_ingest_request_seconds", "Ingest request duration", ["pipeline"],
     buckets=_LATENCY_BUCKETS)
 # Ingest requests being processed right now (bounded by the in-flight limit).
-INGEST_IN_FLIGHT = Gauge("chute_ingest_in_flight_requests", "Ingest requests in progress")
+# Both gauges are summed over the processes of an ingest API that runs several.
+INGEST_IN_FLIGHT = Gauge("chute_ingest_in_flight_requests", "Ingest requests in progress",
+                         multiprocess_mode="livesum")
 # Requests whose body is still arriving and holds a receiving slot (bounded by
 # ingest_max_receiving_requests; bodies that arrive with their headers never take one).
 INGEST_RECEIVING = Gauge(
-    "chute_ingest_receiving_requests", "Ingest requests whose body is still arriving")
+    "chute_ingest_receiving_requests", "Ingest requests whose body is still arriving",
+    multiprocess_mode="livesum")
 # Clients the API gave up on or that gave up, by kind: disconnected (went away before its
 # body arrived), body_too_slow (408), header_timeout (408), header_too_large (431).
 INGEST_CLIENT_FAULTS = Counter(

@@ -51,6 +51,15 @@ def _listeners(port: int) -> set[int]:
             and c.pid is not None}
 
 
+def _sample(text: str, name: str, labels: str) -> float:
+    """The value of one series in a Prometheus text exposition (labels as written there)."""
+    series = f"{name}{{{labels}}}" if labels else name
+    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+              if line.startswith(series + " ")]
+    assert len(values) == 1, f"{series}: {values}"
+    return values[0]
+
+
 def _copies(service: ServiceProcess) -> list[psutil.Process]:
     return psutil.Process(service.pid).children()
 
@@ -79,6 +88,17 @@ def test_every_copy_listens_on_the_port_and_acknowledges_records(
             assert response.json() == {"accepted": 2}
         stored = read_all(consumer, topic, 80)
         assert len(stored) == 80
+        # Whichever copy answers a scrape reports every copy's counts, and the memory of
+        # the whole service.
+        for _ in range(6):
+            text = httpx.get(f"http://127.0.0.1:{service.port}/metrics", timeout=10,
+                             trust_env=False).text
+            accepted = _sample(text, "chute_ingest_records_total",
+                               f'pipeline="{topic}",result="accepted"')
+            assert accepted == 80, text
+            rss = _sample(text, "process_resident_memory_bytes", "")
+            assert rss >= sum(c.memory_info().rss for c in copies)
+            assert _sample(text, "chute_ingest_in_flight_requests", "") == 0
         assert service.terminate(timeout=30) == 0
         assert not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in copies)
     finally:
@@ -99,3 +119,25 @@ def test_a_copy_that_dies_stops_the_others_and_the_supervisor_fails(
         assert service.log_entries("an ingest API process exited; stopping the others")
     finally:
         service.kill()
+
+
+def test_the_copies_stop_when_the_supervisor_is_killed(tmp_path: Path, topic: str) -> None:
+    """SIGKILL cannot be forwarded: each copy asked the kernel for a SIGTERM when its parent
+    dies, so none keeps serving the port alone."""
+    service = _start(tmp_path, topic, processes=2)
+    try:
+        copies = _copies(service)
+        assert len(copies) == 2
+        os.kill(service.pid, signal.SIGKILL)
+        service.wait_exit(timeout=30)
+        _gone, alive = psutil.wait_procs(copies, timeout=30)
+        assert not alive, f"copies still running after the supervisor was killed: {alive}"
+        assert not _listeners(service.port)
+    finally:
+        service.kill()
+        for copy in _copies_left(copies):
+            copy.kill()
+
+
+def _copies_left(copies: list[psutil.Process]) -> list[psutil.Process]:
+    return [c for c in copies if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
