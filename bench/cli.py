@@ -113,7 +113,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="also measure the ingest API of another source tree (its services/ "
                         "and shared/, e.g. an export of main), each measurement right "
                         "before this tree's, on the same pipeline")
-    g.add_argument("--kcat-records", type=_positive(int), default=1_000_000,
+    g.add_argument("--kcat-records", type=_positive(int), default=2_000_000,
                    help="records produced with kcat -P")
     g.add_argument("--kafka-python-records", type=_positive(int), default=300_000,
                    help="records produced with kafka-python in-process")
