@@ -39,7 +39,7 @@ SUPERVISOR_ENV = "CHUTE_INGEST_SUPERVISOR_PID"
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 POLL_SECONDS = 0.2
 # CHUTE_INGEST_PROCESSES=0 (the default) starts one copy per core, at most this many: each
-# holds a Kafka producer and its connections, and ~60 MiB.
+# holds a Kafka producer and its connections, and about 100 MiB under load (scripts/bench).
 AUTO_MAXIMUM = 8
 
 
