@@ -15,16 +15,16 @@ few hundred requests per second); partitions added in between are used after the
 Every record carries the header `chute-model` (`chute.fingerprint`): the fingerprint of the
 model that validated it, computed once per topic when the sink is made.
 
-Acknowledgements are bridged to asyncio without a thread per request: every record's delivery
-report (on a producer thread) counts acknowledgements; the last one, or the first failure,
-resolves an asyncio future through `call_soon_threadsafe`.
+Acknowledgements are bridged to asyncio without a thread per request: a request's one report
+(its last record acknowledged, or its first failure; counted by the batch producer, or here by
+`BatchOutcome` from per-record reports) resolves an asyncio future through
+`call_soon_threadsafe`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import threading
 import time
 import zlib
@@ -32,7 +32,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
 from chute.fingerprint import FINGERPRINT_HEADER, model_fingerprint
-from chute.kafka import DeliveryCallback, Headers, KafkaClientError
+from chute.kafka import BatchOutcome, DeliveryCallback, Headers, KafkaClientError
 from pydantic import BaseModel
 
 from ingest_api.body import EncodedBatch
@@ -52,12 +52,13 @@ class Producer(Protocol):
 
 @runtime_checkable
 class BatchProducer(Producer, Protocol):
-    """A producer that takes many records in one call (chute.kafka's confluent-kafka one) and
-    can refuse at once instead of blocking when its queue is full."""
+    """A producer that takes many records in one call and reports them once (chute.kafka's
+    native and confluent-kafka ones), and can refuse at once instead of blocking when its
+    queue is full."""
 
     def send_batch(self, topic: str, values: Sequence[bytes],
                    keys: Sequence[bytes | None], partitions: Sequence[int],
-                   headers: Headers, on_delivery: DeliveryCallback,
+                   headers: Headers, on_done: DeliveryCallback,
                    block: bool = True) -> None: ...
 
 
@@ -84,36 +85,18 @@ class RoundRobin:
 
 
 class AckWaiter:
-    """Resolves `future` once `expect(n)` acknowledgements arrived, or with the first error.
+    """Resolves `future` with a request's one report: success, or its first failure.
 
-    Created on the event loop; `on_delivery`/`on_error` may be called from any thread.
+    Created on the event loop; `on_done` may be called from any thread.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self.future: asyncio.Future[None] = loop.create_future()
-        self._expected = -1
-        self._acks = itertools.count(1)  # next() is atomic in CPython: no lock needed
-        self._failed = False
 
-    def expect(self, count: int) -> None:
-        """Set before the first record is sent."""
-        self._expected = count
-        if count == 0:
-            self._post(None)
-
-    def on_delivery(self, error: KafkaClientError | None) -> None:
-        """The producer's report for one record."""
-        if error is None:
-            if next(self._acks) == self._expected:
-                self._post(None)
-        else:
-            self.on_error(error)
-
-    def on_error(self, exc: BaseException) -> None:
-        if not self._failed:
-            self._failed = True
-            self._post(exc)
+    def on_done(self, error: KafkaClientError | None) -> None:
+        """Every record acknowledged (None), or the first failure."""
+        self._post(error)
 
     def _post(self, exc: BaseException | None) -> None:
         with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
@@ -176,8 +159,8 @@ class KafkaSink:
         `block` False (only where sends_without_blocking): a full buffer raises at once.
         """
         count = len(batch)
-        waiter.expect(count)
         if count == 0:
+            waiter.on_done(None)
             return
         partitions = self._known_partitions(topic)
         if batch.keys is not None:
@@ -189,10 +172,10 @@ class KafkaSink:
         headers = self._headers[topic]
         if self._batch is not None:
             self._batch.send_batch(topic, batch.values, keys, chosen, headers,
-                                   waiter.on_delivery, block)
+                                   waiter.on_done, block)
             return
         send = self.producer.send
-        on_delivery = waiter.on_delivery
+        on_delivery = BatchOutcome(count, waiter.on_done)
         for value, key, partition in zip(batch.values, keys, chosen, strict=True):
             send(topic, value, key=key, partition=partition, headers=headers,
                  on_delivery=on_delivery)

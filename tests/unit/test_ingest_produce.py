@@ -7,7 +7,7 @@ import asyncio
 from collections.abc import Sequence
 
 import orjson
-from chute.kafka import DeliveryCallback, Headers, KafkaTimeout
+from chute.kafka import BatchOutcome, DeliveryCallback, Headers, KafkaTimeout
 from fastapi.testclient import TestClient
 from ingest_api.body import EncodedBatch
 from ingest_api.produce import PARTITIONS_REFRESH_SECONDS, AckWaiter, KafkaSink
@@ -70,14 +70,15 @@ class BatchFakeProducer(FakeProducer):
 
     def send_batch(self, topic: str, values: Sequence[bytes],
                    keys: Sequence[bytes | None], partitions: Sequence[int],
-                   headers: Headers, on_delivery: DeliveryCallback,
+                   headers: Headers, on_done: DeliveryCallback,
                    block: bool = True) -> None:
         self.blocking.append(block)
         if self.full and not block:
             raise KafkaTimeout(f"producer buffer full (topic {topic})")
+        outcome = BatchOutcome(len(values), on_done)
         for value, key, partition in zip(values, keys, partitions, strict=True):
             self.send(topic, value, key=key, partition=partition, headers=headers,
-                      on_delivery=on_delivery)
+                      on_delivery=outcome)
 
 
 def test_small_bodies_are_sent_without_blocking_and_large_ones_from_the_pool() -> None:

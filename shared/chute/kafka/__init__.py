@@ -7,12 +7,14 @@ are the only place that picks one; the backend packages are imported only when c
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from typing import Any, Literal, get_args
 
 from chute.kafka.seam import (
     Admin,
+    BatchOutcome,
     CommitRebalanced,
     Consumer,
     ConsumerOptions,
@@ -41,6 +43,7 @@ __all__ = [
     "CLIENTS",
     "DEFAULT_CLIENT",
     "Admin",
+    "BatchOutcome",
     "CommitRebalanced",
     "Consumer",
     "ConsumerOptions",
@@ -85,15 +88,25 @@ def security_from_env() -> KafkaSecurity:
 
 def producer(bootstrap: str, options: ProducerOptions | None = None, *,
              client: str | None = None, extra: Mapping[str, Any] | None = None,
-             security: KafkaSecurity | None = None) -> Producer:
+             security: KafkaSecurity | None = None, native: bool = False) -> Producer:
     """A producer that reports success only once every in-sync replica has the record.
     `extra`: settings in the backend's own vocabulary (tests, special deployments);
-    `security`: TLS/SASL, by default from the environment (security_from_env)."""
+    `security`: TLS/SASL, by default from the environment (security_from_env);
+    `native`: on librdkafka, chute's batch producer (chute.kafka.native) where it was built and
+    the system's librdkafka takes the configuration; otherwise confluent-kafka's (logged)."""
     options = options or ProducerOptions()
     security = security or security_from_env()
     if (client or client_from_env()) == "kafka-python":
         from chute.kafka.kafkapython.producer import KafkaPythonProducer
         return KafkaPythonProducer(bootstrap, options, extra, security)
+    if native:
+        try:
+            from chute.kafka.native.producer import NativeProducer
+            return NativeProducer(bootstrap, options, extra, security)
+        except (ImportError, ValueError, TypeError) as exc:
+            logging.getLogger(__name__).warning(
+                "chute's native batch producer is not available, using confluent-kafka's "
+                "(about half the records/s per core): %s: %s", type(exc).__name__, exc)
     from chute.kafka.confluent.producer import ConfluentProducer
     return ConfluentProducer(bootstrap, options, extra, security)
 

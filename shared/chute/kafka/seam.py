@@ -11,7 +11,9 @@ Contract points the services rely on:
 - `Consumer.commit` is synchronous; a commit refused because the group moved on raises
   `CommitRebalanced` (nothing to retry: the new owner re-reads from the last commit).
 - `Producer.send` waits at most the producer's `max_block_ms` (metadata, buffer space) and
-  reports each record's outcome once, through `on_delivery`, on some other thread.
+  reports each record's outcome once, through `on_delivery`, on some other thread. A producer
+  that takes whole batches (`send_batch`, on librdkafka) reports a batch once instead:
+  `BatchOutcome` is that report made from per-record ones.
 """
 
 from __future__ import annotations
@@ -141,6 +143,31 @@ class TopicExists(KafkaClientError):
 
 
 DeliveryCallback = Callable[[KafkaClientError | None], None]
+
+
+class BatchOutcome:
+    """One report for a batch of `count` records from their per-record reports: `on_done(None)`
+    once all are acknowledged, or `on_done(error)` at the first failure; never twice.
+    Per-record reports may come from any thread."""
+
+    def __init__(self, count: int, on_done: DeliveryCallback) -> None:
+        self._lock = threading.Lock()
+        self._left = count
+        self._reported = False
+        self._on_done = on_done
+        if count == 0:
+            self._reported = True
+            on_done(None)
+
+    def __call__(self, error: KafkaClientError | None) -> None:
+        with self._lock:
+            if self._reported:
+                return
+            self._left -= 1
+            if error is None and self._left > 0:
+                return
+            self._reported = True
+        self._on_done(error)
 
 
 @dataclass(frozen=True)
