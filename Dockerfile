@@ -4,10 +4,15 @@
 #   docker run chute python -m ingest_api          (CHUTE_INGEST_PORT, default 4000)
 #   docker run chute python -m sync_worker         (CHUTE_SYNC_PORT, default 4100)
 #   docker run chute python -m control_plane serve (CHUTE_CONTROL_PORT, default 4200)
-# The image holds `pip install .` of the project in /opt/venv, and runs as an unprivileged user.
+# The image holds `pip install .` of the project in /opt/venv (with its C extension, built
+# against Debian's librdkafka), and runs as an unprivileged user.
 
 FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# A C compiler and librdkafka's headers for chute's batch producer (shared/chute/kafka/native).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev librdkafka-dev \
+ && rm -rf /var/lib/apt/lists/*
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
@@ -37,6 +42,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PATH=/opt/venv/bin:$PATH \
     CHUTE_LOG_FORMAT=json \
     CHUTE_SCHEMAS=schemas
+# librdkafka for the batch producer built above (the same Debian release as the build stage).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends librdkafka1 \
+ && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system --gid 10001 chute \
  && useradd --system --uid 10001 --gid chute --home-dir /app --no-create-home \
       --shell /usr/sbin/nologin chute

@@ -43,7 +43,7 @@ def connect_producer(settings: IngestSettings) -> kafka.Producer:
         try:
             return kafka.producer(settings.kafka_bootstrap, settings.producer_options(
                 bootstrap_timeout_ms=int(max(1.0, min(10.0, remaining)) * 1000)),
-                security=settings.kafka_security())
+                security=settings.kafka_security(), native=settings.ingest_native_producer)
         except Exception as exc:  # broker unreachable (kafka-python checks at start), DNS...
             remaining = deadline - time.monotonic()
             error = f"{type(exc).__name__}: {exc}"
@@ -135,6 +135,7 @@ def main() -> int:
     profile = detect_server(settings)
     gate = start_gate(settings, definitions, profile)
     producer = connect_producer(settings)
+    log.info("kafka producer ready", producer=type(producer).__name__)
 
     def close_producer() -> None:
         # Every request was answered; whatever is still buffered belongs to requests that

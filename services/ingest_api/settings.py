@@ -75,6 +75,13 @@ class IngestSettings(CommonSettings):
     # core at most. 0: one per core available to the service (its CPU affinity and cgroup
     # quota), at most 8; 1: this process serves alone. /metrics reports all of them together.
     ingest_processes: int = Field(0, ge=0, le=64)
+    # Records go to Kafka through chute's own librdkafka batch producer (chute.kafka.native,
+    # a C extension): a request's records in one call, one report per request instead of one
+    # per record (measured with 1,000-record requests: 4.8 -> 3.8 CPU-us per record, 315,000
+    # -> 386,000 records/s with two processes on two cores). Same settings and guarantees.
+    # Where the extension was not built, or the system's librdkafka cannot take the
+    # configuration, confluent-kafka's producer is used (logged at start).
+    ingest_native_producer: bool = True
     # How often the pipelines' tables are checked for a column per field of their model
     # (ingest_api.gate: records are refused with 503 until they are).
     ingest_column_check_seconds: float = Field(5.0, gt=0, le=3600)

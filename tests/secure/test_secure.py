@@ -8,7 +8,6 @@ import json
 import subprocess
 import time
 import uuid
-from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
@@ -19,22 +18,9 @@ from clickhouse_driver import Client
 from dev_runner import secure
 from dev_runner.settings import Settings
 
+from testkit.reading import read_topic
 from tests.secure import identity_provider
 from tests.support import PYTHON, ROOT, wait_for
-
-
-class StartAtCommit:
-    """A rebalance listener that keeps the seam's defaults (the earliest offset here)."""
-
-    def on_assigned(self, partitions: Sequence[kafka.TopicPartition]
-                    ) -> dict[kafka.TopicPartition, int]:
-        return {}
-
-    def on_revoked(self, partitions: Sequence[kafka.TopicPartition]) -> None:
-        pass
-
-    def on_lost(self, partitions: Sequence[kafka.TopicPartition]) -> None:
-        pass
 
 
 def secure_clickhouse(s: Settings) -> Client:
@@ -82,18 +68,8 @@ def round_trip(bootstrap: str, client: str, security: KafkaSecurity) -> None:
         producer.close(5)
         ends = admin.end_offsets([kafka.TopicPartition(topic, 0)])
         assert ends[kafka.TopicPartition(topic, 0)] == 2
-        consumer = kafka.consumer(bootstrap, kafka.ConsumerOptions(group_id=f"g-{topic}"),
-                                  client=client, security=security)
-        try:
-            consumer.subscribe([topic], StartAtCommit())
-            got: list[bytes | None] = []
-            deadline = time.monotonic() + 30
-            while len(got) < 2 and time.monotonic() < deadline:
-                for batch in consumer.poll(0.2).values():
-                    got.extend(batch.values)
-            assert got == [b"one", b"two"]
-        finally:
-            consumer.close()
+        got = read_topic(bootstrap, topic, 2, client=client, security=security)
+        assert [record.value for record in got] == [b"one", b"two"]
     finally:
         admin.delete_topic(topic)
         admin.close()

@@ -277,6 +277,25 @@ def test_the_build_context_holds_everything_the_dockerfile_copies() -> None:
     assert re.search(r"pip install (--no-deps )?\.(\s|$)", runs), "installs the project"
 
 
+def test_the_image_builds_and_runs_the_c_extension_as_the_native_install_does() -> None:
+    """The build stage installs what scripts/install-python installs for the ingest API's
+    batch producer (a C compiler, librdkafka's headers); the image it runs in has librdkafka."""
+    instructions = dockerfile_instructions()
+    stages = [i for i, (keyword, _) in enumerate(instructions) if keyword == "FROM"]
+    assert len(stages) == 2
+    build_runs = " ".join(args for keyword, args in instructions[stages[0]:stages[1]]
+                          if keyword == "RUN")
+    final_runs = " ".join(args for keyword, args in instructions[stages[1]:] if keyword == "RUN")
+    installed = re.search(r"^apt_install (.+)$",
+                          (REPO / "scripts" / "install-python").read_text(), re.M)
+    assert installed is not None
+    for package in installed.group(1).split():
+        assert re.search(rf"apt-get install .*\b{re.escape(package)}\b", build_runs), package
+    assert re.search(r"apt-get install .*\blibrdkafka1\b", final_runs)
+    # one Debian release for both stages: the extension links the librdkafka it runs with
+    assert instructions[stages[0]][1].split()[0] == instructions[stages[1]][1].split()[0]
+
+
 def test_the_image_runs_as_an_unprivileged_user_and_exposes_every_service_port() -> None:
     instructions = dockerfile_instructions()
     final = instructions[max(i for i, (k, _) in enumerate(instructions) if k == "FROM"):]
