@@ -4,7 +4,8 @@ side on one machine and printed as one table (and written as JSON).
     sync      rows/s from a pre-filled topic into ClickHouse: chute's sync worker (1 and 2
               processes) versus ClickHouse's own Kafka table engine + materialized view
     ingest    records/s acknowledged by the ingest API for 1- and 1,000-record requests, next
-              to producing the same records straight to Kafka (kcat/librdkafka, kafka-python)
+              to producing the same records straight to Kafka (kcat/librdkafka, and chute's own
+              producer in-process)
     latency   POST acknowledged -> row visible, p50/p99, at a steady offered rate
     memory    peak RSS of the services during the above; bytes per buffered row of the worker
 

@@ -115,8 +115,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "before this tree's, on the same pipeline")
     g.add_argument("--kcat-records", type=_positive(int), default=2_000_000,
                    help="records produced with kcat -P")
-    g.add_argument("--kafka-python-records", type=_positive(int), default=300_000,
-                   help="records produced with kafka-python in-process")
+    g.add_argument("--producer-records", type=_positive(int), default=300_000,
+                   help="records produced in-process with the ingest API's own producer")
     g = p.add_argument_group("latency")
     g.add_argument("--latency-rate", type=_ints, default=(10_000, 50_000),
                    help="records/s offered, one measurement per rate (comma-separated)")
@@ -315,7 +315,7 @@ def run_ingest_and_latency(ctx: Context, args: argparse.Namespace,
                 batch_concurrency=args.ingest_batch_concurrency,
                 batch_size=args.ingest_batch_size,
                 kcat_records=args.kcat_records,
-                kafka_python_records=args.kafka_python_records), api, pipelines["ingest"],
+                producer_records=args.producer_records), api, pipelines["ingest"],
                 baseline))
         if "latency" in pipelines:
             section("latency", lambda: {"runs": [latency.run(

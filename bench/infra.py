@@ -184,7 +184,8 @@ class Profiler:
         log = (self.out_dir / f"profile-{label}.log").open("wb")
         proc = subprocess.Popen(
             [exe, "record", "--pid", str(pid), "--rate", str(self.rate), "--format", "raw",
-             "--nolineno", "--threads", "--nonblocking", "--output", str(path)],
+             "--nolineno", "--threads", "--subprocesses", "--nonblocking", "--output",
+             str(path)],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         return Profile(label, pid, path, proc)

@@ -17,8 +17,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import psutil
+from chute.fingerprint import FINGERPRINT_HEADER
 from chute.kafka import KafkaClientError, ProducerOptions, client_from_env
 from chute.kafka import producer as kafka_producer
+from ingest_api.produce import BatchProducer
 
 from bench import wrk
 from bench.context import Context, Pipeline
@@ -41,7 +43,7 @@ class IngestOptions:
     batch_concurrency: tuple[int, ...]
     batch_size: int
     kcat_records: int
-    kafka_python_records: int
+    producer_records: int
 
 
 def _requests(pipeline: Pipeline, port: int, batch: int, count: int,
@@ -244,12 +246,15 @@ def kcat_ratio(http_runs: list[dict[str, Any]], kcat: dict[str, Any],
             "goal": KCAT_GOAL, "goal_met": ratio >= KCAT_GOAL}
 
 
-def run_kafka_python(ctx: Context, pipeline: Pipeline, records: int) -> dict[str, Any]:
-    """The ingest API's own send path without HTTP and validation: KafkaProducer.send per
-    record (key, crc32 partition, acks=all, linger 5 ms) with a callback, then flush."""
+def run_producer(ctx: Context, pipeline: Pipeline, records: int) -> dict[str, Any]:
+    """The ingest API's own producer without HTTP and validation (chute.kafka.producer as the
+    API makes it): keyed records with the chute-model header, crc32 partitions, acks=all,
+    linger 5 ms; in 1,000-record batches where the producer takes batches (as KafkaSink
+    sends them), else one send per record with a callback; then flush."""
     pairs = [(k.encode(), v.encode()) for k, v in keyed_records(records, "p")]
     client = kafka_producer(ctx.endpoints.kafka,
-                            ProducerOptions(linger_ms=5, client_id="chute-bench"))
+                            ProducerOptions(linger_ms=5, client_id="chute-bench"), native=True)
+    headers = ((FINGERPRINT_HEADER, b"bench"),)
     try:
         partitions = sorted(client.partitions_for(pipeline.topic))
         n = len(partitions)
@@ -259,21 +264,34 @@ def run_kafka_python(ctx: Context, pipeline: Pipeline, records: int) -> dict[str
             if error is None:
                 acked[0] += 1
 
-        ctx.progress.status(f"kafka-python: {records:,} records")
+        ctx.progress.status(f"{type(client).__name__}: {records:,} records")
         started = time.monotonic()
-        send = client.send
         topic = pipeline.topic
-        for key, value in pairs:
-            send(topic, value, key=key, partition=partitions[zlib.crc32(key) % n],
-                 on_delivery=on_ack)
+        if isinstance(client, BatchProducer):
+            for start in range(0, records, 1_000):
+                chunk = pairs[start:start + 1_000]
+                keys = [key for key, _ in chunk]
+
+                def on_batch(error: KafkaClientError | None, count: int = len(chunk)) -> None:
+                    if error is None:
+                        acked[0] += count
+
+                client.send_batch(topic, [value for _, value in chunk], keys,
+                                  [partitions[zlib.crc32(key) % n] for key in keys], headers,
+                                  on_batch)
+        else:
+            for key, value in pairs:
+                client.send(topic, value, key=key, partition=partitions[zlib.crc32(key) % n],
+                            headers=headers, on_delivery=on_ack)
         client.flush(timeout=300)
         seconds = time.monotonic() - started
     finally:
         client.close(timeout=10)
     if acked[0] != records:
-        raise BenchError(f"kafka-python: {acked[0]} of {records} records acknowledged")
-    result = {"label": f"{client_from_env()} producer via chute.kafka, acks=all "
-                       "(in-process, no HTTP)",
+        raise BenchError(f"{type(client).__name__}: {acked[0]} of {records} records "
+                         "acknowledged")
+    result = {"label": f"chute's producer ({type(client).__name__}, {client_from_env()}), "
+                       "acks=all (in-process, no HTTP)",
               "records": records, "seconds": round(seconds, 3),
               "records_per_s": round(records / seconds)}
     ctx.progress.step(f"ingest: {result['label']}: {result['records_per_s']:,} records/s")
@@ -312,5 +330,5 @@ def run(ctx: Context, options: IngestOptions, ingest: ServiceProcess,
                               "api_processes": len(children(ingest.pid)) or 1, "http": runs}
     result["kcat"] = run_kcat(ctx, pipeline, options.kcat_records)
     result["kcat_ratio"] = kcat_ratio(runs, result["kcat"], options.batch_size)
-    result["kafka_python"] = run_kafka_python(ctx, pipeline, options.kafka_python_records)
+    result["producer"] = run_producer(ctx, pipeline, options.producer_records)
     return result

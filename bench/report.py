@@ -104,7 +104,7 @@ def ingest_rows(ingest: dict[str, Any]) -> list[Row]:
             detail += (f"; {run['generator']} used {run['generator_cpu_s']:.1f} CPU-s in "
                        f"{run['seconds']:.1f} s")
         rows.append(("ingest", run["label"], _n(run["records_per_s"], "records/s"), detail))
-    for key in ("kcat", "kafka_python"):
+    for key in ("kcat", "producer"):
         run = ingest.get(key)
         if run:
             runs = run.get("runs_records_per_s")

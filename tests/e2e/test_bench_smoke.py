@@ -19,7 +19,7 @@ RECORDS = 20_000
 SMOKE_ARGS = [
     "--records", str(RECORDS), "--stall-timeout", "30",
     "--ingest-seconds", "1", "--ingest-concurrency", "1,8", "--ingest-batch-concurrency", "2",
-    "--kcat-records", "20000", "--kafka-python-records", "20000",
+    "--kcat-records", "20000", "--producer-records", "20000",
     "--latency-rate", "2000", "--latency-seconds", "5",
     "--memory-rows", "20000",
 ]
@@ -73,7 +73,7 @@ def test_bench_runs_at_a_tiny_size_and_reports_every_figure(
         assert run["records"] > 0 and set(run["statuses"]) == {"200"}, run
         for key in ("records_per_s", "requests_per_s", "p50_ms", "p99_ms"):
             assert _number(run[key]), (key, run)
-    for key in ("kcat", "kafka_python"):
+    for key in ("kcat", "producer"):
         assert ingest[key]["records"] == 20_000 and _number(ingest[key]["records_per_s"])
 
     [latency] = sections["latency"]["runs"]
