@@ -21,7 +21,7 @@ from starlette.types import Receive, Scope, Send
 
 from ingest_api.gate import ColumnGate
 from ingest_api.openapi import RESPONSES, model_schemas, request_body
-from ingest_api.produce import Producer
+from ingest_api.produce import LoopReporting, Producer
 from ingest_api.replica_metrics import metrics_text
 from ingest_api.service import IngestService, json_response
 from ingest_api.settings import IngestSettings
@@ -81,7 +81,11 @@ def create_app(settings: IngestSettings, definitions: Definitions, producer: Pro
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        detach = (producer.report_on(asyncio.get_running_loop())
+                  if isinstance(producer, LoopReporting) else None)
         yield
+        if detach is not None:
+            detach()
         service.executor.shutdown(wait=False, cancel_futures=True)
         service.metadata_executor.shutdown(wait=False, cancel_futures=True)
         if on_shutdown is not None:

@@ -51,6 +51,14 @@ class Producer(Protocol):
 
 
 @runtime_checkable
+class LoopReporting(Protocol):
+    """A producer whose reports an event loop can hand on itself (chute.kafka's native one):
+    no thread switch per request."""
+
+    def report_on(self, loop: asyncio.AbstractEventLoop) -> Callable[[], None]: ...
+
+
+@runtime_checkable
 class BatchProducer(Producer, Protocol):
     """A producer that takes many records in one call and reports them once (chute.kafka's
     native and confluent-kafka ones), and can refuse at once instead of blocking when its
@@ -92,6 +100,7 @@ class AckWaiter:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
+        self._loop_thread = threading.get_ident()
         self.future: asyncio.Future[None] = loop.create_future()
 
     def on_done(self, error: KafkaClientError | None) -> None:
@@ -99,6 +108,9 @@ class AckWaiter:
         self._post(error)
 
     def _post(self, exc: BaseException | None) -> None:
+        if threading.get_ident() == self._loop_thread:  # reports served by the loop itself
+            self._resolve(exc)
+            return
         with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
             self._loop.call_soon_threadsafe(self._resolve, exc)
 

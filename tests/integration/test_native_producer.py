@@ -9,6 +9,7 @@ purge at close).
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Iterator
 
@@ -173,3 +174,36 @@ def test_a_full_queue_refuses_at_once_or_after_max_block_and_close_fails_the_res
     assert set(reports.got) == {"fits"}
     [error] = reports.got["fits"]
     assert error is not None
+
+
+def test_an_event_loop_can_hand_the_reports_on_itself(
+        topic: str, producer: NativeProducer) -> None:
+    """After report_on(loop), a batch's report runs on the loop's thread (no thread switch);
+    after the detach, on the report thread again."""
+    loop = asyncio.new_event_loop()
+    threads: list[int] = []
+    try:
+        async def one_batch() -> KafkaClientError | None:
+            done: asyncio.Future[KafkaClientError | None] = loop.create_future()
+
+            def on_done(error: KafkaClientError | None) -> None:
+                threads.append(threading.get_ident())
+                done.set_result(error)
+            producer.send_batch(topic, [b"a", b"b"], [None, None], [0, 1], HEADER, on_done)
+            return await asyncio.wait_for(done, 20)
+
+        async def attached() -> None:
+            detach = producer.report_on(asyncio.get_running_loop())
+            try:
+                assert await one_batch() is None
+            finally:
+                detach()
+
+        loop.run_until_complete(attached())
+        assert threads == [threading.get_ident()]
+    finally:
+        loop.close()
+    reports = Reports()
+    producer.send_batch(topic, [b"c"], [None], [2], HEADER, reports.callback("after"))
+    reports.wait({"after"}, timeout=20)
+    assert reports.got == {"after": [None]}

@@ -2,16 +2,18 @@
 call and comes back as one report, without the interpreter lock per record.
 
 Same configuration, same guarantees as chute.kafka.confluent's producer (acks=all,
-idempotence, message.timeout.ms); only the path of records and reports differs. One daemon
-thread waits for finished batches and librdkafka's log lines and hands them on.
+idempotence, message.timeout.ms); only the path of records and reports differs. Finished
+batches and librdkafka's log lines are handed on by a daemon thread, or by an asyncio event loop
+(`report_on`) when it reads the producer's eventfd: then without a thread switch per report.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from confluent_kafka import KafkaError
@@ -61,9 +63,9 @@ class NativeProducer(Producer):
         self._max_block = options.max_block_ms / 1000
         self._waiting: dict[int, tuple[DeliveryCallback, str]] = {}
         self._closed = threading.Event()
-        self._reporter = threading.Thread(target=self._report, name="kafka-batch-reports",
-                                          daemon=True)
-        self._reporter.start()
+        self._reporter: threading.Thread | None = None
+        self._reporter_stop = threading.Event()
+        self._start_reporter()
         if options.bootstrap_timeout_ms > 0:
             try:
                 self._producer.ping(options.bootstrap_timeout_ms / 1000)
@@ -71,9 +73,35 @@ class NativeProducer(Producer):
                 self.close(0)
                 raise _error(exc.args, f"connect to {bootstrap}") from None
 
-    def _report(self) -> None:
-        while not self._closed.is_set():
+    def _start_reporter(self) -> None:
+        self._reporter_stop = stop = threading.Event()
+        self._reporter = threading.Thread(target=self._report, args=(stop,),
+                                          name="kafka-batch-reports", daemon=True)
+        self._reporter.start()
+
+    def _stop_reporter(self) -> None:
+        self._reporter_stop.set()
+        if self._reporter is not None:
+            self._reporter.join(timeout=1)
+            self._reporter = None
+
+    def _report(self, stop: threading.Event) -> None:
+        while not stop.is_set():
             self._hand_on(0.1)
+
+    def report_on(self, loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
+        """Hand reports on from `loop` (a reader on the producer's eventfd) instead of the
+        report thread, so callbacks run on the loop's thread. Call on the loop's thread; the
+        function returned (same thread) gives them back to a report thread."""
+        self._stop_reporter()
+        fd = self._producer.fileno()
+        loop.add_reader(fd, self._hand_on, 0.0)
+
+        def detach() -> None:
+            loop.remove_reader(fd)
+            if not self._closed.is_set():
+                self._start_reporter()
+        return detach
 
     def _hand_on(self, timeout: float) -> None:
         finished, logs = self._producer.wait(timeout)
@@ -170,7 +198,7 @@ class NativeProducer(Producer):
         self._producer.flush(timeout)
         self._producer.close()
         self._closed.set()
-        self._reporter.join(timeout=1)
+        self._stop_reporter()
         self._hand_on(0)  # the failures of what close() purged
 
 

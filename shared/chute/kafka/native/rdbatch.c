@@ -547,7 +547,19 @@ static PyObject *Producer_batch(ProducerObject *self, PyObject *unused) {
     return (PyObject *)batch;
 }
 
+/* fileno() -> int: readable when wait() has something to hand over (for an event loop). */
+static PyObject *Producer_fileno(ProducerObject *self, PyObject *unused) {
+    (void)unused;
+    if (!self->box) {
+        PyErr_SetString(PyExc_RuntimeError, "producer was never initialised");
+        return NULL;
+    }
+    return PyLong_FromLong(self->box->efd);
+}
+
 static PyMethodDef Producer_methods[] = {
+    {"fileno", (PyCFunction)Producer_fileno, METH_NOARGS,
+     "fileno() -> int: an eventfd, readable when wait() has something to hand over"},
     {"batch", (PyCFunction)Producer_batch, METH_NOARGS,
      "batch() -> Batch: a new batch; its one report comes from wait() under its id"},
     {"send", (PyCFunction)Producer_send, METH_VARARGS,
