@@ -10,6 +10,7 @@ batches and librdkafka's log lines are handed on by a daemon thread, or by an as
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import threading
 import time
@@ -36,6 +37,29 @@ _LOG_LEVELS = {0: logging.CRITICAL, 1: logging.CRITICAL, 2: logging.CRITICAL, 3:
                4: logging.WARNING, 5: logging.INFO, 6: logging.INFO, 7: logging.DEBUG}
 _UNKNOWN_TOPIC = {KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC}
 _SPACE_WAIT_SECONDS = 0.005  # a full queue is asked again this often while send() blocks
+# librdkafka before 2.6.1 sends SCRAM's client nonce twice in its final message, which Kafka
+# 4.x brokers refuse as invalid credentials (librdkafka #4895; Debian 12 ships 2.0.2).
+SCRAM_FIXED_IN = (2, 6, 1)
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    """'2.0.2' -> (2, 0, 2); a suffix after the numbers ('2.6.1-RC1') is ignored."""
+    numbers = []
+    for part in version.split("."):
+        digits = "".join(itertools.takewhile(str.isdigit, part))
+        if not digits:
+            break
+        numbers.append(int(digits))
+    return tuple(numbers)
+
+
+def unsupported(config: Mapping[str, Any], librdkafka_version: str) -> str | None:
+    """Why the linked librdkafka should not serve `config`, or None."""
+    mechanism = str(config.get("sasl.mechanism", "")).upper()
+    if mechanism.startswith("SCRAM") and version_tuple(librdkafka_version) < SCRAM_FIXED_IN:
+        return (f"librdkafka {librdkafka_version} cannot authenticate with {mechanism} to "
+                "Kafka 4.x brokers (fixed in 2.6.1)")
+    return None
 
 
 def _as_text(value: Any) -> str:
@@ -55,10 +79,13 @@ class NativeProducer(Producer):
     def __init__(self, bootstrap: str, options: ProducerOptions,
                  extra: Mapping[str, Any] | None = None,
                  security: KafkaSecurity = PLAINTEXT) -> None:
-        """ValueError/TypeError when librdkafka as linked cannot take the configuration
-        (e.g. a library built without a feature it asks for); KafkaClientError when no broker
-        answers within bootstrap_timeout_ms."""
+        """ValueError/TypeError when librdkafka as linked cannot serve the configuration
+        (a library built without a feature it asks for, or too old for it); KafkaClientError
+        when no broker answers within bootstrap_timeout_ms."""
         config = librdkafka_producer_config(bootstrap, options, extra, security)
+        reason = unsupported(config, rdbatch.librdkafka_version())
+        if reason is not None:
+            raise ValueError(reason)
         self._producer = rdbatch.Producer({k: _as_text(v) for k, v in config.items()})
         self._max_block = options.max_block_ms / 1000
         self._waiting: dict[int, tuple[DeliveryCallback, str]] = {}
