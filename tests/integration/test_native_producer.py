@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from chute import kafka
@@ -25,7 +25,7 @@ from chute.kafka import (
 from chute.kafka.native.producer import NativeProducer
 
 from testkit.reading import read_topic
-from tests.support import free_port
+from tests.support import free_port, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -207,3 +207,42 @@ def test_an_event_loop_can_hand_the_reports_on_itself(
     producer.send_batch(topic, [b"c"], [None], [2], HEADER, reports.callback("after"))
     reports.wait({"after"}, timeout=20)
     assert reports.got == {"after": [None]}
+
+
+def test_close_while_other_threads_are_inside_the_producer(
+        kafka_bootstrap: str, topic: str) -> None:
+    """close() while other threads send, flush and ask for metadata (the last two wait
+    without the interpreter lock): nothing crashes, and each thread then hears that the
+    producer is closed."""
+    producer = kafka.producer(kafka_bootstrap, ProducerOptions(linger_ms=20), native=True)
+    assert isinstance(producer, NativeProducer)
+    calls: dict[str, Callable[[], object]] = {
+        "flush": lambda: producer.flush(0.05),
+        "metadata": lambda: producer.partitions_for(topic),
+        "send": lambda: producer.send_batch(topic, [b"x"] * 100, [None] * 100, [0] * 100,
+                                            HEADER, lambda _error: None, block=False),
+    }
+    made = dict.fromkeys(calls, 0)
+    ended: dict[str, str] = {}
+
+    def keep_calling(name: str) -> None:
+        while True:
+            try:
+                calls[name]()
+            except RuntimeError as exc:
+                ended[name] = str(exc)
+                return
+            except KafkaTimeout:
+                pass  # the queue is full for a moment: go on
+            made[name] += 1
+
+    threads = [threading.Thread(target=keep_calling, args=(name,), daemon=True)
+               for name in calls]
+    for thread in threads:
+        thread.start()
+    wait_for(lambda: min(made.values()) >= 3, timeout=20, what="three calls of each kind")
+    producer.close(timeout=1)
+    for thread in threads:
+        thread.join(timeout=10)
+    assert not any(thread.is_alive() for thread in threads)
+    assert ended == dict.fromkeys(calls, "producer is closed")
