@@ -25,6 +25,7 @@ from chute.kafka import (
     TopicConfig,
     TopicPartition,
 )
+from chute.kafka.kafkapython.consumer import KafkaPythonConsumer
 
 from tests.support import wait_for
 
@@ -319,6 +320,40 @@ def test_slow_revocation_keeps_membership(kafka_bootstrap: str, client: str, top
         one.close()
         if two is not None:
             two.close()
+
+
+def test_close_while_a_rebalance_waits_for_this_member(kafka_bootstrap: str, client: str,
+                                                       topic: str, producer: kafka.Producer,
+                                                       seam_admin: kafka.Admin) -> None:
+    """The caller stopped polling (a long insert, then its shutdown flush) while a second
+    member joined, so the rebalance waits for this member's revocation: close() returns well
+    within a worker's stop grace, without calling the listener, and the other member then
+    owns every partition."""
+    produce(producer, topic, 30)
+    group = f"g-{topic}"
+    first = Recorder()
+    one = subscribed(kafka_bootstrap, client, topic, group, first, heartbeat_interval_ms=500)
+    consume(one, 30)
+    second = Recorder()
+    two = subscribed(kafka_bootstrap, client, topic, group, second, heartbeat_interval_ms=500)
+    try:
+        wait_for(lambda: two.poll(0.1) is not None
+                 and len(seam_admin.group_members(group)) == 2, 30, "the second member")
+        if isinstance(one, KafkaPythonConsumer):
+            # The rebalance reached the idle member: its keep-alive poll waits for the
+            # caller to take a group event.
+            wait_for(lambda: two.poll(0.1) is not None and not one.results.empty(), 30,
+                     "a group event waiting for the idle member")
+        seen = list(first.events)
+        started = time.monotonic()
+        one.close()
+        closed_in = time.monotonic() - started
+        assert closed_in < 10, f"close() took {closed_in:.1f} s"
+        assert first.events == seen, "no listener call while closing"
+        wait_for(lambda: two.poll(0.1) is not None and len(second.owned) == PARTITIONS, 60,
+                 "every partition at the remaining member")
+    finally:
+        two.close()
 
 
 def test_lost_partitions(kafka_bootstrap: str, client: str, topic: str,

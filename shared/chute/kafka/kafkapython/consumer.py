@@ -40,6 +40,9 @@ _LOG = logging.getLogger("chute.kafka.kafkapython")
 # bounded, so a commit on the way out cannot hold a stopping worker past its grace (the caller
 # retries a timed-out commit until its deadline).
 COMMIT_TIMEOUT_MS = 10_000
+# How long close() waits for the polling thread's poll() to return: one keep-alive poll
+# (100 ms) or a group join step, once its group events are answered.
+CLOSE_POLLER_SECONDS = 5.0
 
 
 @dataclass
@@ -283,5 +286,22 @@ class KafkaPythonConsumer:
         self.closing = True
         if self._poller is not None:
             self._requests.put(None)
-            self._poller.join(timeout=30)
+            # A group event posted before closing waits for a caller that polls no more, and
+            # the polling thread's poll() (a group join, often a keep-alive one) waits for the
+            # event. Answer such events without calling the listener, as _Relay does from now
+            # on: the caller is leaving and has flushed what it could.
+            deadline = time.monotonic() + CLOSE_POLLER_SECONDS
+            while self._poller.is_alive() and time.monotonic() < deadline:
+                self._answer_pending_events()
+                self._poller.join(timeout=0.05)
         self._consumer.close(autocommit=False)
+
+    def _answer_pending_events(self) -> None:
+        while True:
+            try:
+                item = self.results.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(item, _GroupEvent):
+                item.done.success(None)
+                self._wake_io_loop()
