@@ -54,7 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     cmd_up.add_argument(
         "--secure", action="store_true",
-        help="Kafka on SASL_SSL (SCRAM-SHA-512) only and ClickHouse with a TLS native port "
+        help="Kafka on SASL_SSL (SCRAM-SHA-512, OAUTHBEARER) and on TLS with a required "
+             "client certificate (CHUTE_KAFKA_MTLS_PORT), ClickHouse with a TLS native port "
              "(CHUTE_CLICKHOUSE_SECURE_PORT), certificates under the state folder; stays on; "
              "single broker and server only",
     )

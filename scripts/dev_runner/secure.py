@@ -186,14 +186,16 @@ def _password(path: Path) -> str:
 
 
 def kafka_properties(rendered: str, s: Settings) -> str:
-    """The plaintext runner's server.properties with its client listener made SASL_SSL."""
+    """The plaintext runner's server.properties with its client listener made SASL_SSL, and
+    a second one (MTLS, TLS with a required client certificate) on kafka_mtls_port."""
     f = files(s)
     listeners = (f"SASL_SSL://{s.host}:{s.kafka_port},"
+                 f"MTLS://{s.host}:{s.kafka_mtls_port},"
                  f"CONTROLLER://{s.host}:{s.kafka_controller_port}")
     replaced = {
         "listeners": listeners,
         "advertised.listeners": listeners,
-        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL",
+        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL,MTLS:SSL",
         "inter.broker.listener.name": "SASL_SSL",
     }
     lines = []
@@ -223,8 +225,10 @@ def kafka_properties(rendered: str, s: Settings) -> str:
         f"ssl.keystore.location={f.kafka_keystore}",
         "ssl.truststore.type=PEM",
         f"ssl.truststore.location={f.ca_cert}",
-        # Clients may present a certificate (mTLS settings are exercised); none is required.
+        # SASL_SSL: clients may present a certificate; none is required.
         "ssl.client.auth=requested",
+        # MTLS (kafka_mtls_port): TLS alone, a certificate signed by the CA required.
+        "listener.name.mtls.ssl.client.auth=required",
     ]
     return "\n".join(lines) + "\n"
 

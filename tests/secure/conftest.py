@@ -1,7 +1,8 @@
 """A secure stack of its own (scripts/dev's secure mode) in <CHUTE_STATE>/secure-tests: Kafka
-with SASL_SSL (SCRAM-SHA-512) as its only client listener on CHUTE_KAFKA_PORT + 2 (controller
-+ 2), ClickHouse with a TLS native port (CHUTE_CLICKHOUSE_SECURE_PORT, its other ports + 1),
-and the services on their ports + 1 (workers + 10), so it runs beside the plaintext servers."""
+with SASL_SSL (SCRAM-SHA-512) on CHUTE_KAFKA_PORT + 2 (controller + 2) and TLS with a required
+client certificate on CHUTE_KAFKA_MTLS_PORT + 2, ClickHouse with a TLS native port
+(CHUTE_CLICKHOUSE_SECURE_PORT, its other ports + 1), and the services on their ports + 1
+(workers + 10), so it runs beside the plaintext servers."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ def secure_stack() -> Iterator[Settings]:
     s = dataclasses.replace(
         base, state=base.state / "secure-tests", kafka_port=base.kafka_port + 2,
         kafka_controller_port=base.kafka_controller_port + 2,
+        kafka_mtls_port=base.kafka_mtls_port + 2,
         clickhouse_port=base.clickhouse_port + 1,
         clickhouse_http_port=base.clickhouse_http_port + 1,
         control_port=base.control_port + 1, ingest_port=base.ingest_port + 1,

@@ -55,15 +55,20 @@ def test_both_backends_produce_and_consume_over_sasl_ssl(secure_stack: Settings,
     round_trip(secure_stack.kafka_bootstrap, client, security)
 
 
-def round_trip(bootstrap: str, client: str, security: KafkaSecurity) -> None:
+def round_trip(bootstrap: str, client: str, security: KafkaSecurity,
+               native: bool = False) -> None:
     """A topic created, two records produced and consumed back, the topic deleted: every
-    kind of client of the seam authenticates with `security`."""
+    kind of client of the seam authenticates with `security` (`native`: the producer is
+    the ingest API's, chute.kafka.native)."""
     topic = f"secure_{uuid.uuid4().hex[:8]}"
     admin = kafka.admin(bootstrap, client=client, security=security)
     try:
         assert admin.create_topic(kafka.TopicConfig(topic, 1, {}))
         producer = kafka.producer(bootstrap, ProducerOptions(linger_ms=0), client=client,
-                                  security=security)
+                                  security=security, native=native)
+        if native:
+            from chute.kafka.native.producer import NativeProducer
+            assert isinstance(producer, NativeProducer)
         producer.deliver(topic, [b"one", b"two"], timeout=30)
         producer.close(5)
         ends = admin.end_offsets([kafka.TopicPartition(topic, 0)])
@@ -227,6 +232,54 @@ def test_clickhouse_client_certificates(secure_stack: Settings, secure_env: dict
     code, stderr, _ = run_chute({**secure_env, "CHUTE_CLICKHOUSE_CERT_FILE": cert,
                                  "CHUTE_CLICKHOUSE_KEY_FILE": key}, "plan")
     assert code != 0 and "CHUTE_CLICKHOUSE_CERT_FILE" in refused_line(stderr)
+
+
+def mtls_bootstrap(s: Settings) -> str:
+    return f"{s.host}:{s.kafka_mtls_port}"
+
+
+def mtls_env(env: dict[str, str], s: Settings, cert: str, key: str) -> dict[str, str]:
+    """A chute command's environment for the MTLS listener: TLS and a client certificate,
+    no SASL."""
+    env = {k: v for k, v in env.items() if not k.startswith("CHUTE_KAFKA_SASL")}
+    return {**env, "CHUTE_KAFKA_BOOTSTRAP": mtls_bootstrap(s),
+            "CHUTE_KAFKA_SECURITY_PROTOCOL": "SSL", "CHUTE_KAFKA_SSL_CERT_FILE": cert,
+            "CHUTE_KAFKA_SSL_KEY_FILE": key}
+
+
+@pytest.mark.parametrize("client", [*kafka.CLIENTS, "native"])
+def test_every_client_over_tls_with_a_required_client_certificate(
+        secure_stack: Settings, secure_env: dict[str, str], client: str) -> None:
+    """The MTLS listener (security protocol SSL, no SASL) requires a certificate signed by
+    its CA: with the runner's client certificate, chute's check passes and every kind of
+    client of the seam works, the ingest API's native producer too ("native")."""
+    native = client == "native"
+    client = "confluent-kafka" if native else client
+    f = secure.files(secure_stack)
+    security = KafkaSecurity(protocol="SSL", ca_file=str(f.ca_cert),
+                             cert_file=str(f.client_cert), key_file=str(f.client_key))
+    code, stderr, _ = run_chute({**mtls_env(secure_env, secure_stack, str(f.client_cert),
+                                            str(f.client_key)), "CHUTE_KAFKA_CLIENT": client},
+                                "plan")
+    assert code == 0, stderr
+    round_trip(mtls_bootstrap(secure_stack), client, security, native=native)
+
+
+def test_refused_kafka_client_certificate_is_named(secure_stack: Settings,
+                                                   secure_env: dict[str, str],
+                                                   tmp_path: Path) -> None:
+    """On the MTLS listener, a certificate from a CA the broker does not know, and no
+    certificate at all, end a chute command at once with one line naming the settings."""
+    cert, key = foreign_client_certificate(tmp_path)
+    code, stderr, _ = run_chute(mtls_env(secure_env, secure_stack, cert, key), "plan")
+    assert code != 0
+    assert "CHUTE_KAFKA_SSL_CERT_FILE" in refused_line(stderr)
+    env = {k: v for k, v in mtls_env(secure_env, secure_stack, "", "").items()
+           if k not in ("CHUTE_KAFKA_SSL_CERT_FILE", "CHUTE_KAFKA_SSL_KEY_FILE")}
+    code, stderr, _ = run_chute(env, "plan")
+    assert code != 0
+    line = refused_line(stderr)
+    assert "requires a client certificate" in line and "CHUTE_KAFKA_SSL_CERT_FILE" in line
 
 
 def oauth(security: KafkaSecurity, provider: identity_provider.Provider) -> KafkaSecurity:

@@ -21,15 +21,18 @@ def settings(tmp_path: Path) -> Settings:
     return s
 
 
-def test_kafka_has_sasl_ssl_as_its_only_client_listener(settings: Settings) -> None:
+def test_kafka_has_sasl_ssl_and_mtls_as_its_only_client_listeners(settings: Settings) -> None:
     template = (ROOT / "scripts/infra/kafka/server.properties.tmpl").read_text()
     text = secure.kafka_properties(render_kafka_properties(template, settings), settings)
     props = dict(line.split("=", 1) for line in text.splitlines()
                  if "=" in line and not line.startswith("#"))
-    assert props["listeners"] == ("SASL_SSL://127.0.0.1:19094,CONTROLLER://127.0.0.1:"
-                                  f"{settings.kafka_controller_port}")
+    assert props["listeners"] == (
+        f"SASL_SSL://127.0.0.1:19094,MTLS://127.0.0.1:{settings.kafka_mtls_port},"
+        f"CONTROLLER://127.0.0.1:{settings.kafka_controller_port}")
     assert props["advertised.listeners"] == props["listeners"]
     assert "PLAINTEXT://" not in props["listeners"]
+    assert props["listener.security.protocol.map"].split(",")[-1] == "MTLS:SSL"
+    assert props["listener.name.mtls.ssl.client.auth"] == "required"
     assert props["sasl.enabled.mechanisms"] == "SCRAM-SHA-512,OAUTHBEARER"
     # OAuth tokens are checked against the JWKS, signature included (not 4.1's default).
     assert props["sasl.oauthbearer.jwt.validator.class"].endswith(".BrokerJwtValidator")

@@ -133,6 +133,12 @@ def token_for(security: KafkaSecurity, timeout: float = 10.0) -> str:
 
 
 def _tls_problem(exc: BaseException, host: str, security: KafkaSecurity) -> str | None:
+    if (not security.cert_file and isinstance(exc, ssl.SSLError)
+            and not isinstance(exc, ssl.SSLCertVerificationError)
+            and "ALERT" in (exc.reason or str(exc)).upper()):
+        # The server's alert after a handshake in which we sent no certificate.
+        return (f"the server requires a client certificate and none is set ({exc.reason}); "
+                f"set {SETTING_NAMES['cert_file']} and {SETTING_NAMES['key_file']}")
     return tls_problem(exc, host, SETTING_NAMES["ca_file"], SETTING_NAMES["verify_hostname"],
                        f"check {SETTING_NAMES['protocol']}={security.protocol}, "
                        f"{SETTING_NAMES['cert_file']} and {SETTING_NAMES['key_file']}")
