@@ -54,8 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     cmd_up.add_argument(
         "--secure", action="store_true",
-        help="Kafka on SASL_SSL (SCRAM-SHA-512, OAUTHBEARER) and on TLS with a required "
-             "client certificate (CHUTE_KAFKA_MTLS_PORT), ClickHouse with a TLS native port "
+        help="Kafka on SASL_SSL (SCRAM-SHA-512, OAUTHBEARER), on TLS with a required "
+             "client certificate (CHUTE_KAFKA_MTLS_PORT) and on SASL_PLAINTEXT (PLAIN, "
+             "SCRAM-SHA-256; CHUTE_KAFKA_SASL_PLAINTEXT_PORT), ClickHouse with a TLS native port "
              "(CHUTE_CLICKHOUSE_SECURE_PORT), certificates under the state folder; stays on; "
              "single broker and server only",
     )

@@ -25,6 +25,7 @@ from chute.kafka.security import KafkaSecurity, SaslMechanism
 from dev_runner.settings import RunnerError, Settings
 
 MECHANISM: SaslMechanism = "SCRAM-SHA-512"
+PLAIN_SIDE_MECHANISMS = "PLAIN,SCRAM-SHA-256"  # the SASL_PLAINTEXT listener's
 CLIENT_USER = "chute"
 BROKER_USER = "broker"
 OAUTH_KEY_ID = "chute-dev"
@@ -187,15 +188,18 @@ def _password(path: Path) -> str:
 
 def kafka_properties(rendered: str, s: Settings) -> str:
     """The plaintext runner's server.properties with its client listener made SASL_SSL, and
-    a second one (MTLS, TLS with a required client certificate) on kafka_mtls_port."""
+    two more: MTLS (TLS with a required client certificate) on kafka_mtls_port and
+    SASL_PLAINTEXT (PLAIN, SCRAM-SHA-256) on kafka_sasl_plaintext_port."""
     f = files(s)
     listeners = (f"SASL_SSL://{s.host}:{s.kafka_port},"
                  f"MTLS://{s.host}:{s.kafka_mtls_port},"
+                 f"SASL_PLAINTEXT://{s.host}:{s.kafka_sasl_plaintext_port},"
                  f"CONTROLLER://{s.host}:{s.kafka_controller_port}")
     replaced = {
         "listeners": listeners,
         "advertised.listeners": listeners,
-        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL,MTLS:SSL",
+        "listener.security.protocol.map": ("CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL,MTLS:SSL,"
+                                           "SASL_PLAINTEXT:SASL_PLAINTEXT"),
         "inter.broker.listener.name": "SASL_SSL",
     }
     lines = []
@@ -229,6 +233,14 @@ def kafka_properties(rendered: str, s: Settings) -> str:
         "ssl.client.auth=requested",
         # MTLS (kafka_mtls_port): TLS alone, a certificate signed by the CA required.
         "listener.name.mtls.ssl.client.auth=required",
+        # SASL_PLAINTEXT (kafka_sasl_plaintext_port): PLAIN for the client user, and
+        # SCRAM-SHA-256 for users given such credentials (the tests add the client user's).
+        f"listener.name.sasl_plaintext.sasl.enabled.mechanisms={PLAIN_SIDE_MECHANISMS}",
+        "listener.name.sasl_plaintext.plain.sasl.jaas.config="
+        "org.apache.kafka.common.security.plain.PlainLoginModule required "
+        f'user_{CLIENT_USER}="{_password(f.client_password)}";',
+        "listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config="
+        "org.apache.kafka.common.security.scram.ScramLoginModule required ;",
     ]
     return "\n".join(lines) + "\n"
 

@@ -179,7 +179,8 @@ def service_spec(name: str, s: Settings) -> Service:
             argv=kafka_argv(s),
             port=s.kafka_port,
             other_ports=(s.kafka_controller_port,
-                         *((s.kafka_mtls_port,) if secure.enabled(s) else ())),
+                         *((s.kafka_mtls_port, s.kafka_sasl_plaintext_port)
+                           if secure.enabled(s) else ())),
             health=f"kafka metadata at {s.kafka_bootstrap}",
             marker="kafka.Kafka",
             ready_timeout=timeout,

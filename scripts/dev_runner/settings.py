@@ -22,6 +22,8 @@ PORTS: dict[str, tuple[str, int]] = {
     "clickhouse_secure_port": ("CHUTE_CLICKHOUSE_SECURE_PORT", 9440),  # secure mode only
     # Secure mode only: Kafka's listener for TLS with a required client certificate (no SASL).
     "kafka_mtls_port": ("CHUTE_KAFKA_MTLS_PORT", 9096),
+    # Secure mode only: Kafka's SASL_PLAINTEXT listener (PLAIN and SCRAM-SHA-256, no TLS).
+    "kafka_sasl_plaintext_port": ("CHUTE_KAFKA_SASL_PLAINTEXT_PORT", 9097),
     "control_port": ("CHUTE_CONTROL_PORT", 4200),
     "ingest_port": ("CHUTE_INGEST_PORT", 4000),
     "sync_port_base": ("CHUTE_SYNC_PORT_BASE", 4100),
@@ -67,6 +69,7 @@ class Settings:
     clickhouse_http_port: int = PORTS["clickhouse_http_port"][1]
     clickhouse_secure_port: int = PORTS["clickhouse_secure_port"][1]
     kafka_mtls_port: int = PORTS["kafka_mtls_port"][1]
+    kafka_sasl_plaintext_port: int = PORTS["kafka_sasl_plaintext_port"][1]
     control_port: int = PORTS["control_port"][1]
     ingest_port: int = PORTS["ingest_port"][1]
     sync_port_base: int = PORTS["sync_port_base"][1]
@@ -131,6 +134,7 @@ class Settings:
             clickhouse_http_port=_env_port(env, *PORTS["clickhouse_http_port"]),
             clickhouse_secure_port=_env_port(env, *PORTS["clickhouse_secure_port"]),
             kafka_mtls_port=_env_port(env, *PORTS["kafka_mtls_port"]),
+            kafka_sasl_plaintext_port=_env_port(env, *PORTS["kafka_sasl_plaintext_port"]),
             control_port=_env_port(env, *PORTS["control_port"]),
             ingest_port=_env_port(env, *PORTS["ingest_port"]),
             sync_port_base=_env_port(env, *PORTS["sync_port_base"]),

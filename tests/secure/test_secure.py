@@ -282,6 +282,48 @@ def test_refused_kafka_client_certificate_is_named(secure_stack: Settings,
     assert "requires a client certificate" in line and "CHUTE_KAFKA_SSL_CERT_FILE" in line
 
 
+@pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-256"])
+@pytest.mark.parametrize("client", [*kafka.CLIENTS, "native"])
+def test_every_client_over_sasl_plaintext(secure_stack: Settings, secure_env: dict[str, str],
+                                          security: KafkaSecurity, scram_sha_256_user: str,
+                                          mechanism: str, client: str) -> None:
+    """The SASL_PLAINTEXT listener with PLAIN and with SCRAM-SHA-256: chute's check passes
+    and every kind of client works ("native": the ingest API's producer, which takes PLAIN
+    on every librdkafka and SCRAM only from 2.6.1 on, falling back to confluent-kafka's
+    before); a wrong password is named in one line."""
+    native = client == "native"
+    client = "confluent-kafka" if native else client
+    bootstrap = f"{secure_stack.host}:{secure_stack.kafka_sasl_plaintext_port}"
+    plain_side = dataclasses.replace(security, protocol="SASL_PLAINTEXT",
+                                     sasl_mechanism=mechanism,  # type: ignore[arg-type]
+                                     sasl_username=scram_sha_256_user, ca_file=None)
+    env = {k: v for k, v in secure_env.items() if not k.startswith("CHUTE_KAFKA_SSL")}
+    env.update({"CHUTE_KAFKA_BOOTSTRAP": bootstrap, "CHUTE_KAFKA_CLIENT": client,
+                "CHUTE_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+                "CHUTE_KAFKA_SASL_MECHANISM": mechanism})
+    code, stderr, _ = run_chute(env, "plan")
+    assert code == 0, stderr
+    takes_native = mechanism == "PLAIN" or native_producer_takes_scram()
+    round_trip(bootstrap, client, plain_side, native=native and takes_native)
+    wrong = dataclasses.replace(plain_side, sasl_password="not-it-2209")
+    if not native:
+        env = {k: v for k, v in env.items() if k != "CHUTE_KAFKA_SASL_PASSWORD_FILE"}
+        code, stderr, _ = run_chute({**env, "CHUTE_KAFKA_SASL_PASSWORD": wrong.sasl_password},
+                                    "plan")
+        assert code != 0
+        line = refused_line(stderr)
+        assert mechanism in line and "CHUTE_KAFKA_SASL_PASSWORD" in line
+        assert wrong.sasl_password not in stderr
+
+
+def native_producer_takes_scram() -> bool:
+    from chute.kafka.native import rdbatch
+    from chute.kafka.native.producer import unsupported
+
+    return unsupported({"sasl.mechanism": "SCRAM-SHA-256"},
+                       rdbatch.librdkafka_version()) is None
+
+
 def oauth(security: KafkaSecurity, provider: identity_provider.Provider) -> KafkaSecurity:
     return dataclasses.replace(security, sasl_mechanism="OAUTHBEARER",
                                sasl_username=provider.client_id,

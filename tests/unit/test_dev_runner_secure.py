@@ -21,18 +21,24 @@ def settings(tmp_path: Path) -> Settings:
     return s
 
 
-def test_kafka_has_sasl_ssl_and_mtls_as_its_only_client_listeners(settings: Settings) -> None:
+def test_kafka_listeners_are_sasl_ssl_mtls_and_sasl_plaintext(settings: Settings) -> None:
     template = (ROOT / "scripts/infra/kafka/server.properties.tmpl").read_text()
     text = secure.kafka_properties(render_kafka_properties(template, settings), settings)
     props = dict(line.split("=", 1) for line in text.splitlines()
                  if "=" in line and not line.startswith("#"))
     assert props["listeners"] == (
         f"SASL_SSL://127.0.0.1:19094,MTLS://127.0.0.1:{settings.kafka_mtls_port},"
+        f"SASL_PLAINTEXT://127.0.0.1:{settings.kafka_sasl_plaintext_port},"
         f"CONTROLLER://127.0.0.1:{settings.kafka_controller_port}")
     assert props["advertised.listeners"] == props["listeners"]
-    assert "PLAINTEXT://" not in props["listeners"]
-    assert props["listener.security.protocol.map"].split(",")[-1] == "MTLS:SSL"
+    assert "PLAINTEXT" not in [item.split("://")[0] for item in props["listeners"].split(",")]
+    assert props["listener.security.protocol.map"].split(",")[-2:] == [
+        "MTLS:SSL", "SASL_PLAINTEXT:SASL_PLAINTEXT"]
     assert props["listener.name.mtls.ssl.client.auth"] == "required"
+    assert props["listener.name.sasl_plaintext.sasl.enabled.mechanisms"] == (
+        "PLAIN,SCRAM-SHA-256")
+    assert 'user_chute="pw-kafka-chute.password"' in props[
+        "listener.name.sasl_plaintext.plain.sasl.jaas.config"]
     assert props["sasl.enabled.mechanisms"] == "SCRAM-SHA-512,OAUTHBEARER"
     # OAuth tokens are checked against the JWKS, signature included (not 4.1's default).
     assert props["sasl.oauthbearer.jwt.validator.class"].endswith(".BrokerJwtValidator")
