@@ -307,7 +307,8 @@ class StatusSource:
         # Only the pipelines defined here: a worker id may have run other definitions before.
         defined = set(self.defs.streams)
         try:
-            found = sync_status.read_reports(self._ch, self.settings.clickhouse_database, names)
+            found = sync_status.read_reports(self._ch, self.settings.clickhouse_database, names,
+                                             self.settings.clickhouse_cluster)
             return tuple(r for r in found if r.pipeline in defined)
         except Exception as exc:
             problems.append(f"ClickHouse: the workers' pipeline states: {_error(exc)}")

@@ -112,7 +112,7 @@ def main() -> int:
     serve(settings.sync_host, settings.sync_port, health)
     StatusReporter(lambda: clickhouse.connect(settings, profile), settings.clickhouse_database,
                    settings.sync_worker_id, worker.pipeline_states, worker.clock,
-                   settings.sync_status_interval_seconds).start()
+                   settings.sync_status_interval_seconds, settings.clickhouse_cluster).start()
 
     def on_signal(signum: int, _frame: Any) -> None:
         log.info("signal received", signal=signal.Signals(signum).name)

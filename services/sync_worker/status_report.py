@@ -28,10 +28,11 @@ def reports(worker: str, states: dict[str, PipelineState], now: float
 class StatusReporter(threading.Thread):
     def __init__(self, connect: Callable[[], Any], database: str, worker: str,
                  states: Callable[[], dict[str, PipelineState]], clock: Callable[[], float],
-                 interval: float) -> None:
+                 interval: float, cluster: str | None = None) -> None:
         super().__init__(name="status-reporter", daemon=True)
         self.connect = connect
         self.database = database
+        self.cluster = cluster
         self.worker = worker
         self.states = states
         self.clock = clock
@@ -49,7 +50,7 @@ class StatusReporter(threading.Thread):
         try:
             if self._client is None:
                 self._client = self.connect()
-                self._client.execute(sync_status.render_create_status_table(self.database))
+                sync_status.ensure_status_table(self._client, self.database, self.cluster)
             sync_status.write_reports(self._client, self.database,
                                       reports(self.worker, dict(self.states()), self.clock()))
             if self._failing:

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from chute.identifiers import quote_identifier, validate_identifier
+from chute.ddl import on_cluster, render_drop_table, replicated_engine_args
+from chute.identifiers import quote_identifier, quote_string, validate_identifier
 
 STATUS_TABLE = "_chute_sync_status"
 
@@ -38,12 +39,33 @@ def _table(database: str) -> str:
     return f"{quote_identifier(database)}.{quote_identifier(STATUS_TABLE)}"
 
 
-def render_create_status_table(database: str) -> str:
+def render_create_status_table(database: str, cluster: str | None = None) -> str:
     """One row per worker and pipeline once merged (ReplacingMergeTree keeps the latest);
-    readers take argMax by report time, so unmerged rows never show an older state."""
-    return (f"CREATE TABLE IF NOT EXISTS {_table(database)} (worker String, pipeline String, "
-            "state String, reason String, stopped_seconds Float64, reported_at DateTime) "
-            "ENGINE = ReplacingMergeTree(reported_at) ORDER BY (worker, pipeline)")
+    readers take argMax by report time, so unmerged rows never show an older state. On a
+    cluster (CHUTE_CLICKHOUSE_CLUSTER) the table is created on every replica and replicated
+    within each shard, so a report written through any replica can be read through any
+    other (`read_reports` reads every shard)."""
+    engine = "ReplacingMergeTree(reported_at)"
+    if cluster:
+        args = ", ".join([*replicated_engine_args(database, STATUS_TABLE), "reported_at"])
+        engine = f"ReplicatedReplacingMergeTree({args})"
+    return (f"CREATE TABLE IF NOT EXISTS {_table(database)}{on_cluster(cluster)} "
+            "(worker String, pipeline String, state String, reason String, "
+            f"stopped_seconds Float64, reported_at DateTime) ENGINE = {engine} "
+            "ORDER BY (worker, pipeline)")
+
+
+def ensure_status_table(client: Any, database: str, cluster: str | None = None) -> None:
+    """Creates the table; on a cluster, a plain one left by an earlier version (each replica
+    then kept its own reports) is dropped first: it holds only the latest states, which the
+    workers report again within seconds."""
+    if cluster:
+        found = client.execute(
+            "SELECT engine FROM system.tables WHERE database = %(d)s AND name = %(t)s",
+            {"d": database, "t": STATUS_TABLE})
+        if found and not str(found[0][0]).startswith("Replicated"):
+            client.execute(render_drop_table(database, STATUS_TABLE, cluster))
+    client.execute(render_create_status_table(database, cluster))
 
 
 def write_reports(client: Any, database: str, reports: list[PipelineReport]) -> None:
@@ -56,9 +78,10 @@ def write_reports(client: Any, database: str, reports: list[PipelineReport]) -> 
          for r in reports])
 
 
-def read_reports(client: Any, database: str, workers: list[str]) -> list[PipelineReport]:
+def read_reports(client: Any, database: str, workers: list[str], cluster: str | None = None
+                 ) -> list[PipelineReport]:
     """The latest report of each pipeline of these workers; [] when the table does not exist
-    yet (no worker has reported)."""
+    yet (no worker has reported). On a cluster, from one replica of every shard."""
     if not workers:
         return []
     exists = client.execute(
@@ -69,11 +92,18 @@ def read_reports(client: Any, database: str, workers: list[str]) -> list[Pipelin
     rows = client.execute(
         "SELECT worker, pipeline, argMax(state, reported_at), argMax(reason, reported_at), "
         "argMax(stopped_seconds, reported_at), toUnixTimestamp(max(reported_at)) "
-        f"FROM {_table(database)} WHERE worker IN %(workers)s "
+        f"FROM {_source(database, cluster)} WHERE worker IN %(workers)s "
         "GROUP BY worker, pipeline ORDER BY worker, pipeline", {"workers": tuple(workers)})
     return [PipelineReport(str(w), str(p), str(s), str(r), float(sec),
                            datetime.fromtimestamp(int(at), UTC))
             for w, p, s, r, sec, at in rows]
+
+
+def _source(database: str, cluster: str | None) -> str:
+    if not cluster:
+        return _table(database)
+    return (f"cluster({quote_string(cluster)}, {quote_identifier(database)}, "
+            f"{quote_identifier(STATUS_TABLE)})")
 
 
 def now_utc() -> datetime:

@@ -123,6 +123,31 @@ def test_topics_are_replicated_three_times_two_in_sync(make_cluster_stack: MakeS
     assert entries["min.insync.replicas"].value == "2"
 
 
+def test_status_shows_workers_reporting_through_either_replica(
+        make_cluster_stack: MakeStack, replicas: list[Any]) -> None:
+    """Two workers, each writing through a different ClickHouse replica: `chute status`,
+    reading through the first, shows the pipeline state each reported. The status table is
+    replicated; a plain one per replica, as earlier versions made, is replaced."""
+    from chute.sync_status import STATUS_TABLE, render_create_status_table
+
+    for client in replicas:
+        client.execute(f"DROP TABLE IF EXISTS `{STATUS_TABLE}`")
+        client.execute(render_create_status_table("default"))
+    s = cluster_settings()
+    stack = make_cluster_stack({"partitions": 2}, CHUTE_SYNC_STATUS_INTERVAL_SECONDS="1")
+    stack.start_worker()
+    stack.start_worker(CHUTE_CLICKHOUSE_PORT=str(cluster.clickhouse_ports(s, 2)[0]))
+
+    def both_reported() -> str | None:
+        text = _status_text(stack)
+        rows = [line.split() for line in text.splitlines()]
+        # WORKER HOST PIPELINES... : "2 flowing" (the stream and its dead-letter pipeline)
+        flowing = {row[0] for row in rows if len(row) > 3 and row[3] == "flowing"}
+        return text if {"w1", "w2"} <= flowing else None
+
+    wait_for(both_reported, 60, "both workers' reports in chute status", interval=1)
+
+
 def test_kafka_partition_leader_sigkilled_under_load(make_cluster_stack: MakeStack) -> None:
     s = cluster_settings()
     stack = make_cluster_stack({**FAST, "partitions": 3, "delivery": "exactly_once"}, **QUORUM)

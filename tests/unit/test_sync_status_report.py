@@ -24,3 +24,10 @@ def test_the_status_table_keeps_the_latest_row_per_worker_and_pipeline() -> None
     ddl = render_create_status_table("db")
     assert ddl.startswith("CREATE TABLE IF NOT EXISTS `db`.`_chute_sync_status`")
     assert "ReplacingMergeTree(reported_at) ORDER BY (worker, pipeline)" in ddl
+
+
+def test_on_a_cluster_the_status_table_is_replicated_on_every_replica() -> None:
+    ddl = render_create_status_table("db", cluster="c1")
+    assert ddl.startswith("CREATE TABLE IF NOT EXISTS `db`.`_chute_sync_status` ON CLUSTER `c1`")
+    assert ("ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/db/_chute_sync_status', "
+            "'{replica}', reported_at) ORDER BY (worker, pipeline)") in ddl
