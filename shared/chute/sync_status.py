@@ -56,14 +56,18 @@ def render_create_status_table(database: str, cluster: str | None = None) -> str
 
 
 def ensure_status_table(client: Any, database: str, cluster: str | None = None) -> None:
-    """Creates the table; on a cluster, a plain one left by an earlier version (each replica
-    then kept its own reports) is dropped first: it holds only the latest states, which the
-    workers report again within seconds."""
+    """Creates the table. On a cluster, where this replica has the replicated table already
+    nothing is done (DDL ON CLUSTER waits for every replica, up to minutes while one is
+    down); a plain one left by an earlier version (each replica then kept its own reports)
+    is dropped first: it holds only the latest states, which the workers report again
+    within seconds."""
     if cluster:
         found = client.execute(
             "SELECT engine FROM system.tables WHERE database = %(d)s AND name = %(t)s",
             {"d": database, "t": STATUS_TABLE})
-        if found and not str(found[0][0]).startswith("Replicated"):
+        if found and str(found[0][0]).startswith("Replicated"):
+            return
+        if found:
             client.execute(render_drop_table(database, STATUS_TABLE, cluster))
     client.execute(render_create_status_table(database, cluster))
 
