@@ -29,7 +29,7 @@ from bench.records import array_body, keyed_records, object_body, write_keyed_nd
 from bench.sync import cpu_seconds, server_pid
 from testkit.httpload import Connection, LoadResult, closed_loop, encode_request
 from testkit.processes import ServiceProcess
-from testkit.rss import children
+from testkit.rss import descendants
 from testkit.stats import percentile
 
 KCAT_RUNS = 3
@@ -88,14 +88,12 @@ def summarize(result: LoadResult, batch: int, concurrency: int) -> dict[str, Any
 
 
 def tree_cpu_seconds(pid: int) -> float:
-    """CPU seconds of a process and its children (an API started with several processes)."""
+    """CPU seconds of a process and its descendants (an API started with several processes)."""
     total = 0.0
-    with contextlib.suppress(psutil.Error):
-        root = psutil.Process(pid)
-        for proc in [root, *root.children(recursive=True)]:
-            with contextlib.suppress(psutil.Error):
-                times = proc.cpu_times()
-                total += times.user + times.system
+    for member in [pid, *descendants(pid)]:
+        with contextlib.suppress(psutil.Error):
+            times = psutil.Process(member).cpu_times()
+            total += times.user + times.system
     return total
 
 
@@ -327,7 +325,7 @@ def run(ctx: Context, options: IngestOptions, ingest: ServiceProcess,
         runs.append(run_http(ctx, ingest, pipeline, options, batch, concurrency,
                              singles if batch == 1 else batches, profile, bodies))
     result: dict[str, Any] = {"pipeline": pipeline.name, "seconds_each": options.seconds,
-                              "api_processes": len(children(ingest.pid)) or 1, "http": runs}
+                              "api_processes": len(descendants(ingest.pid)) or 1, "http": runs}
     result["kcat"] = run_kcat(ctx, pipeline, options.kcat_records)
     result["kcat_ratio"] = kcat_ratio(runs, result["kcat"], options.batch_size)
     result["producer"] = run_producer(ctx, pipeline, options.producer_records)

@@ -6,6 +6,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 
 def read_memory(pid: int) -> tuple[int, int] | None:
     """(VmRSS, VmHWM) of a process in bytes; None when it is gone."""
@@ -23,25 +25,23 @@ def read_memory(pid: int) -> tuple[int, int] | None:
     return values["VmRSS"], values["VmHWM"]
 
 
-def children(pid: int) -> list[int]:
-    """The direct children of a process (from every thread's /proc children list)."""
-    found: list[int] = []
+def descendants(pid: int) -> list[int]:
+    """The pids of a process's children, of theirs and so on (an ingest API that runs several
+    processes under a supervisor); [] when it is gone."""
     try:
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            found += [int(p) for p in (task / "children").read_text().split()]
-    except (OSError, ValueError):
-        pass
-    return found
+        return [child.pid for child in psutil.Process(pid).children(recursive=True)]
+    except psutil.Error:
+        return []
 
 
 def read_tree_memory(pid: int) -> tuple[int, int] | None:
-    """read_memory summed over a process and its children (an ingest API that runs several
-    processes under a supervisor); the VmHWM sum is an upper bound of their joint peak."""
+    """read_memory summed over a process and its descendants; the VmHWM sum is an upper bound
+    of their joint peak."""
     own = read_memory(pid)
     if own is None:
         return None
     rss, hwm = own
-    for child in children(pid):
+    for child in descendants(pid):
         memory = read_memory(child)
         if memory is not None:
             rss += memory[0]
