@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
@@ -201,5 +202,15 @@ def dead_letter_envelope(*, pipeline: str, position: Position, payload: bytes | 
         "offset": position.offset,
         "error_type": error_type,
         "error_message": error_message[:_MAX_ERROR_MESSAGE],
-        "payload": (payload or b"").decode("utf-8", errors="backslashreplace"),
+        **payload_fields(payload or b""),
     })
+
+
+def payload_fields(payload: bytes) -> dict[str, str]:
+    """A dead letter's payload: the bytes as text when they are UTF-8, else their base64
+    (a JSON string cannot hold other bytes); payload_encoding says which."""
+    try:
+        return {"payload": payload.decode("utf-8"), "payload_encoding": "utf-8"}
+    except UnicodeDecodeError:
+        return {"payload": base64.b64encode(payload).decode("ascii"),
+                "payload_encoding": "base64"}

@@ -275,7 +275,10 @@ class DeadLetterRecord(BaseModel):
     offset: int
     error_type: str
     error_message: str
+    # The record's bytes: as text when they are UTF-8 ("utf-8"), else their base64
+    # ("base64"; base64Decode(payload) in ClickHouse gives them back), so every byte is kept.
     payload: str
+    payload_encoding: Literal["utf-8", "base64"] = "utf-8"
 
 
 def dead_letter_stream(name: str) -> Stream[DeadLetterRecord]:

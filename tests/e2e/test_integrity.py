@@ -4,6 +4,7 @@ topic, on the real ClickHouse (18.16 here)."""
 
 from __future__ import annotations
 
+import base64
 import math
 from collections.abc import Callable
 from datetime import UTC, date, datetime
@@ -99,9 +100,13 @@ def stored_rows(stack: Stack) -> dict[str, dict[str, Any]]:
 
 
 def dead_letters(stack: Stack) -> list[tuple[Any, ...]]:
-    return list(stack.ch.execute(
-        f"SELECT offset, error_type, error_message, payload FROM `{stack.name}_dlq` "
-        "ORDER BY offset"))
+    """(offset, error_type, error_message, the payload's bytes as they arrived) of each."""
+    rows = stack.ch.execute(
+        f"SELECT offset, error_type, error_message, payload, payload_encoding "
+        f"FROM `{stack.name}_dlq` ORDER BY offset", settings={"strings_as_bytes": True})
+    return [(offset, error_type.decode(), message.decode(),
+             base64.b64decode(payload) if encoding == "base64" else payload)
+            for offset, error_type, message, payload, encoding in rows]
 
 
 def wait_dead_letters(stack: Stack, count: int, timeout: float = 60) -> list[tuple[Any, ...]]:
@@ -150,6 +155,9 @@ def test_records_straight_to_the_topic_meet_the_same_rules(make_stack: MakeStack
     bad = [record(i, field, text) for i, (field, text, _) in enumerate(REFUSED)]
     bad.append(b'{"id":"s","user_id":"\\ud800","timestamp":"2024-05-01T12:00:00Z",'
                b'"event_type":"lone surrogate"}')
+    # Not JSON, and not UTF-8; then the same text spelled with a backslash; then nothing.
+    not_json = [b"\xff\xfe{not utf-8 \xed\xa0\x80", b"\\xff\\xfe{not utf-8", b""]
+    bad += not_json
     sent = {}
     for i, (field, text, expected) in enumerate(STORED):
         p.send(stack.name, key=b"k", value=record(1000 + i, field, text))
@@ -160,11 +168,12 @@ def test_records_straight_to_the_topic_meet_the_same_rules(make_stack: MakeStack
     assert_stored_exactly(stack, sent)
     letters = wait_dead_letters(stack, len(bad))
     assert len(letters) == len(bad)
-    assert [row[3] for row in letters] == [value.decode() for value in bad]  # original bytes
+    assert [row[3] for row in letters] == bad  # every byte as it arrived
     for (_, error_type, message, _), (field, _, column_type) in zip(letters, REFUSED,
                                                                     strict=False):
         assert error_type == "ValidationError" and field in message and column_type in message
-    assert letters[-1][1] == "InvalidJSON"
+    assert [row[1] for row in letters[-1 - len(not_json):]] == ["InvalidJSON"] * (
+        1 + len(not_json))
 
 
 def test_unknown_fields_and_duplicate_keys_are_ignored_by_default(make_stack: MakeStack) -> None:
@@ -198,4 +207,4 @@ def test_extra_reject_refuses_unknown_fields_and_duplicate_keys(make_stack: Make
     p.close(timeout=10)
     stack.wait_count(1)
     letters = wait_dead_letters(stack, 2)
-    assert [row[3] for row in letters] == [unknown.decode(), twice.decode()]
+    assert [row[3] for row in letters] == [unknown, twice]

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import base64
 import random
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
@@ -67,7 +68,19 @@ def test_dead_letter_envelope_has_every_field() -> None:
     assert env == {
         "failed_at": "2024-01-01T00:00:00+00:00", "source": "sync", "pipeline": "events",
         "topic": "events", "partition": 1, "offset": 42, "error_type": "InvalidJSON",
-        "error_message": "bad", "payload": "\\xffgarbage"}
+        "error_message": "bad", "payload": base64.b64encode(b"\xffgarbage").decode(),
+        "payload_encoding": "base64"}
+
+
+@pytest.mark.parametrize("payload", [b"\xffgarbage", b"\\xffgarbage", b"", b"caf\xc3\xa9",
+                                     b"\xed\xa0\x80 lone surrogate", b"nul \x00 byte"])
+def test_a_dead_letter_gives_back_every_byte_of_its_payload(payload: bytes) -> None:
+    env = orjson.loads(dead_letter_envelope(
+        pipeline="p", position=Position("p", 0, 0, 0), payload=payload,
+        error_type="InvalidJSON", error_message="bad"))
+    got = (base64.b64decode(env["payload"]) if env["payload_encoding"] == "base64"
+           else env["payload"].encode())
+    assert got == payload
 
 
 def _datetimes(rng: random.Random, suffix: str, n: int) -> list[datetime]:
