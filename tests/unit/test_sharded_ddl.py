@@ -183,3 +183,5 @@ def test_every_session_inserts_into_distributed_tables_synchronously() -> None:
     quorum = connect(ClickHouseConnectionSettings(clickhouse_insert_quorum=2))
     assert quorum.settings["insert_distributed_sync"] == 1
     assert quorum.settings["insert_quorum"] == 2
+    # The watermark read after a failover sees every insert the quorum acknowledged.
+    assert quorum.settings["select_sequential_consistency"] == 1

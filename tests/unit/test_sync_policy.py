@@ -99,6 +99,29 @@ def test_isolator_finds_each_bad_row_and_inserts_the_rest_in_order() -> None:
     assert inserted == [i for i in range(20) if i not in bad]  # in order, each once
 
 
+def test_a_bad_row_in_a_later_block_of_a_multi_block_insert_is_reconciled_first() -> None:
+    """An insert larger than one block (`atomic_rows`) is sent as blocks that land one by one:
+    a bad row in the third block leaves the first two in the table. With `reconcile` (exactly
+    once) the isolator continues after them instead of sending them again when it halves."""
+    bad = 9
+    table: list[int] = []
+
+    def insert(lo: int, hi: int) -> None:
+        for block in range(lo, hi, 4):
+            rows = range(block, min(block + 4, hi))
+            if bad in rows:
+                raise struct.error("ubyte format requires 0 <= number <= 255")
+            table.extend(rows)
+
+    def reconcile(lo: int, hi: int) -> int:
+        return next((i for i in range(lo, hi) if i not in table), hi)
+
+    iso = Isolator(12, atomic_rows=4)
+    iso.run(insert, classify, reconcile)
+    assert [i for i, _ in iso.rejected] == [bad]
+    assert table == [i for i in range(12) if i != bad]  # each once, in order
+
+
 def test_isolator_resumes_after_transient_error_without_reinserting() -> None:
     inserted: list[int] = []
     fail_once = {"armed": True}
