@@ -136,20 +136,24 @@ def main() -> int:
     gate = start_gate(settings, definitions, profile)
     producer = connect_producer(settings)
     log.info("kafka producer ready", producer=type(producer).__name__)
+    # Asks each topic's max.message.bytes (with its partitions, in the metadata pool).
+    admin = kafka.admin(settings.kafka_bootstrap, security=settings.kafka_security())
 
     def close_producer() -> None:
         # Every request was answered; whatever is still buffered belongs to requests that
         # were answered 503 (and will be retried), but give it a moment to reach Kafka.
         producer.close(timeout=5)
+        admin.close()
         log.info("ingest API stopped")
 
     try:
         app = create_app(settings, definitions, producer, on_shutdown=close_producer,
-                         profile=profile, gate=gate)
+                         profile=profile, gate=gate, limit_of=admin.max_message_bytes)
     except UnsupportedTypeError as exc:
         log.error("a model cannot be stored on this ClickHouse", error=str(exc),
                   clickhouse=profile.version_text)
         producer.close(timeout=1)
+        admin.close()
         return 2
     log.info("ingest API listening", host=settings.ingest_host, port=settings.ingest_port,
              pipelines=sorted(definitions.ingest_apis), kafka=settings.kafka_bootstrap,

@@ -72,12 +72,14 @@ class IngestApp(FastAPI):
 
 def create_app(settings: IngestSettings, definitions: Definitions, producer: Producer,
                on_shutdown: Callable[[], None] | None = None,
-               profile: ServerProfile = OLD_SERVER, gate: ColumnGate | None = None) -> FastAPI:
+               profile: ServerProfile = OLD_SERVER, gate: ColumnGate | None = None,
+               limit_of: Callable[[str], int | None] | None = None) -> FastAPI:
     """The ingest API over `producer`. `on_shutdown` runs (in a thread) when the server stops,
     after the last request was answered: e.g. closing the producer it owns. `profile` is the
     ClickHouse server the tables live on: its column types decide which values are accepted.
-    `gate`, when given, refuses a pipeline's records until its table has its columns."""
-    service = IngestService(settings, definitions, producer, profile, gate)
+    `gate`, when given, refuses a pipeline's records until its table has its columns.
+    `limit_of`: a topic's max.message.bytes (see IngestService)."""
+    service = IngestService(settings, definitions, producer, profile, gate, limit_of)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

@@ -12,6 +12,9 @@ A topic's partitions are looked up once and then again every PARTITIONS_REFRESH_
 metadata request to the broker takes milliseconds: asking on every request capped the API at a
 few hundred requests per second); partitions added in between are used after the refresh.
 
+A request holding a record larger than its topic takes (max.message.bytes, looked up with the
+partitions) is refused before any of its records is sent (`ingest_api.record_limits`).
+
 Every record carries the header `chute-model` (`chute.fingerprint`): the fingerprint of the
 model that validated it, computed once per topic when the sink is made.
 
@@ -31,11 +34,21 @@ import zlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
+import structlog
 from chute.fingerprint import FINGERPRINT_HEADER, model_fingerprint
-from chute.kafka import BatchOutcome, DeliveryCallback, Headers, KafkaClientError
+from chute.kafka import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    BatchOutcome,
+    DeliveryCallback,
+    Headers,
+    KafkaClientError,
+)
 from pydantic import BaseModel
 
 from ingest_api.body import EncodedBatch
+from ingest_api.record_limits import PRODUCER_BATCH_BYTES, check_sizes
+
+log = structlog.get_logger()
 
 PARTITIONS_REFRESH_SECONDS = 10.0
 
@@ -127,9 +140,14 @@ class KafkaSink:
     """Sends batches to topics; one per app, shared by all pipelines."""
 
     def __init__(self, producer: Producer, models: Mapping[str, type[BaseModel]],
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        """`models`: the model of each topic's records, whose fingerprint goes on each one."""
+                 clock: Callable[[], float] = time.monotonic,
+                 limit_of: Callable[[str], int | None] | None = None) -> None:
+        """`models`: the model of each topic's records, whose fingerprint goes on each one.
+        `limit_of`: a topic's max.message.bytes (Admin.max_message_bytes), asked with its
+        partitions; Kafka's default where it is not known."""
         self.producer = producer
+        self._limit_of = limit_of
+        self._limits: dict[str, int] = {}
         self._headers: dict[str, Headers] = {
             topic: ((FINGERPRINT_HEADER, model_fingerprint(model).encode()),)
             for topic, model in models.items()}
@@ -150,6 +168,21 @@ class KafkaSink:
         if not found:
             raise LookupError(f"no partitions known for topic {topic!r}")
         partitions = sorted(found)
+        if self._limit_of is not None:
+            try:
+                limit = self._limit_of(topic) or DEFAULT_MAX_MESSAGE_BYTES
+            except KafkaClientError as exc:  # the last one known (or the default) holds
+                log.warning("cannot look up the topic's max.message.bytes", topic=topic,
+                            error=str(exc))
+            else:
+                if limit < PRODUCER_BATCH_BYTES and self._limits.get(topic) != limit:
+                    log.warning(
+                        "the topic takes batches smaller than the producer makes: a batch "
+                        "of records that each fit may be refused, with records of a request "
+                        "stored under its 413; raise the topic's max.message.bytes to "
+                        f"{DEFAULT_MAX_MESSAGE_BYTES} (Kafka's default)", topic=topic,
+                        max_message_bytes=limit, producer_batch_bytes=PRODUCER_BATCH_BYTES)
+                self._limits[topic] = limit
         self._partitions[topic] = (partitions, self._clock())
         return partitions
 
@@ -169,19 +202,23 @@ class KafkaSink:
         May block up to max_block_ms (metadata unknown, buffer full) and raise; records handed
         over before the exception may still reach Kafka (the client retries: at-least-once).
         `block` False (only where sends_without_blocking): a full buffer raises at once.
+        A record larger than the topic takes raises RecordTooLargeForTopic before any record
+        is handed over.
         """
         count = len(batch)
         if count == 0:
             waiter.on_done(None)
             return
         partitions = self._known_partitions(topic)
+        headers = self._headers[topic]
+        check_sizes(topic, batch.values, batch.keys, headers,
+                    self._limits.get(topic, DEFAULT_MAX_MESSAGE_BYTES))
         if batch.keys is not None:
             chosen = key_partitions(batch.keys, partitions)
             keys: Sequence[bytes | None] = batch.keys
         else:
             chosen = self._round_robin.take(topic, count, partitions)
             keys = [None] * count
-        headers = self._headers[topic]
         if self._batch is not None:
             self._batch.send_batch(topic, batch.values, keys, chosen, headers,
                                    waiter.on_done, block)

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -71,6 +71,7 @@ from ingest_api.receive import (
     Reservation,
     TooManyReceivingError,
 )
+from ingest_api.record_limits import RecordTooLargeForTopic
 from ingest_api.settings import IngestSettings
 
 log = structlog.get_logger()
@@ -132,7 +133,10 @@ class IngestService:
 
     def __init__(self, settings: IngestSettings, definitions: Definitions,
                  producer: Producer, profile: ServerProfile = OLD_SERVER,
-                 gate: ColumnGate | None = None) -> None:
+                 gate: ColumnGate | None = None,
+                 limit_of: Callable[[str], int | None] | None = None) -> None:
+        """`limit_of`: a topic's max.message.bytes (Admin.max_message_bytes): a request with
+        a record larger than that is refused whole; Kafka's default limit without it."""
         self.settings = settings
         self.gate = gate
         self.pipelines = {
@@ -143,7 +147,8 @@ class IngestService:
         for name in self.pipelines:
             init_ingest_pipeline(name)
         self._success = {name: SuccessMetrics(name) for name in self.pipelines}
-        self.sink = KafkaSink(producer, {p.topic: p.codec.model for p in self.pipelines.values()})
+        self.sink = KafkaSink(producer, {p.topic: p.codec.model for p in self.pipelines.values()},
+                              limit_of=limit_of)
         # Decoding and send() are CPU-bound under the GIL: one thread does it best (more
         # threads contend for the GIL and the accumulator locks). The first send to a topic
         # waits for its metadata; that wait happens in a separate pool so that it never
@@ -392,8 +397,12 @@ class IngestService:
         kind = type(exc).__name__
         log.warning("kafka produce failed", pipeline=pipeline.name, topic=pipeline.topic,
                     records=count, error=f"{kind}: {exc}")
-        if isinstance(exc, RecordTooLarge):
-            return Rejected(413, {"error": f"a record is too large for Kafka ({kind}); send "
-                                           "smaller records"}, records=count or 0)
+        if isinstance(exc, RecordTooLargeForTopic):
+            return Rejected(413, {"error": f"{exc}; send smaller records", "index": exc.index,
+                                  "max_message_bytes": exc.limit}, records=count or 0)
+        if isinstance(exc, RecordTooLarge):  # the broker's answer: others may be stored
+            return Rejected(413, {"error": f"a record is too large for Kafka ({exc}); send "
+                                           "smaller records (records of this request may "
+                                           "have been stored)"}, records=count or 0)
         return self._unavailable(f"Kafka did not accept the records ({kind}: {exc}); "
                                  "retry later", count or 0)

@@ -267,3 +267,43 @@ def test_a_slow_but_steady_body_is_accepted(service: tuple[ServiceProcess, str],
     stored = read_all(module_consumer, name, 500)
     assert sorted(i for i in (orjson.loads(m.value)["id"] for m in stored) if i in wanted) \
         == sorted(wanted)
+
+
+@pytest.mark.parametrize("native", ["true", "false"])
+def test_a_record_larger_than_its_topic_takes_is_refused_with_nothing_written(
+        tmp_path: Path, servers: None, native: str) -> None:
+    """The topic takes batches of at most 16 KiB (max.message.bytes). A request whose third
+    record is 20 KiB is answered 413 naming that record and the limit, and none of its
+    records reaches the topic (before, the broker refused that record alone and stored the
+    others under the 413); the request without it is stored. On both librdkafka producers
+    the API can use (chute's native one and confluent-kafka's)."""
+    import uuid
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = kafka.admin(KAFKA)
+    admin.create_topic(TopicConfig(name, PARTITIONS, {kafka.MAX_MESSAGE_BYTES: "16384"}))
+    _write_schema(tmp_path, name)
+    port = free_port()
+    env = service_env(str(tmp_path), CHUTE_INGEST_PORT=str(port),
+                      CHUTE_INGEST_MAX_BODY_BYTES=str(MAX_BODY),
+                      CHUTE_INGEST_NATIVE_PRODUCER=native)
+    process = ServiceProcess("ingest_api", env, port, tmp_path / "ingest.log").start()
+    partitions = [kafka.TopicPartition(name, p) for p in range(PARTITIONS)]
+    try:
+        records = [event(i) for i in range(5)]
+        records[2]["event_type"] = "x" * 20_000
+        url = f"http://127.0.0.1:{port}/ingest/{name}"
+        answer = httpx.post(url, content=orjson.dumps(records), timeout=30)
+        assert answer.status_code == 413, answer.text
+        assert sum(admin.end_offsets(partitions).values()) == 0
+        body = answer.json()
+        assert body["index"] == 2 and body["max_message_bytes"] == 16384, body
+        assert "nothing of the request was stored" in body["error"]
+        del records[2]
+        answer = httpx.post(url, content=orjson.dumps(records), timeout=30)
+        assert answer.status_code == 200, answer.text
+        assert sum(admin.end_offsets(partitions).values()) == len(records)
+    finally:
+        process.kill()
+        admin.delete_topic(name)
+        admin.close()

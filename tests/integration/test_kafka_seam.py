@@ -421,6 +421,19 @@ def test_topic_ids_change_when_a_topic_is_recreated(kafka_bootstrap: str, client
     assert second[topic] != first[topic]
 
 
+def test_max_message_bytes(client: str, topic: str, seam_admin: kafka.Admin,
+                           unique_name: str) -> None:
+    """A topic's own max.message.bytes, else the broker's default; None for no topic."""
+    assert seam_admin.max_message_bytes(topic) == kafka.DEFAULT_MAX_MESSAGE_BYTES
+    small = f"{unique_name}_small"
+    assert seam_admin.create_topic(TopicConfig(small, 1, {kafka.MAX_MESSAGE_BYTES: "65536"}))
+    try:
+        assert seam_admin.max_message_bytes(small) == 65536
+    finally:
+        seam_admin.delete_topic(small)
+    assert seam_admin.max_message_bytes(f"{unique_name}_none") is None
+
+
 def test_describe_group(kafka_bootstrap: str, client: str, topic: str,
                         seam_admin: kafka.Admin) -> None:
     group = f"g-{topic}"

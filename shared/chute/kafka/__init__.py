@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from typing import Any, Literal, get_args
 
 from chute.kafka.seam import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    MAX_MESSAGE_BYTES,
     Admin,
     BatchOutcome,
     CommitRebalanced,
@@ -42,6 +44,8 @@ DEFAULT_CLIENT: KafkaClient = "confluent-kafka"
 __all__ = [
     "CLIENTS",
     "DEFAULT_CLIENT",
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "MAX_MESSAGE_BYTES",
     "Admin",
     "BatchOutcome",
     "CommitRebalanced",

@@ -130,6 +130,11 @@ class CommitRebalanced(KafkaClientError):
         super().__init__(message, retriable=False, code=code)
 
 
+# The topic config that bounds a record batch, and Kafka's default for it (4.x brokers).
+MAX_MESSAGE_BYTES = "max.message.bytes"
+DEFAULT_MAX_MESSAGE_BYTES = 1_048_588
+
+
 class RecordTooLarge(KafkaClientError):
     """The broker or the client refuses a record (or batch) over its size limit."""
 
@@ -358,6 +363,11 @@ class Admin(Protocol):
     def topic_ids(self, topics: Sequence[str]) -> dict[str, str]:
         """Kafka's id of each topic (KIP-516: a new one each time a topic of that name is
         created), as a canonical UUID string; topics that do not exist are left out."""
+        ...
+
+    def max_message_bytes(self, topic: str) -> int | None:
+        """The largest record batch the topic takes (its max.message.bytes, or the broker's
+        default); None when the topic does not exist."""
         ...
 
     def close(self) -> None: ...

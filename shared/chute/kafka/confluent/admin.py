@@ -10,11 +10,26 @@ from typing import Any
 
 import confluent_kafka
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic, OffsetSpec
+from confluent_kafka.admin import (
+    AdminClient,
+    ConfigResource,
+    NewPartitions,
+    NewTopic,
+    OffsetSpec,
+    ResourceType,
+)
 
 from chute.kafka.client_config import backend_config
 from chute.kafka.confluent.common import BACKEND, LOG, from_exception, to_client, to_seam
-from chute.kafka.seam import GroupMember, KafkaTimeout, TopicConfig, TopicExists, TopicPartition
+from chute.kafka.seam import (
+    MAX_MESSAGE_BYTES,
+    GroupMember,
+    KafkaClientError,
+    KafkaTimeout,
+    TopicConfig,
+    TopicExists,
+    TopicPartition,
+)
 from chute.kafka.security import PLAINTEXT, KafkaSecurity
 
 
@@ -154,6 +169,19 @@ class ConfluentAdmin:
                 raise from_exception(exc, f"describe topic {name}") from None
             ids[name] = _uuid_text(description.topic_id)
         return ids
+
+    def max_message_bytes(self, topic: str) -> int | None:
+        resource = ConfigResource(ResourceType.TOPIC, topic)
+        futures = self._admin.describe_configs([resource],
+                                               request_timeout=self._timeout)
+        try:
+            entries = self._result(futures[resource], f"describe configs of topic {topic}")
+        except KafkaClientError as exc:
+            if exc.code == "UNKNOWN_TOPIC_OR_PART":
+                return None
+            raise
+        entry = entries.get(MAX_MESSAGE_BYTES)
+        return None if entry is None or entry.value is None else int(entry.value)
 
     def close(self) -> None:
         """AdminClient has no close; its threads end when it is collected."""

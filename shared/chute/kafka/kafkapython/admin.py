@@ -8,11 +8,11 @@ from typing import Any
 
 import kafka.errors as kerrors
 from kafka import KafkaAdminClient
-from kafka.admin import NewPartitions, NewTopic, OffsetSpec
+from kafka.admin import ConfigResource, ConfigResourceType, NewPartitions, NewTopic, OffsetSpec
 
 from chute.kafka.client_config import backend_config
 from chute.kafka.kafkapython.common import BACKEND, client_error, to_client, to_seam
-from chute.kafka.seam import GroupMember, TopicConfig, TopicPartition
+from chute.kafka.seam import MAX_MESSAGE_BYTES, GroupMember, TopicConfig, TopicPartition
 from chute.kafka.security import PLAINTEXT, KafkaSecurity
 
 
@@ -151,6 +151,17 @@ class KafkaPythonAdmin:
             raise client_error(exc, "describe topics") from None
         return {str(t["name"]): str(uuid.UUID(str(t["topic_id"]))) for t in described
                 if not t.get("error_code") and t.get("topic_id")}
+
+    def max_message_bytes(self, topic: str) -> int | None:
+        resource = ConfigResource(ConfigResourceType.TOPIC, topic, {MAX_MESSAGE_BYTES: None})
+        try:
+            found = self._admin.describe_configs([resource], config_filter="all")
+        except kerrors.UnknownTopicOrPartitionError:
+            return None
+        except kerrors.KafkaError as exc:
+            raise client_error(exc, f"describe configs of topic {topic}") from None
+        entry = found.get("topic", {}).get(topic, {}).get(MAX_MESSAGE_BYTES)
+        return None if not entry or entry.get("value") is None else int(entry["value"])
 
     def close(self) -> None:
         self._admin.close()
