@@ -183,6 +183,41 @@ def test_header_deadline_and_size(service: tuple[ServiceProcess, str]) -> None:
     assert ok.status_code == 200, ok.text
 
 
+def test_header_deadline_of_a_later_request_on_the_connection(
+        service: tuple[ServiceProcess, str]) -> None:
+    """After a first request was answered on a keep-alive connection, the next request's
+    headers also have the header deadline (1 s here) from their first byte: trickled a byte
+    every 0.2 s, they are cut off by closing the connection, without an answer (the first
+    request's answer may still be on its way, so no 408 is written after it)."""
+    process, name = service
+    body = orjson.dumps(event(9_998))
+    with socket.create_connection(("127.0.0.1", process.port), timeout=10) as sock:
+        sock.sendall(request_head(f"/ingest/{name}", len(body)) + body)
+        assert status_of(read_answer(sock)) == 200
+        head = f"POST /ingest/{name} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ".encode()
+        sock.settimeout(0.2)
+        received = b""
+        closed = False
+        deadline = time.monotonic() + 10  # the trickle alone would last for ever
+        for byte in (head + b"a" * 1000)[:200]:
+            if time.monotonic() > deadline:
+                break
+            try:
+                sock.sendall(bytes([byte]))
+                chunk = sock.recv(4096)
+            except TimeoutError:
+                continue
+            except OSError:  # reset: cut off
+                closed = True
+                break
+            if not chunk:
+                closed = True
+                break
+            received += chunk
+        assert closed, "the trickled headers of a later request were not cut off"
+        assert received == b"", received
+
+
 def _keys_new() -> tuple[str, str]:
     done = subprocess.run([PYTHON, "-m", "control_plane", "keys", "new"], cwd=ROOT,
                           capture_output=True, text=True, timeout=60, check=True)
