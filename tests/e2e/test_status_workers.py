@@ -13,7 +13,7 @@ from chute.registry import load_definitions
 from control_plane.status import StatusSettings, StatusSource
 
 from tests.e2e.stack import Stack
-from tests.support import CH_HOST, CH_PORT, KAFKA, PYTHON, ROOT, wait_for
+from tests.support import CH_HOST, CH_PORT, KAFKA, PYTHON, ROOT, free_port, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -54,3 +54,18 @@ def test_status_lists_the_workers_and_says_when_none_runs(
     shown = subprocess.run([PYTHON, "-m", "control_plane", "status"], cwd=ROOT,
                            env=stack.env(), capture_output=True, text=True, timeout=60)
     assert f"! no sync worker runs in group {stack.group}" in shown.stdout, shown.stdout
+
+
+def test_status_says_when_clickhouse_cannot_be_reached(
+        make_stack: Callable[..., Stack]) -> None:
+    """ClickHouse down (a closed port): `chute status` still shows Kafka's side, names
+    ClickHouse's address and the error, and exits non-zero."""
+    stack = make_stack({"partitions": PARTITIONS})
+    port = free_port()  # nothing listens there
+    shown = subprocess.run([PYTHON, "-m", "control_plane", "status"], cwd=ROOT,
+                           env=stack.env(CHUTE_CLICKHOUSE_PORT=str(port)),
+                           capture_output=True, text=True, timeout=60)
+    assert shown.returncode != 0
+    assert f"! ClickHouse {CH_HOST}:{port}: " in shown.stdout, shown.stdout
+    assert "Connection refused" in shown.stdout, shown.stdout
+    assert any(line.startswith(stack.name) for line in shown.stdout.splitlines())
