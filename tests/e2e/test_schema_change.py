@@ -266,3 +266,29 @@ def test_ingest_reloads_first_and_waits_for_apply(make_stack: MakeStack) -> None
         rollout.check()
     finally:
         sender.stop.set()
+
+
+def test_with_reload_off_the_api_keeps_its_definitions(make_stack: MakeStack) -> None:
+    """CHUTE_RELOAD_DEFINITIONS=false: a changed model is not picked up. Beside it, an API
+    with reload on (same poll interval) shows the change was there to see: once that one
+    restarted, the other has not noticed anything and still serves the old model."""
+    stack = make_stack(FAST)
+    quick = {"CHUTE_RELOAD_INTERVAL_SECONDS": "0.5"}
+    kept = stack.start_ingest(**OFF, **quick)
+    port = free_port()
+    witness = ServiceProcess("ingest_api", stack.env(CHUTE_INGEST_PORT=str(port), **ON),
+                             port, stack.log_dir / "ingest-witness.log").start()
+    try:
+        (stack.schema_dir / "pipeline.py").write_text(EVENT_SCHEMA.format(
+            name=stack.name, stream=stack.stream, extra_fields=NEW_FIELD))
+        wait_for(partial(restarted, witness), 30, "the API with reload on to restart")
+        assert "definitions changed" not in kept.log_text()
+        assert kept.proc is not None and kept.proc.poll() is None
+        # Still the old model: the new field is dropped as unknown, not stored.
+        answer = httpx.post(stack.url, content=orjson.dumps(event(1, duration_ms=7)),
+                            timeout=30)
+        assert answer.status_code == 200, answer.text
+        [(_, value)] = [v for k, v in topic_records(stack.name).items() if k == "e1"]
+        assert "duration_ms" not in value
+    finally:
+        witness.kill()
