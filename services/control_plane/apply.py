@@ -39,7 +39,8 @@ class Connections:
 
 def topic_config(spec: TopicSpec, brokers: int = 1,
                  settings: CommonSettings | None = None) -> kafka.TopicConfig:
-    """The topic as Kafka creates it: its retention and its replication (chute.replication)."""
+    """The topic as Kafka creates it: its retention, its replication (chute.replication) and
+    the largest record batch it takes, where the stream sets one."""
     settings = settings or CommonSettings()
     try:
         copies = topic_replication(brokers, spec.replication_factor, spec.min_insync_replicas,
@@ -47,9 +48,10 @@ def topic_config(spec: TopicSpec, brokers: int = 1,
                                    settings.kafka_min_insync_replicas)
     except ValueError as exc:
         raise PlanRefused(f"topic {spec.name}: {exc}") from None
-    return kafka.TopicConfig(spec.name, spec.partitions,
-                             {"retention.ms": str(spec.retention_ms), **copies.topic_configs()},
-                             copies.factor)
+    configs = {"retention.ms": str(spec.retention_ms), **copies.topic_configs()}
+    if spec.max_message_bytes is not None:
+        configs[kafka.MAX_MESSAGE_BYTES] = str(spec.max_message_bytes)
+    return kafka.TopicConfig(spec.name, spec.partitions, configs, copies.factor)
 
 
 class PlanRefused(Exception):

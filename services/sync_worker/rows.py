@@ -208,9 +208,14 @@ def dead_letter_envelope(*, pipeline: str, position: Position, payload: bytes | 
 
 def payload_fields(payload: bytes) -> dict[str, str]:
     """A dead letter's payload: the bytes as text when they are UTF-8, else their base64
-    (a JSON string cannot hold other bytes); payload_encoding says which."""
+    (a JSON string cannot hold other bytes); payload_encoding says which. Text that JSON
+    escaping would make more than 3/2 of its bytes (a control character takes 6) goes as
+    base64 too (4/3), so a dead letter is at most 3/2 of its record plus the envelope and
+    fits DEAD_LETTER_MAX_MESSAGE_BYTES."""
     try:
-        return {"payload": payload.decode("utf-8"), "payload_encoding": "utf-8"}
+        text = payload.decode("utf-8")
     except UnicodeDecodeError:
-        return {"payload": base64.b64encode(payload).decode("ascii"),
-                "payload_encoding": "base64"}
+        text = None
+    if text is not None and (len(orjson.dumps(text)) - 2) * 2 <= len(payload) * 3:
+        return {"payload": text, "payload_encoding": "utf-8"}
+    return {"payload": base64.b64encode(payload).decode("ascii"), "payload_encoding": "base64"}

@@ -53,6 +53,9 @@ class StreamConfig(_Config):
     # min(3, brokers) copies and 2 in sync where there are 3 or more (chute.replication).
     replication_factor: int | None = Field(None, ge=1, le=16)
     min_insync_replicas: int | None = Field(None, ge=1, le=16)
+    # The topic's max.message.bytes (the largest record batch it takes). None: the broker's
+    # default (1,048,588 on Kafka 4.x); its dead-letter topic takes half as much again.
+    max_message_bytes: int | None = Field(None, ge=1024)
     destination: OlapTable[Any] | None = None
     max_batch_rows: int = Field(100_000, ge=1)
     max_batch_bytes: int = Field(64 * 1024 * 1024, ge=1024)
@@ -191,7 +194,7 @@ class Stream(_Typed[M]):
                     f"{destination.name}: an insert spanning several table partitions is "
                     "not atomic. Drop partition_by or use at_least_once.")
             if self.config.dead_letter_queue:
-                self.dead_letter = dead_letter_stream(name)
+                self.dead_letter = dead_letter_stream(name, self.config.max_message_bytes)
 
     @property
     def destination(self) -> OlapTable[Any] | None:
@@ -281,11 +284,24 @@ class DeadLetterRecord(BaseModel):
     payload_encoding: Literal["utf-8", "base64"] = "utf-8"
 
 
-def dead_letter_stream(name: str) -> Stream[DeadLetterRecord]:
+# A dead letter carries the record whole, at most 3/2 of it (escaped text, else base64), plus
+# the envelope's other fields (an error message of at most 2,000 characters, JSON-escaped):
+# its topic takes 3/2 of what the stream's topic takes, and 64 KiB more; at least 2 MiB.
+DEAD_LETTER_MAX_MESSAGE_BYTES = 2 * 1024 * 1024
+_DEAD_LETTER_ENVELOPE_BYTES = 64 * 1024
+
+
+def dead_letter_stream(name: str, max_message_bytes: int | None = None
+                       ) -> Stream[DeadLetterRecord]:
+    """The dead-letter stream of stream `name`, whose topic takes `max_message_bytes` (None:
+    the broker's default)."""
     dlq_name = f"{name}_dlq"
     table = OlapTable[DeadLetterRecord](dlq_name)
+    largest = max(DEAD_LETTER_MAX_MESSAGE_BYTES,
+                  (max_message_bytes or 0) * 3 // 2 + _DEAD_LETTER_ENVELOPE_BYTES)
     return Stream[DeadLetterRecord](dlq_name, StreamConfig(
-        partitions=1, destination=table, dead_letter_queue=False))
+        partitions=1, destination=table, dead_letter_queue=False,
+        max_message_bytes=largest))
 
 
 StreamConfig.model_rebuild()

@@ -34,6 +34,7 @@ class TopicSpec:
     retention_ms: int
     replication_factor: int | None = None  # None: chute.replication's default
     min_insync_replicas: int | None = None
+    max_message_bytes: int | None = None  # None: the broker's default
 
 
 @dataclass
@@ -70,7 +71,8 @@ class Definitions:
     def topics(self) -> list[TopicSpec]:
         return [
             TopicSpec(s.topic, s.config.partitions, s.config.retention_period * 1000,
-                      s.config.replication_factor, s.config.min_insync_replicas)
+                      s.config.replication_factor, s.config.min_insync_replicas,
+                      s.config.max_message_bytes)
             for s in self.streams.values()
         ]
 

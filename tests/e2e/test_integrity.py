@@ -176,6 +176,26 @@ def test_records_straight_to_the_topic_meet_the_same_rules(make_stack: MakeStack
         1 + len(not_json))
 
 
+def test_a_record_near_the_topic_s_limit_is_dead_lettered_whole(make_stack: MakeStack) -> None:
+    """900 KB that are not JSON (nor UTF-8), produced straight to the topic: its dead letter
+    (base64, 1.2 MB) fits the dead-letter topic, so the pipeline goes on and the records after
+    it are stored (before, the dead letter was too large for Kafka and the pipeline failed
+    after its retries)."""
+    stack = make_stack({"max_batch_wait": 0.3})
+    stack.start_worker()
+    poison = bytes(range(128, 256)) * 7_000  # 896,000 bytes
+    p = producer(KAFKA)
+    p.send(stack.name, key=b"k", value=poison)
+    for i in range(3):
+        p.send(stack.name, key=b"k", value=record(i, "event_type", '"after"'))
+    p.close(timeout=10)
+    stack.wait_count(3, timeout=60)
+    ids = stack.ch.execute(f"SELECT id FROM `{stack.name}` ORDER BY id")
+    assert ids == [("r0",), ("r1",), ("r2",)]
+    [letter] = wait_dead_letters(stack, 1)
+    assert letter[1] == "InvalidJSON" and letter[3] == poison
+
+
 def test_unknown_fields_and_duplicate_keys_are_ignored_by_default(make_stack: MakeStack) -> None:
     stack = make_stack()
     stack.start_worker()

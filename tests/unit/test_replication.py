@@ -55,6 +55,27 @@ def test_topic_config_carries_factor_and_min_insync() -> None:
         topic_config(TopicSpec("events", 4, 60_000, 3), brokers=1)
 
 
+def test_a_dead_letter_topic_takes_records_half_again_as_large_as_kafka_s_default() -> None:
+    """Its records are other records whole (at most 3/2 of them, rows.payload_fields): made
+    with the default limit, a large invalid record could not be dead-lettered and stopped
+    its pipeline."""
+    from chute import IngestPipeline
+    from chute.kafka import DEFAULT_MAX_MESSAGE_BYTES, MAX_MESSAGE_BYTES
+    from chute.registry import Definitions
+
+    defs = Definitions.from_resources([IngestPipeline[Event]("events")])
+    specs = {spec.name: spec for spec in defs.topics()}
+    assert MAX_MESSAGE_BYTES not in topic_config(specs["events"]).configs
+    dlq = int(topic_config(specs["events_dlq"]).configs[MAX_MESSAGE_BYTES])
+    assert dlq >= DEFAULT_MAX_MESSAGE_BYTES * 3 // 2 + 20_000
+    # A stream whose topic takes more: its dead letters too.
+    big = Definitions.from_resources([IngestPipeline[Event]("big", {
+        "stream": {"max_message_bytes": 8_000_000}})])
+    specs = {spec.name: spec for spec in big.topics()}
+    assert topic_config(specs["big"]).configs[MAX_MESSAGE_BYTES] == "8000000"
+    assert int(topic_config(specs["big_dlq"]).configs[MAX_MESSAGE_BYTES]) >= 12_020_000
+
+
 def test_a_clustered_table_is_replicated_on_cluster_with_macros() -> None:
     table = OlapTable[Event]("events").definition(OLD, default_cluster="chute")
     assert render_create_table(table, "db") == (

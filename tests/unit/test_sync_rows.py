@@ -72,15 +72,23 @@ def test_dead_letter_envelope_has_every_field() -> None:
         "payload_encoding": "base64"}
 
 
-@pytest.mark.parametrize("payload", [b"\xffgarbage", b"\\xffgarbage", b"", b"caf\xc3\xa9",
-                                     b"\xed\xa0\x80 lone surrogate", b"nul \x00 byte"])
+@pytest.mark.parametrize("payload", [
+    b"\xffgarbage", b"\\xffgarbage", b"", b"caf\xc3\xa9", b"\xed\xa0\x80 lone surrogate",
+    b"nul \x00 byte", b"\x01" * 1000, b'{"a":"b","c":"d"}' * 100, b"\xff" * 100_000])
 def test_a_dead_letter_gives_back_every_byte_of_its_payload(payload: bytes) -> None:
-    env = orjson.loads(dead_letter_envelope(
+    """And its payload field is at most 3/2 of the record (what the dead-letter topic's
+    max.message.bytes is sized for): control characters escape to 6 bytes each, so such text
+    goes as base64."""
+    envelope = dead_letter_envelope(
         pipeline="p", position=Position("p", 0, 0, 0), payload=payload,
-        error_type="InvalidJSON", error_message="bad"))
+        error_type="InvalidJSON", error_message="bad")
+    env = orjson.loads(envelope)
     got = (base64.b64decode(env["payload"]) if env["payload_encoding"] == "base64"
            else env["payload"].encode())
     assert got == payload
+    assert len(envelope) <= len(payload) * 3 // 2 + 300
+    if payload.isascii() and payload.isalnum():
+        assert env["payload_encoding"] == "utf-8"
 
 
 def _datetimes(rng: random.Random, suffix: str, n: int) -> list[datetime]:
