@@ -261,6 +261,12 @@ def test_datetime_ranges_on_current_servers() -> None:
     refusal(plain, "2106-02-07T06:28:16Z")
     with pytest.raises(UnsupportedTypeError, match="DateTime64 needs"):
         validator_for(Annotated[datetime, ClickHouseType("DateTime64(3)")], OLD_SERVER)
+    # Nanoseconds in an Int64 end in 2262: later instants would not fit the column's ticks.
+    nanos = validator_for(Annotated[datetime, ClickHouseType("DateTime64(9, 'UTC')")],
+                          CURRENT_SERVER)
+    assert accepts(nanos, "2262-04-11T23:47:15.999999Z").year == 2262
+    refusal(nanos, "2262-04-11T23:47:16Z")
+    refusal(nanos, "2263-01-01T00:00:00Z")
 
 
 # --- strings, enums, ids -----------------------------------------------------------------------

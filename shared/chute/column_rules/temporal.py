@@ -35,11 +35,15 @@ def date_range(ch_name: str, profile: ServerProfile) -> DateRange:
     return DateRange(date(1970, 1, 1), date(2105, 12, 31))
 
 
-def datetime_range(ch_name: str, profile: ServerProfile) -> DateTimeRange:
-    """Instants a DateTime/DateTime64 column holds (UTC). 18.16: measured; current: documented."""
+def datetime_range(ch_name: str, profile: ServerProfile, precision: int = 0
+                   ) -> DateTimeRange:
+    """Instants a DateTime/DateTime64 column holds (UTC). 18.16: measured; current: documented.
+    DateTime64(9) counts nanoseconds in an Int64, which ends at 2262-04-11 23:47:16.854775807
+    (its last whole second is taken, as ClickHouse documents)."""
     if ch_name == "DateTime64":
-        return DateTimeRange(datetime(1900, 1, 1, tzinfo=UTC),
-                             datetime(2299, 12, 31, 23, 59, 59, tzinfo=UTC))
+        last = (datetime(2262, 4, 11, 23, 47, 15, tzinfo=UTC) if precision == 9
+                else datetime(2299, 12, 31, 23, 59, 59, tzinfo=UTC))
+        return DateTimeRange(datetime(1900, 1, 1, tzinfo=UTC), last)
     if profile.has_datetime64:
         return DateTimeRange(datetime(1970, 1, 1, tzinfo=UTC),
                              datetime(2106, 2, 7, 6, 28, 15, tzinfo=UTC))
@@ -69,7 +73,7 @@ def datetime_rule(ch: ChType, tp: Any, ctx: RuleContext) -> Rule:
     precision = datetime_precision(ch)
     if not 0 <= precision <= 9:
         raise ctx.refuse(f"bad precision in {ch}")
-    span = datetime_range(ch.name, ctx.profile)
+    span = datetime_range(ch.name, ctx.profile, precision)
     digits = "whole seconds" if precision == 0 else f"{precision} sub-second digit(s)"
     holds = (f"instants {_iso(span.first)} .. {_iso(span.last)}"
              f"{'.' + '9' * precision if precision else ''} (UTC), {digits}")
