@@ -208,6 +208,14 @@ def _map_literal(
 def _enum_type(values: list[Any], where: str) -> str:
     if not values or not all(isinstance(v, str) for v in values):
         raise UnsupportedTypeError(f"{where}: enums must have string values")
+    for value in values:
+        if any(ord(c) < 0x20 or c == "\x7f" for c in value):
+            # The server spells such a label with an escape (\t) in the column's type, which
+            # clickhouse-driver reads back as another label: the insert would fail.
+            raise UnsupportedTypeError(
+                f"{where}: enum label {value!r} holds a control character, which an Enum "
+                "column's type cannot carry to the sync worker's client; use "
+                "LowCardinality(String) (ClickHouseType) or another label")
     width = "Enum8" if len(values) <= 127 else "Enum16"
     labels = ", ".join(f"{quote_string(v)} = {i}" for i, v in enumerate(values, start=1))
     return f"{width}({labels})"

@@ -221,3 +221,14 @@ def test_profile_features() -> None:
     assert OLD_SERVER.session_settings() == {"allow_experimental_low_cardinality_type": 1}
     assert CURRENT_SERVER.session_settings() == {}
     assert ServerProfile((22, 2)).has_insert_deduplication_token
+
+
+def test_an_enum_label_with_a_control_character_stops_the_service_at_start() -> None:
+    """The server spells it with an escape in the column's type, which clickhouse-driver
+    reads back as another label: every insert of the pipeline would fail."""
+
+    class Tabbed(BaseModel):
+        kind: Literal["a", "b\tc"]
+
+    with pytest.raises(UnsupportedTypeError, match="control character"):
+        columns_for(Tabbed, OLD_SERVER)
