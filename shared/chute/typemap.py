@@ -19,7 +19,7 @@ from ipaddress import IPv4Address, IPv6Address
 from typing import Any, Literal, Union
 from uuid import UUID
 
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 
 from chute.annotations import (
     ClickHouseDecimal,
@@ -108,7 +108,7 @@ def _map(
     if origin is Literal and markers.raw_type is None:
         return _map_literal(typing.get_args(tp), markers, where)
     if origin is dict and markers.raw_type is None:
-        return "String", _dict_json
+        return "String", _json_text(tp)
     if markers.raw_type is not None:
         if not _RAW_TYPE.match(markers.raw_type):
             raise UnsupportedTypeError(f"{where}: suspicious ClickHouseType {markers.raw_type!r}")
@@ -157,9 +157,9 @@ def _map_scalar(
     if issubclass(tp, BaseModel):
         # Nested models are stored as a JSON String: works on every server and keeps
         # the model free to evolve. Use ClickHouseType for a Tuple instead.
-        return "String", _model_json
+        return "String", _json_text(tp)
     if issubclass(tp, dict):
-        return "String", _dict_json
+        return "String", _json_text(tp)
     raise UnsupportedTypeError(f"{where}: unsupported type {tp.__name__}")
 
 
@@ -278,11 +278,12 @@ def _enum_value(value: enum.Enum) -> Any:
     return value.value
 
 
-def _model_json(value: BaseModel) -> str:
-    return value.model_dump_json()
+def _json_text(tp: Any) -> Converter:
+    """A dict or nested model as the JSON text pydantic makes of it for `tp`, as the record
+    went to Kafka (aliases, Decimal as text, sets as lists, any int), not a Python repr."""
+    adapter: TypeAdapter[Any] = TypeAdapter(tp)
 
+    def convert(value: Any) -> str:
+        return adapter.dump_json(value, by_alias=True, round_trip=True).decode()
 
-def _dict_json(value: dict[str, Any]) -> str:
-    import orjson
-
-    return orjson.dumps(value, default=str).decode()
+    return convert

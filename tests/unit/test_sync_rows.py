@@ -3,6 +3,8 @@ from __future__ import annotations
 import base64
 import random
 from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import orjson
@@ -10,7 +12,7 @@ import pytest
 from chute import Key
 from chute.server import OLD_SERVER
 from chute.typemap import columns_for
-from pydantic import BaseModel, TypeAdapter
+from pydantic import BaseModel, Field, TypeAdapter
 from sync_worker.rows import (
     ColumnBuilder,
     DecodeFailure,
@@ -141,3 +143,30 @@ def test_decode_all_gives_none_when_any_record_is_bad() -> None:
     assert dec.decode_all([GOOD, b'{"id": "a"}']) is None
     assert dec.decode_all([GOOD, None]) is None  # type: ignore[list-item]
     assert dec.decode_all([]) == []
+
+
+class Part(BaseModel):
+    amount: Decimal
+    name: str = Field("n", alias="Name")
+
+
+class Loose(BaseModel):
+    anything: dict[str, Any] = {}
+    numbered: dict[int, str] = {}
+    parts: dict[str, Part] = {}
+    tags: dict[str, set[int]] = {}
+    part: Part | None = None
+
+
+def test_dicts_and_nested_models_are_stored_as_the_json_that_was_validated() -> None:
+    """Not a Python repr, and no failure on what JSON holds but orjson does not write (ints
+    past 64 bits, int keys): the column holds the field's JSON as it went to Kafka."""
+    value = (b'{"anything":{"a":18446744073709551616,"b":[1.5,null,"x"]},'
+             b'"numbered":{"1":"x"},"parts":{"k":{"amount":"1.50","Name":"z"}},'
+             b'"tags":{"t":[2,1,2]},"part":{"amount":"2.5","Name":"y"}}')
+    row = RowDecoder(Loose).decode(value)
+    assert not isinstance(row, DecodeFailure)
+    columns = ColumnBuilder(columns_for(Loose, OLD_SERVER), exactly_once=False).columns_of([row])
+    assert [column[0] for column in columns] == [
+        '{"a":18446744073709551616,"b":[1.5,null,"x"]}', '{"1":"x"}',
+        '{"k":{"amount":"1.50","Name":"z"}}', '{"t":[1,2]}', '{"amount":"2.5","Name":"y"}']
