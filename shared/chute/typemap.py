@@ -19,7 +19,8 @@ from ipaddress import IPv4Address, IPv6Address
 from typing import Any, Literal, Union
 from uuid import UUID
 
-from pydantic import BaseModel, TypeAdapter
+from pydantic import AliasChoices, BaseModel, TypeAdapter
+from pydantic.fields import FieldInfo
 
 from chute.annotations import (
     ClickHouseDecimal,
@@ -87,11 +88,38 @@ def columns_for(model: type[BaseModel], profile: ServerProfile) -> list[ColumnSp
         )
         markers = _Markers().add(info.metadata)
         where = f"field {model.__name__}.{name}"
+        _check_round_trip(model, name, info, where)
         ch_type, convert = _map(info.annotation, markers, profile, where)
         if is_key and ch_type.startswith("Nullable("):
             raise UnsupportedTypeError(f"{where}: a Key field cannot be optional (Nullable)")
         columns.append(ColumnSpec(name, ch_type, is_key, codec, default, convert))
     return columns
+
+
+def _check_round_trip(model: type[BaseModel], name: str, info: FieldInfo, where: str) -> None:
+    """A record goes to Kafka as the model's JSON (by alias) and the sync worker validates
+    that JSON again: a field must come back under the name it is written with, or the worker
+    would store its default (or dead-letter the record) after the API answered 200."""
+    if info.exclude:
+        raise UnsupportedTypeError(f"{where}: an excluded field (exclude=True) would not reach "
+                                   "Kafka, so its value would not be stored")
+    written = info.serialization_alias or info.alias or name
+    read = info.validation_alias
+    if read is None:
+        accepted = {info.alias or name}
+    elif isinstance(read, str):
+        accepted = {read}
+    elif isinstance(read, AliasChoices):
+        accepted = {choice for choice in read.choices if isinstance(choice, str)}
+    else:  # AliasPath: a value found inside another key
+        accepted = set()
+    if model.model_config.get("populate_by_name") or model.model_config.get("validate_by_name"):
+        accepted.add(name)
+    if written not in accepted:
+        raise UnsupportedTypeError(
+            f"{where}: written to Kafka as {written!r} but read only as "
+            f"{' or '.join(sorted(map(repr, accepted))) or 'a path'}, so the sync worker "
+            "would not find it; give the field one alias (alias=...) for both")
 
 
 def _map(

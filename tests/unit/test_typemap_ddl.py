@@ -232,3 +232,40 @@ def test_an_enum_label_with_a_control_character_stops_the_service_at_start() -> 
 
     with pytest.raises(UnsupportedTypeError, match="control character"):
         columns_for(Tabbed, OLD_SERVER)
+
+
+def test_a_field_the_worker_would_not_read_back_stops_the_service_at_start() -> None:
+    """Records go to Kafka by alias and are validated again by the sync worker: a field
+    written under a name it is not read by would be stored as its default after a 200."""
+    from pydantic import AliasChoices, AliasPath, ConfigDict, Field
+
+    class ReadOnlyAlias(BaseModel):
+        x: int = Field(0, validation_alias="userX")
+
+    class WriteOnlyAlias(BaseModel):
+        x: int = Field(0, serialization_alias="X")
+
+    class Excluded(BaseModel):
+        x: int = Field(0, exclude=True)
+
+    class Path(BaseModel):
+        x: int = Field(0, validation_alias=AliasPath("a", "b"))
+
+    refused: list[type[BaseModel]] = [ReadOnlyAlias, WriteOnlyAlias, Excluded, Path]
+    for model in refused:
+        with pytest.raises(UnsupportedTypeError, match=f"{model.__name__}.x"):
+            columns_for(model, OLD_SERVER)
+
+    class Alias(BaseModel):
+        x: int = Field(0, alias="X")
+
+    class Choices(BaseModel):
+        x: int = Field(0, validation_alias=AliasChoices("userX", "x"))
+
+    class ByName(BaseModel):
+        model_config = ConfigDict(populate_by_name=True)
+        x: int = Field(0, validation_alias="userX")
+
+    accepted: list[type[BaseModel]] = [Alias, Choices, ByName]
+    for model in accepted:
+        assert [c.name for c in columns_for(model, OLD_SERVER)] == ["x"]
