@@ -102,6 +102,17 @@ def test_default_int_is_int64() -> None:
     refusal(v, b"18446744073709551621")  # 2^64 + 5
 
 
+def test_an_int_written_as_a_float_is_taken_only_where_a_float_is_exact() -> None:
+    """The JSON parser reads 9007199254740993.0 as the float 2^53: stored as an int, it would
+    not be the number sent. From 2^53 on, such numbers are refused; below, 5.0 is 5."""
+    v = validator_for(int)
+    assert accepts(v, b"5.0") == 5 and accepts(v, b"-9007199254740991.0") == -(2**53 - 1)
+    assert accepts(v, b"9007199254740993") == 2**53 + 1  # written as an integer: exact
+    for inexact in (b"9007199254740993.0", b"9007199254740992.0", b"1.2345678901234567891e18",
+                    b"-1e19"):
+        assert "beyond 2^53" in refusal(v, inexact), inexact
+
+
 def test_wide_integers_only_where_the_server_has_them() -> None:
     with pytest.raises(UnsupportedTypeError, match=r"Int128 needs ClickHouse 21\.9"):
         validator_for(Annotated[int, ClickHouseType("Int128")], OLD_SERVER)

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from decimal import ROUND_HALF_EVEN, Decimal, localcontext
 from typing import Any
 
-from pydantic import AfterValidator, Field, GetCoreSchemaHandler
+from pydantic import AfterValidator, BeforeValidator, Field, GetCoreSchemaHandler
 from pydantic_core import core_schema
 
 from chute.chtypes import ChType
@@ -48,7 +48,22 @@ def integer_rule(ch: ChType, tp: Any, ctx: RuleContext) -> Rule:
     if tp is not int:
         raise ctx.refuse(f"a {ch.name} column holds int or bool fields, not {type_name(tp)}")
     low, high = int_range(ch.name)
-    return Rule(f"integers {low} .. {high}", (Field(ge=low, le=high),))
+    return Rule(f"integers {low} .. {high}", (BeforeValidator(_exact_int), Field(ge=low, le=high)))
+
+
+# Below 2^53 in magnitude every integer is a float of its own; from there on, a number written
+# with a fraction or an exponent (9007199254740993.0) may have been rounded by the JSON parser
+# before the int field saw it (to 2^53 itself, too), so the int stored would not be the number
+# sent.
+_EXACT_FLOAT_LIMIT = 2 ** 53
+
+
+def _exact_int(value: Any) -> Any:
+    if isinstance(value, float) and math.isfinite(value) and abs(value) >= _EXACT_FLOAT_LIMIT:
+        raise value_error("int_from_inexact_float",
+                          "is a number written with a fraction or an exponent beyond 2^53, "
+                          "which cannot be read exactly; send it as an integer")
+    return value
 
 
 def float_rule(ch: ChType, tp: Any, ctx: RuleContext) -> Rule:
